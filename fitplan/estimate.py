@@ -1,0 +1,129 @@
+"""What the GPU holds at each precision: weights, KV cache, activations and overheads.
+
+Pure functions of an `Inventory` and a `Workload`; no torch. Each term is separately named so
+the policy can reason per device and the JSON can show where memory goes.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from . import calibration as C
+from .inventory import Inventory
+from .layout import tensor_bytes
+from .precision import ALL, DTYPE_BYTES, Precision
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One generation: `context` is the longest sequence (prompt + new tokens), `batch` sequences at once."""
+
+    context: int = 4096
+    batch: int = 1
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes at one precision for the whole model on one device kind (`device` "cuda" or "cpu")."""
+
+    precision: str
+    compute_dtype: str
+    weights_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+    device: str = "cuda"
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes + self.overhead_bytes
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["total_bytes"] = self.total_bytes
+        return d
+
+
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def layer_of(name: str) -> int | None:
+    """Decoder layer index of a tensor name (`model.layers.12.mlp...` -> 12), None outside layers."""
+    m = _LAYER_INDEX.search(name)
+    return int(m.group(1)) if m else None
+
+
+def load_dtype(precision: Precision, compute_dtype: str) -> str:
+    """The `dtype=` passed to from_pretrained: the float precision itself, else the compute dtype."""
+    return precision.float_dtype or compute_dtype
+
+
+def weights_by_layer(inv: Inventory, precision: Precision, compute_dtype: str,
+                     alignment: int = 1) -> tuple[int, dict[int, int]]:
+    """(bytes outside decoder layers, {layer index: bytes}) — the unit the split moves between GPUs."""
+    dt = load_dtype(precision, compute_dtype)
+    outside, layers = 0, {}
+    for t in inv.tensors:
+        b = tensor_bytes(t, precision, dt, alignment)
+        idx = layer_of(t.name)
+        if idx is None:
+            outside += b
+        else:
+            layers[idx] = layers.get(idx, 0) + b
+    return outside, layers
+
+
+def weights_bytes(inv: Inventory, precision: Precision, compute_dtype: str, alignment: int = 1) -> int:
+    if inv.prequantized and inv.stored_bytes is not None:
+        return inv.stored_bytes
+    outside, layers = weights_by_layer(inv, precision, compute_dtype, alignment)
+    return outside + sum(layers.values())
+
+
+def kv_bytes_per_layer(inv: Inventory, work: Workload, kv_dtype: str) -> list[int]:
+    """Peak KV cache per layer, as `DynamicCache` holds it right after a prefill of `context` tokens.
+
+    Sliding-window layers keep only `window - 1` tokens between decode steps, but after prefill
+    their cache is a slice (a view) of the whole prompt's K/V, so at the peak they hold it all.
+    A prompt filling the context is the worst case the plan must survive.
+    """
+    eb = DTYPE_BYTES[kv_dtype]
+    return [layer.elements_per_token * work.context * work.batch * eb for layer in inv.kv_layers]
+
+
+def activation_bytes(inv: Inventory, work: Workload, compute_dtype: str) -> int:
+    """Peak transient memory of one prefill forward at `context` tokens, with last-position logits."""
+    eb = DTYPE_BYTES[compute_dtype]
+    tokens = work.context * work.batch
+    kv_per_token = max((layer.elements_per_token for layer in inv.kv_layers), default=0)
+    per_token = C.ACT_HIDDEN_COPIES * inv.hidden_size + C.ACT_MLP_COPIES * inv.intermediate_size
+    per_token += inv.hidden_size + kv_per_token  # q plus the new k/v of the layer being computed
+    act = tokens * per_token * eb
+    if inv.attn_implementation == "eager":
+        act += work.batch * inv.num_attention_heads * work.context**2 * (eb + C.EAGER_SCORE_EXTRA_BYTES)
+    act += C.LOGITS_COPIES * work.batch * inv.vocab_size * 4
+    return act
+
+
+def overhead_bytes(dynamic_bytes: int, device: str, n_devices: int = 1) -> int:
+    """CUDA context per device plus the caching allocator's reserve over the dynamic allocations."""
+    if device != "cuda":
+        return 0
+    reserve = int(C.ALLOCATOR_RESERVE_FRACTION * dynamic_bytes) + C.ALLOCATOR_RESERVE_FIXED_BYTES
+    return n_devices * C.CUDA_CONTEXT_BYTES + reserve
+
+
+def estimate(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str,
+             device: str = "cuda") -> Estimate:
+    """Everything one device would hold to run `work` with the whole model on it."""
+    alignment = C.CUDA_ALLOCATION_ALIGNMENT if device == "cuda" else 1
+    dt = load_dtype(precision, compute_dtype)
+    w = weights_bytes(inv, precision, compute_dtype, alignment)
+    kv = sum(kv_bytes_per_layer(inv, work, dt))
+    act = activation_bytes(inv, work, dt)
+    return Estimate(precision.name, dt, w, kv, act, overhead_bytes(kv + act, device), device)
+
+
+def estimate_all(inv: Inventory, work: Workload, compute_dtype: str, device: str = "cuda",
+                 precisions: tuple[Precision, ...] = ALL) -> tuple[Estimate, ...]:
+    return tuple(estimate(inv, p, work, compute_dtype, device) for p in precisions)

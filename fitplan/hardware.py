@@ -1,0 +1,75 @@
+"""What the plan is made for: GPUs (probed, from the catalogue, or described in a file) and CPU RAM.
+
+Pure data. `probe.py` fills it from NVML; `catalogue.py` fills it from `--gpu NAME` and
+`--hardware FILE.yaml`. The policy never asks where a `Hardware` came from, only what it holds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GPU:
+    """One CUDA device as torch will number it.
+
+    `index` is the CUDA ordinal torch uses after `CUDA_VISIBLE_DEVICES`/`CUDA_DEVICE_ORDER`
+    are applied (what goes into `device_map`/`max_memory`), not NVML's PCI-order index.
+    """
+
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+    compute_capability: tuple[int, int]
+    uuid: str | None = None
+    bandwidth_gbs: float | None = None
+    mig: bool = False
+
+    @property
+    def supports_bf16(self) -> bool:
+        """bf16 tensor-core math exists from Ampere (compute capability 8.0) on."""
+        return self.compute_capability >= (8, 0)
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "uuid": self.uuid,
+            "total_bytes": self.total_bytes,
+            "free_bytes": self.free_bytes,
+            "compute_capability": f"{self.compute_capability[0]}.{self.compute_capability[1]}",
+            "bandwidth_gbs": self.bandwidth_gbs,
+            "mig": self.mig,
+        }
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """The machine a plan is for. `source` is `probe`, `catalogue` or `file`; `notes` say what could not be seen."""
+
+    gpus: tuple[GPU, ...]
+    cpu_ram_bytes: int
+    source: str
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.gpus)
+
+    def describe(self) -> str:
+        if not self.gpus:
+            return f"CPU only ({self.cpu_ram_bytes / 2**30:.1f} GiB RAM)"
+        names: dict[str, int] = {}
+        for g in self.gpus:
+            names[g.name] = names.get(g.name, 0) + 1
+        parts = [f"{n}x {name}" if n > 1 else name for name, n in names.items()]
+        free = sum(g.free_bytes for g in self.gpus) / 2**30
+        return f"{' + '.join(parts)} ({free:.1f} GiB free of {sum(g.total_bytes for g in self.gpus) / 2**30:.1f} GiB)"
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "gpus": [g.to_dict() for g in self.gpus],
+            "cpu_ram_bytes": self.cpu_ram_bytes,
+            "notes": list(self.notes),
+        }

@@ -1,0 +1,259 @@
+"""Build a model's `Inventory` from its config alone, the way `from_pretrained` would.
+
+The model is instantiated on the meta device with the class `AutoModelForCausalLM` picks and
+transformers' own init contexts; bitsandbytes' module replacement is then run by transformers'
+quantizer itself (`preprocess_model`), so "which layers get quantized" is transformers' answer,
+not a name list of ours. A meta-device forward pass through a `DynamicCache` tells the KV
+layout per layer (grouped-query heads, head dims, sliding windows) as the cache really keeps it.
+Nothing is materialised: absurd sizes stay arithmetic.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import replace
+
+from .errors import InputError, UnsupportedModelError
+from .inventory import Inventory, KVLayer, TensorInfo
+
+#: Limits on config fields that would make even a meta-device build hang or make no sense.
+_MAX_LAYERS = 2048
+_MAX_DIM = 1 << 24
+
+
+def _positive_int(cfg: dict, key: str, limit: int) -> None:
+    v = cfg.get(key)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InputError(f"config.json: '{key}' must be a whole number, got {v!r}")
+    if not 0 < v <= limit:
+        raise InputError(f"config.json: '{key}' = {v} is out of range (1..{limit}); is this a real model config?")
+
+
+def check_config_fields(cfg: dict) -> None:
+    """Reject configs that cannot describe a real model before anything is built from them."""
+    if not isinstance(cfg, dict):
+        raise InputError("config.json must be a JSON object")
+    mt = cfg.get("model_type")
+    if not isinstance(mt, str) or not mt:
+        raise InputError("config.json has no 'model_type'; fitplan needs it to know the architecture")
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        _positive_int(cfg, key, _MAX_LAYERS)
+    for key in ("hidden_size", "n_embd", "intermediate_size", "ffn_dim", "n_inner", "head_dim",
+                "num_attention_heads", "n_head", "num_key_value_heads", "num_kv_heads", "vocab_size",
+                "num_local_experts", "num_experts", "moe_intermediate_size"):
+        _positive_int(cfg, key, _MAX_DIM)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """transformers logs and warns freely while building; none of it is for fitplan's user."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _config_object(cfg: dict, trust_remote_code: bool):
+    from transformers import CONFIG_MAPPING
+
+    model_type = cfg["model_type"]
+    if model_type not in CONFIG_MAPPING:
+        if cfg.get("auto_map"):
+            raise UnsupportedModelError(
+                f"model_type '{model_type}' needs the repo's own code (trust_remote_code); fitplan only "
+                "plans architectures built into transformers"
+            )
+        raise UnsupportedModelError(
+            f"model_type '{model_type}' is unknown to transformers; upgrade transformers or check config.json"
+        )
+    try:
+        return CONFIG_MAPPING[model_type].from_dict(dict(cfg))
+    except Exception as exc:  # transformers' validation errors are of many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"config.json is not valid for '{model_type}': {first}") from None
+
+
+def _causal_lm_class(config):
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    mapping = AutoModelForCausalLM._model_mapping
+    if type(config) not in mapping:
+        raise UnsupportedModelError(
+            f"'{config.model_type}' has no causal-LM class in transformers (AutoModelForCausalLM cannot load it)"
+        )
+    return _get_model_class(config, mapping)
+
+
+def _build_meta_model(cls, config, dtype):
+    from transformers.utils.generic import ContextManagers
+
+    contexts = cls.get_init_context(dtype, False, False, None)
+    with ContextManagers(contexts):
+        return cls(config)
+
+
+def _dtype_name(dt) -> str:
+    return str(dt).removeprefix("torch.")
+
+
+def _tensors(model, build_dtype) -> tuple[TensorInfo, ...]:
+    import torch
+    from transformers.core_model_loading import build_glob_alternation
+
+    def matcher(plan: dict):
+        if not plan:
+            return lambda name: False
+        alt = build_glob_alternation(list(plan.keys()))[0]
+        return lambda name: alt.search(name) is not None
+
+    keep_fp16 = matcher(model._get_dtype_plan(torch.float16))
+    keep_always = matcher(model._get_dtype_plan(torch.bfloat16))
+    tied_targets = set(getattr(model, "all_tied_weights_keys", {}) or {})
+
+    out = []
+    named = [(n, p, False) for n, p in model.named_parameters()] + [
+        (n, b, True) for n, b in model.named_buffers()
+    ]
+    for name, t, is_buffer in named:
+        if name in tied_targets:
+            continue
+        # Built under the load dtype, a tensor that came out in another dtype keeps that one.
+        fixed = None if t.dtype == build_dtype else _dtype_name(t.dtype)
+        keep = "always" if keep_always(name) else ("fp16" if keep_fp16(name) else None)
+        out.append(
+            TensorInfo(
+                name=name,
+                shape=tuple(int(s) for s in t.shape),
+                dtype=fixed,
+                keep_fp32=keep if t.is_floating_point() else None,
+                buffer=is_buffer,
+            )
+        )
+    return tuple(out)
+
+
+def _bnb_quantizable(model, dtype) -> dict[str, int]:
+    """Run transformers' own bitsandbytes preprocessing on the meta model; report what it replaced.
+
+    Returns {weight name: out_features}. 4-bit and 8-bit share this replacement path
+    (`replace_with_bnb_linear` with the same skip list), so one pass answers for both.
+    """
+    import bitsandbytes as bnb
+    from transformers import BitsAndBytesConfig
+    from transformers.quantizers import AutoHfQuantizer
+
+    quantizer = AutoHfQuantizer.from_config(
+        BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype), pre_quantized=False
+    )
+    quantizer.preprocess_model(model=model, dtype=dtype, device_map=None, checkpoint_files=None, use_kernels=False)
+    return {f"{name}.weight": int(m.out_features) for name, m in model.named_modules()
+            if isinstance(m, bnb.nn.Linear4bit)}
+
+
+def _kv_layers_from_cache(model) -> tuple[KVLayer, ...]:
+    """One meta-device forward through a `DynamicCache`: its layers are the truth about KV layout."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    ids = torch.zeros((1, 4), dtype=torch.long, device="meta")
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    layers = []
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or values is None or not hasattr(keys, "shape") or keys.dim() != 4:
+            layers.append(KVLayer(elements_per_token=0))
+            continue
+        per_token = int(keys.shape[1] * keys.shape[3] + values.shape[1] * values.shape[3])
+        window = getattr(layer, "sliding_window", None)
+        layers.append(KVLayer(elements_per_token=per_token, window=int(window) if window else None))
+    return tuple(layers)
+
+
+def _kv_layers_from_config(text_config) -> tuple[KVLayer, ...]:
+    """Fallback when the meta forward fails: heads and head_dim as configs commonly name them."""
+    heads = text_config.num_attention_heads
+    kv = getattr(text_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    window = getattr(text_config, "sliding_window", None)
+    return tuple(KVLayer(2 * kv * head_dim, window) for _ in range(text_config.num_hidden_layers))
+
+
+def _versions() -> dict:
+    import bitsandbytes
+    import torch
+    import transformers
+
+    return {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0],
+            "bitsandbytes": bitsandbytes.__version__}
+
+
+def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False,
+                    stored_bytes: int | None = None) -> Inventory:
+    """The inventory of `cfg` (a config.json dict). Raises `FitplanError`s for configs it cannot plan."""
+    check_config_fields(cfg)
+    with _quiet():
+        import torch
+
+        build_dtype = torch.bfloat16
+        config = _config_object(cfg, trust_remote_code)
+        cls = _causal_lm_class(config)
+        try:
+            model = _build_meta_model(cls, config, build_dtype)
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"transformers could not build {cls.__name__} from this config: {str(exc).splitlines()[0][:200]}"
+            ) from None
+        text = model.config.get_text_config(decoder=True)
+        notes: list[str] = []
+        try:
+            kv_layers = _kv_layers_from_cache(model)
+        except Exception as exc:  # exotic forward paths; keep a usable estimate and say so
+            kv_layers = _kv_layers_from_config(text)
+            notes.append(f"KV layout taken from config fields (meta forward failed: {type(exc).__name__})")
+        prequant = getattr(model.config, "quantization_config", None)
+        method = None
+        if prequant is not None:
+            method = prequant.get("quant_method") if isinstance(prequant, dict) else getattr(prequant, "quant_method", None)
+            method = str(getattr(method, "value", method))
+        tensors = _tensors(model, build_dtype)
+        if not method:  # a pre-quantized checkpoint is estimated from what it stores, not re-quantized
+            packed = _bnb_quantizable(model, build_dtype)
+            tensors = tuple(
+                replace(t, quantizable=True, out_features=packed[t.name]) if t.name in packed else t
+                for t in tensors
+            )
+        inter = (getattr(text, "intermediate_size", None) or getattr(text, "ffn_dim", None)
+                 or getattr(text, "n_inner", None) or 4 * text.hidden_size)
+        ckpt_dtype = cfg.get("dtype") or cfg.get("torch_dtype")
+        return Inventory(
+            model_id=model_id,
+            model_type=config.model_type,
+            architecture=cls.__name__,
+            parameters=sum(t.numel for t in tensors if not t.buffer),
+            tensors=tensors,
+            kv_layers=kv_layers,
+            hidden_size=int(text.hidden_size),
+            intermediate_size=int(inter),
+            num_layers=int(text.num_hidden_layers),
+            num_attention_heads=int(text.num_attention_heads),
+            vocab_size=int(text.vocab_size),
+            attn_implementation=str(getattr(model.config, "_attn_implementation", None) or "sdpa"),
+            checkpoint_dtype=str(ckpt_dtype) if ckpt_dtype else None,
+            prequantized=method,
+            stored_bytes=stored_bytes,
+            notes=tuple(notes),
+            versions=_versions(),
+        )

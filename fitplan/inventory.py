@@ -1,0 +1,95 @@
+"""The model's tensor inventory, as transformers itself would build and quantize it.
+
+Data only: `Inventory` and its parts are frozen, JSON-round-trippable, and import no torch, so a
+cached inventory can be estimated without paying for torch's import. `inspect.py` builds them.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from math import prod
+
+#: Bump when the meaning of a field changes, so stale on-disk caches are rebuilt, not misread.
+SCHEMA_VERSION = 4
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One parameter or buffer of the loaded model (tied copies already removed).
+
+    `dtype` is None when the tensor follows the load dtype (what `dtype=` in `from_pretrained`
+    sets), else the dtype it keeps whatever is asked (e.g. float32 rotary `inv_freq`).
+    `quantizable`: transformers' bitsandbytes quantizer replaces the owning module with a
+    `Linear4bit`/`Linear8bitLt`, so this weight is packed. `keep_fp32`: "fp16" when the model's
+    `_keep_in_fp32_modules` upcast it under fp16 loads, "always" for `_keep_in_fp32_modules_strict`.
+    `out_features` is set on quantizable weights: int8 keeps one fp32 scale per output row, and a
+    GPT-2 `Conv1D` stores its weight transposed, so the shape alone does not say which axis that is.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str | None = None
+    quantizable: bool = False
+    keep_fp32: str | None = None
+    buffer: bool = False
+    out_features: int | None = None
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+
+@dataclass(frozen=True)
+class KVLayer:
+    """What one decoder layer adds to transformers' `DynamicCache` per token of one sequence.
+
+    `elements_per_token` counts K and V together (kv_heads * (k_head_dim + v_head_dim)).
+    `window` is set for sliding/chunked layers: the cache keeps at most `window - 1` tokens
+    between steps, but right after prefill it still holds a view of the whole prompt.
+    """
+
+    elements_per_token: int
+    window: int | None = None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Everything the estimator needs to know about a model, gathered once per config."""
+
+    model_id: str
+    model_type: str
+    architecture: str
+    parameters: int
+    tensors: tuple[TensorInfo, ...]
+    kv_layers: tuple[KVLayer, ...]
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_attention_heads: int
+    vocab_size: int
+    attn_implementation: str
+    checkpoint_dtype: str | None
+    prequantized: str | None = None
+    stored_bytes: int | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    versions: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["schema"] = SCHEMA_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Inventory":
+        d = dict(d)
+        if d.pop("schema", None) != SCHEMA_VERSION:
+            raise ValueError("inventory schema changed")
+        d["tensors"] = tuple(
+            TensorInfo(**{**t, "shape": tuple(t["shape"])}) for t in d["tensors"]
+        )
+        d["kv_layers"] = tuple(KVLayer(**k) for k in d["kv_layers"])
+        d["notes"] = tuple(d.get("notes", ()))
+        return cls(**d)
+
+    @property
+    def quantizable_parameters(self) -> int:
+        return sum(t.numel for t in self.tensors if t.quantizable)
