@@ -169,7 +169,10 @@ def _kv_layers_from_cache(model) -> tuple[KVLayer, ...]:
     cache = DynamicCache(config=model.config)
     ids = torch.zeros((1, 4), dtype=torch.long, device="meta")
     with torch.no_grad():
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        try:
+            model(input_ids=ids, cache=cache, use_cache=True)
+        except TypeError:  # transformers < 5.24 names it past_key_values
+            model(input_ids=ids, past_key_values=cache, use_cache=True)
     layers = []
     for layer in cache.layers:
         keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)

@@ -1,0 +1,194 @@
+"""The plan: what to load, how, where — and the exact `from_pretrained` arguments that realise it.
+
+`fitplan check` prints a `Plan`, `fitplan.load()` follows one, and users can hand
+`plan.from_pretrained_kwargs()` to transformers themselves: one object, so they never disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import precision as P
+from .estimate import Workload
+from .hardware import Hardware
+from .inventory import Inventory
+from .policy import Choice, Decision, PlanOptions, weights_fraction_for_accelerate
+from .units import fmt_bytes
+
+#: transformers' bitsandbytes quantizers multiply `max_memory` by this before placing layers
+#: (`Bnb4BitHfQuantizer.adjust_max_memory`); fitplan divides by it so the result is as planned.
+BNB_MAX_MEMORY_SCALE = 0.90
+
+
+@dataclass(frozen=True)
+class Plan:
+    model_id: str
+    revision: str | None
+    origin: str
+    inventory: Inventory
+    hardware: Hardware
+    options: PlanOptions
+    choice: Choice
+
+    @property
+    def fits(self) -> bool:
+        return self.choice.chosen is not None
+
+    @property
+    def decision(self) -> Decision | None:
+        return self.choice.chosen
+
+    @property
+    def precision(self) -> str | None:
+        return self.decision.precision if self.decision else None
+
+    @property
+    def compute_dtype(self) -> str:
+        return self.choice.compute_dtype
+
+    @property
+    def workload(self) -> Workload:
+        return self.options.workload
+
+    @property
+    def load_dtype(self) -> str:
+        """`dtype=` for from_pretrained: the float precision itself, or the compute dtype under bnb."""
+        p = P.get(self.precision) if self.precision else None
+        return p.float_dtype if p and p.float_dtype else self.compute_dtype
+
+    def device_map(self):
+        """`{"": i}` for one GPU (no accelerate placement needed), "auto" for splits, "cpu" without GPU."""
+        d = self.decision
+        if d is None:
+            return None
+        devices = [s.device for s in d.placement]
+        if devices == ["cpu"]:
+            return "cpu"
+        if len(devices) == 1:
+            return {"": devices[0]}
+        return "auto"
+
+    def max_memory(self) -> dict | None:
+        """Per-device limits for accelerate, in its own accounting, so the split lands as planned.
+
+        Each GPU's limit is what it can give to weights after its CUDA context, activations,
+        allocator reserve and the KV cache of its layers; scaled to accelerate's view of weight
+        sizes and undoing the quantizer's own 0.9 factor.
+        """
+        d = self.decision
+        if d is None or self.device_map() != "auto":
+            return None
+        prec = P.get(d.precision)
+        ratio = weights_fraction_for_accelerate(self.inventory, prec, self.compute_dtype)
+        scale = ratio / (BNB_MAX_MEMORY_SCALE if prec.quantized else 1.0)
+        out: dict = {}
+        for s in d.placement:
+            if s.device == "cpu":
+                out["cpu"] = int(self.hardware.cpu_ram_bytes * 0.8)
+                continue
+            room = s.budget_bytes - (s.total_bytes - s.weights_bytes)
+            out[s.device] = max(int(room * scale), 0)
+        return out
+
+    def quantization_kwargs(self) -> dict | None:
+        """BitsAndBytesConfig arguments as plain data (JSON-friendly); None for float precisions."""
+        p = P.get(self.precision) if self.precision else None
+        if p is None or not p.quantized:
+            return None
+        if p.bits == 8:
+            kw = {"load_in_8bit": True}
+        else:
+            kw = {"load_in_4bit": True, "bnb_4bit_quant_type": p.quant_type,
+                  "bnb_4bit_use_double_quant": p.double_quant, "bnb_4bit_compute_dtype": self.compute_dtype}
+        if self.decision and self.decision.offload_bytes:
+            kw["llm_int8_enable_fp32_cpu_offload"] = True
+        return kw
+
+    def from_pretrained_kwargs(self) -> dict:
+        """Exactly what `AutoModelForCausalLM.from_pretrained(plan.model_id, **kwargs)` needs."""
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        if not self.fits:
+            from .errors import DoesNotFitError
+
+            raise DoesNotFitError(self.summary_line())
+        kw: dict = {"dtype": getattr(torch, self.load_dtype), "device_map": self.device_map()}
+        q = self.quantization_kwargs()
+        if q is not None:
+            if "bnb_4bit_compute_dtype" in q:
+                q = {**q, "bnb_4bit_compute_dtype": getattr(torch, q["bnb_4bit_compute_dtype"])}
+            kw["quantization_config"] = BitsAndBytesConfig(**q)
+        mm = self.max_memory()
+        if mm is not None:
+            kw["max_memory"] = mm
+        if self.revision:
+            kw["revision"] = self.revision
+        return kw
+
+    def kwargs_as_data(self) -> dict | None:
+        """from_pretrained_kwargs() as JSON data (dtype names instead of torch objects)."""
+        if not self.fits:
+            return None
+        kw: dict = {"dtype": self.load_dtype, "device_map": self.device_map()}
+        q = self.quantization_kwargs()
+        if q is not None:
+            kw["quantization_config"] = q
+        mm = self.max_memory()
+        if mm is not None:
+            kw["max_memory"] = {str(k): v for k, v in mm.items()}
+        if self.revision:
+            kw["revision"] = self.revision
+        return kw
+
+    def summary_line(self) -> str:
+        if self.fits:
+            d = self.decision
+            return f"{self.model_id}: {d.precision} ({self.compute_dtype} compute) — {d.reason}"
+        smallest = min((d.estimate for d in self.choice.decisions), key=lambda e: e.total_bytes)
+        return (f"{self.model_id} does not fit {self.hardware.describe()} at context {self.options.context}, "
+                f"batch {self.options.batch}: the smallest option ({smallest.precision}) needs "
+                f"{fmt_bytes(smallest.total_bytes)}")
+
+    def suggestions(self) -> list[str]:
+        """What would make it fit, when nothing does."""
+        if self.fits:
+            return []
+        from .suggest import suggestions
+
+        return suggestions(self)
+
+    def __str__(self) -> str:
+        from .report import render_text
+
+        return render_text(self)
+
+    def to_dict(self) -> dict:
+        d = self.decision
+        return {
+            "model": {"id": self.model_id, "revision": self.revision, "origin": self.origin,
+                      "architecture": self.inventory.architecture, "model_type": self.inventory.model_type,
+                      "parameters": self.inventory.parameters,
+                      "quantizable_parameters": self.inventory.quantizable_parameters,
+                      "prequantized": self.inventory.prequantized},
+            "workload": {"context": self.options.context, "batch": self.options.batch},
+            "hardware": self.hardware.to_dict(),
+            "options": {"headroom": self.options.headroom, "offload": self.options.offload,
+                        "precision": self.options.precision, "min_precision": self.options.min_precision,
+                        "prefer": self.options.prefer},
+            "compute_dtype": self.compute_dtype,
+            "estimates": [{**x.estimate.to_dict(), "fits": x.fits, "reason": x.reason}
+                          for x in self.choice.decisions],
+            "plan": None if d is None else {
+                "precision": d.precision,
+                "compute_dtype": self.compute_dtype,
+                "reason": d.reason,
+                "devices": [s.to_dict() for s in d.placement],
+                "offload_bytes": d.offload_bytes,
+                "max_memory": self.kwargs_as_data().get("max_memory"),
+                "from_pretrained_kwargs": self.kwargs_as_data(),
+            },
+            "rejected": [{"precision": x.precision, "reason": x.reason}
+                         for x in self.choice.decisions if d is None or x.precision != d.precision],
+            "suggestions": self.suggestions(),
+            "notes": list(self.inventory.notes) + list(self.hardware.notes),
+        }

@@ -1,0 +1,270 @@
+"""Choose the precision and placement: the best quality that fits with headroom, and why not the others.
+
+Pure: an `Inventory`, a `Hardware` and `PlanOptions` in; `Decision`s out. For each precision in
+quality order it tries the single GPU with the most free memory, then a split over all GPUs
+(whole decoder layers per GPU, as accelerate places them), then, only when allowed, CPU offload.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import calibration as C
+from . import precision as P
+from .errors import InputError
+from .estimate import (Estimate, Workload, activation_bytes, estimate, kv_bytes_per_layer, load_dtype,
+                       weights_by_layer, weights_bytes)
+from .hardware import Hardware
+from .inventory import Inventory
+from .precision import Precision
+from .units import fmt_bytes
+
+#: Default headroom: share of each GPU's total memory left unplanned (other processes, driver
+#: growth, fragmentation beyond the modelled reserve).
+DEFAULT_HEADROOM = 0.10
+
+PREFERENCES = ("quality", "memory", "speed")
+
+#: Orders per preference. `speed` follows measured decode throughput (docs/accuracy.md): 16-bit
+#: first, then 4-bit, LLM.int8() last (it decodes several times slower than 4-bit).
+_ORDERS = {
+    "quality": ("bf16", "fp16", "int8", "nf4", "nf4-dq", "fp4", "fp4-dq"),
+    "memory": ("nf4-dq", "fp4-dq", "nf4", "fp4", "int8", "bf16", "fp16"),
+    "speed": ("bf16", "fp16", "nf4", "fp4", "nf4-dq", "fp4-dq", "int8"),
+}
+#: bitsandbytes' CUDA kernels need Maxwell (compute capability 5.0) or newer.
+BNB_MIN_CC = (5, 0)
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """What the user asked for. Same names as the CLI flags and `fitplan.plan()` arguments."""
+
+    context: int = 4096
+    batch: int = 1
+    precision: str | None = None
+    headroom: float | int = DEFAULT_HEADROOM  # share of total memory (<1) or bytes
+    offload: bool = False
+    min_precision: str | None = None
+    prefer: str = "quality"
+
+    def __post_init__(self):
+        if isinstance(self.context, bool) or not isinstance(self.context, int) or self.context <= 0:
+            raise InputError(f"context must be a positive number of tokens, got {self.context!r}")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch <= 0:
+            raise InputError(f"batch must be a positive whole number, got {self.batch!r}")
+        if self.context > 1 << 24 or self.batch > 1 << 16:
+            raise InputError("context or batch is absurdly large (limits: 16M tokens, 65536 sequences)")
+        if self.precision is not None:
+            P.get(self.precision)
+        if self.min_precision is not None:
+            P.get(self.min_precision)
+        if self.prefer not in PREFERENCES:
+            raise InputError(f"prefer must be one of {', '.join(PREFERENCES)}, got {self.prefer!r}")
+        h = self.headroom
+        if isinstance(h, bool) or not isinstance(h, (int, float)) or h < 0 or (isinstance(h, float) and h >= 1):
+            raise InputError(f"headroom must be a share below 1 (e.g. 0.1) or bytes, got {h!r}")
+
+    @property
+    def workload(self) -> Workload:
+        return Workload(self.context, self.batch)
+
+
+@dataclass(frozen=True)
+class DeviceShare:
+    """What one device is planned to hold. `device` is a CUDA index or "cpu"."""
+
+    device: int | str
+    weights_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+    budget_bytes: int  # what may be used on it: free memory less headroom
+    layers: tuple[int, ...] = ()
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes + self.overhead_bytes
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "weights_bytes": self.weights_bytes,
+                "kv_cache_bytes": self.kv_cache_bytes, "activation_bytes": self.activation_bytes,
+                "overhead_bytes": self.overhead_bytes, "total_bytes": self.total_bytes,
+                "budget_bytes": self.budget_bytes,
+                "layers": [min(self.layers), max(self.layers)] if self.layers else []}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One precision considered: where it would go, whether it fits, and in words why (not)."""
+
+    precision: str
+    estimate: Estimate
+    fits: bool
+    reason: str
+    placement: tuple[DeviceShare, ...] = field(default_factory=tuple)
+    offload_bytes: int = 0
+
+
+def compute_dtype_for(hw: Hardware) -> str:
+    """bf16 where every GPU has it (compute capability >= 8.0), else fp16; bf16 on the CPU."""
+    if hw.gpus and not all(g.supports_bf16 for g in hw.gpus):
+        return "float16"
+    return "bfloat16"
+
+
+def headroom_bytes(total: int, headroom: float | int) -> int:
+    return int(total * headroom) if isinstance(headroom, float) else int(headroom)
+
+
+def _place_layers(inv: Inventory, prec: Precision, opts: PlanOptions, hw: Hardware,
+                  compute: str, gpus) -> tuple[tuple[DeviceShare, ...], int] | None:
+    """Fill `gpus` in order with whole decoder layers; returns (shares, bytes left over) or None.
+
+    Every GPU pays its CUDA context, the allocator's fixed reserve and the activation peak (hidden
+    states pass through each); the first holds what sits outside the layers (embeddings, norm,
+    lm_head: accelerate keeps tied weights together), each holds the KV cache of its own layers.
+    """
+    align = C.CUDA_ALLOCATION_ALIGNMENT
+    outside, per_layer = weights_by_layer(inv, prec, compute, align)
+    dt = load_dtype(prec, compute)
+    kv = kv_bytes_per_layer(inv, opts.workload, dt)
+    act = activation_bytes(inv, opts.workload, dt)
+    order = sorted(per_layer)
+    shares, i = [], 0
+    for n, g in enumerate(gpus):
+        budget = g.free_bytes - headroom_bytes(g.total_bytes, opts.headroom)
+        fixed = C.CUDA_CONTEXT_BYTES + C.ALLOCATOR_RESERVE_FIXED_BYTES + int(act * (1 + C.ALLOCATOR_RESERVE_FRACTION))
+        w = outside if n == 0 else 0
+        k, taken = 0, []
+        while i < len(order):
+            li = order[i]
+            kv_i = kv[li] if li < len(kv) else 0
+            if fixed + w + per_layer[li] + int((k + kv_i) * (1 + C.ALLOCATOR_RESERVE_FRACTION)) > budget:
+                break
+            w, k = w + per_layer[li], k + kv_i
+            taken.append(li)
+            i += 1
+        if fixed + w > budget and n == 0:
+            return None
+        ov = C.CUDA_CONTEXT_BYTES + C.ALLOCATOR_RESERVE_FIXED_BYTES + int((k + act) * C.ALLOCATOR_RESERVE_FRACTION)
+        shares.append(DeviceShare(g.index, w, k, act, ov, budget, tuple(taken)))
+    left = sum(per_layer[li] for li in order[i:])
+    return tuple(shares), left
+
+
+def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, hw: Hardware, compute: str) -> Decision:
+    device = "cuda" if hw.gpus else "cpu"
+    est = estimate(inv, prec, opts.workload, compute, device)
+    if not hw.gpus:
+        budget = hw.cpu_ram_bytes - headroom_bytes(hw.cpu_ram_bytes, opts.headroom)
+        fits = est.total_bytes <= budget
+        share = DeviceShare("cpu", est.weights_bytes, est.kv_cache_bytes, est.activation_bytes, 0, budget)
+        why = (f"fits in CPU RAM ({fmt_bytes(est.total_bytes)} of {fmt_bytes(budget)} usable)" if fits else
+               f"needs {fmt_bytes(est.total_bytes)}, {fmt_bytes(est.total_bytes - budget)} more than the "
+               f"{fmt_bytes(budget)} of RAM usable")
+        return Decision(prec.name, est, fits, why, (share,))
+    best = max(hw.gpus, key=lambda g: g.free_bytes)
+    one = _place_layers(inv, prec, opts, hw, compute, [best])
+    if one and one[1] == 0:
+        s = one[0][0]
+        return Decision(prec.name, est, True,
+                        f"fits on GPU {best.index} ({fmt_bytes(s.total_bytes)} of {fmt_bytes(s.budget_bytes)} usable)",
+                        one[0])
+    budget_one = best.free_bytes - headroom_bytes(best.total_bytes, opts.headroom)
+    short_one = est.total_bytes - budget_one
+    if len(hw.gpus) > 1:
+        split = _place_layers(inv, prec, opts, hw, compute, list(hw.gpus))
+        if split and split[1] == 0:
+            used = [s for s in split[0] if s.layers or s.weights_bytes]
+            return Decision(prec.name, est, True,
+                            f"fits split over {len(used)} GPUs ({', '.join(fmt_bytes(s.total_bytes) for s in used)})",
+                            tuple(used))
+        left = split[1] if split else est.weights_bytes
+        reason = (f"needs {fmt_bytes(est.total_bytes)}; over all {len(hw.gpus)} GPUs "
+                  f"{fmt_bytes(left)} of weights find no room")
+        if opts.offload and split:
+            return Decision(prec.name, est, True, reason + f"; offloading {fmt_bytes(left)} to CPU (slow)",
+                            split[0] + (DeviceShare("cpu", left, 0, 0, 0, hw.cpu_ram_bytes),), left)
+        return Decision(prec.name, est, False, reason)
+    reason = (f"needs {fmt_bytes(est.total_bytes)} on GPU {best.index}, {fmt_bytes(max(short_one, 0))} "
+              f"more than the {fmt_bytes(budget_one)} usable")
+    if opts.offload and one:
+        left = one[1]
+        return Decision(prec.name, est, True, reason + f"; offloading {fmt_bytes(left)} to CPU (slow)",
+                        one[0] + (DeviceShare("cpu", left, 0, 0, 0, hw.cpu_ram_bytes),), left)
+    return Decision(prec.name, est, False, reason)
+
+
+def _candidates(opts: PlanOptions, hw: Hardware, compute: str) -> list[tuple[Precision, str | None]]:
+    """Precisions in preference order, each with a reason it is ruled out before sizing (or None)."""
+    if not hw.gpus:
+        order = ["fp32", "bf16", "fp16", "int8", "nf4", "nf4-dq", "fp4", "fp4-dq"]
+    else:
+        order = ["fp32", *_ORDERS[opts.prefer]]
+    floor = P.ALL.index(P.get(opts.min_precision)) if opts.min_precision else None
+    out = []
+    for name in order:
+        p = P.get(name)
+        why = None
+        if opts.precision and name != P.get(opts.precision).name:
+            why = f"not asked for (--precision {opts.precision})"
+        elif floor is not None and P.ALL.index(p) > floor:
+            why = f"below min_precision {opts.min_precision}"
+        elif hw.gpus and name == "fp32" and not opts.precision:
+            why = "fp32 doubles the memory of 16-bit weights for no inference gain on a GPU"
+        elif hw.gpus and name == "bf16" and compute == "float16":
+            why = "a GPU here has no bf16 (compute capability < 8.0); fp16 is used instead"
+        elif hw.gpus and name == "fp16" and compute == "bfloat16" and not opts.precision:
+            why = "bf16 is preferred on compute capability >= 8.0 (same size, wider range)"
+        elif not hw.gpus and p.quantized and not opts.precision:
+            why = "bitsandbytes on the CPU only when asked (--precision); it is slower than 16-bit"
+        elif hw.gpus and p.quantized and any(g.compute_capability < BNB_MIN_CC for g in hw.gpus):
+            why = "bitsandbytes needs compute capability 5.0 or newer"
+        out.append((p, why))
+    return out
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The policy's answer: the chosen decision (or None) and every option with its reason."""
+
+    chosen: Decision | None
+    decisions: tuple[Decision, ...]
+    compute_dtype: str
+
+
+def choose(inv: Inventory, hw: Hardware, opts: PlanOptions) -> Choice:
+    compute = compute_dtype_for(hw)
+    decisions, chosen = [], None
+    for prec, ruled_out in _candidates(opts, hw, compute):
+        d = _decide(inv, prec, opts, hw, compute)
+        if ruled_out:
+            d = Decision(d.precision, d.estimate, False, ruled_out)
+        elif chosen is not None and d.fits:
+            d = Decision(d.precision, d.estimate, True, f"fits, but {chosen.precision} ranks higher "
+                         f"(prefer={opts.prefer})", d.placement, d.offload_bytes)
+        elif chosen is None and d.fits:
+            chosen = d
+        decisions.append(d)
+    return Choice(chosen, tuple(decisions), compute)
+
+
+def weights_fraction_for_accelerate(inv: Inventory, prec: Precision, compute: str) -> float:
+    """accelerate's size of the weights over their true size at `prec`.
+
+    accelerate (through transformers' quantizer) counts a 4-bit weight as 0.5 byte/element and an
+    int8 one as 1, ignoring absmax, code tables and SCB. `max_memory` handed to it must be in its
+    units, or it packs more layers on a GPU than the GPU can hold.
+    """
+    true = weights_bytes(inv, prec, compute)
+    dt = load_dtype(prec, compute)
+    seen = 0
+    from .layout import float_dtype_for
+    from .precision import DTYPE_BYTES
+
+    for t in inv.tensors:
+        if prec.quantized and t.quantizable:
+            seen += t.numel * (prec.bits / 8)
+        else:
+            seen += t.numel * DTYPE_BYTES[float_dtype_for(t, dt)]
+    return seen / true if true else 1.0
