@@ -12,8 +12,11 @@ def parse_headroom(value) -> float | int:
             value = float(value)
         except ValueError:
             pass
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1:
-        return float(value)
+    if isinstance(value, float):
+        if 0 <= value < 1:
+            return value
+        raise InputError(f"headroom: a plain number is a share and must be below 1 (e.g. 0.1), got {value}; "
+                         "write sizes with a unit, e.g. '1.5GiB'")
     frac, nbytes = parse_fraction_or_bytes(value, what="headroom")
     if frac is not None:
         return frac
