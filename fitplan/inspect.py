@@ -1,9 +1,9 @@
 """Build a model's `Inventory` from its config alone, the way `from_pretrained` would.
 
 The model is instantiated on the meta device with the class `AutoModelForCausalLM` picks and
-transformers' own init contexts; bitsandbytes' module replacement is then run by transformers'
-quantizer itself (`preprocess_model`), so "which layers get quantized" is transformers' answer,
-not a name list of ours. A meta-device forward pass through a `DynamicCache` tells the KV
+transformers' own init contexts; which layers bitsandbytes packs is then decided by the
+functions transformers' bnb quantizer itself calls, so it is transformers' answer, not a name
+list of ours. A meta-device forward pass through a `DynamicCache` tells the KV
 layout per layer (grouped-query heads, head dims, sliding windows) as the cache really keeps it.
 Nothing is materialised: absurd sizes stay arithmetic.
 """
@@ -143,22 +143,31 @@ def _tensors(model, build_dtype) -> tuple[TensorInfo, ...]:
     return tuple(out)
 
 
-def _bnb_quantizable(model, dtype) -> dict[str, int]:
-    """Run transformers' own bitsandbytes preprocessing on the meta model; report what it replaced.
+def _bnb_quantizable(model) -> dict[str, int]:
+    """Which weights transformers' bitsandbytes quantizer packs, by its own functions.
 
-    Returns {weight name: out_features}. 4-bit and 8-bit share this replacement path
-    (`replace_with_bnb_linear` with the same skip list), so one pass answers for both.
+    `Bnb4BitHfQuantizer`/`Bnb8BitHfQuantizer._process_model_before_weight_loading` compute the skip
+    list with `get_modules_to_not_convert` and hand it to `replace_with_bnb_linear`, which replaces
+    a module when `should_convert_module` allows it and it is a `Conv1D` or exactly `nn.Linear`.
+    The same calls are made here, without importing bitsandbytes (1-2 s of start-up);
+    tests/test_weights_real.py checks the answer against real 4-bit loads. 4-bit and 8-bit share
+    this path, so one pass answers for both. Returns {weight name: out_features}.
     """
-    import bitsandbytes as bnb
-    from transformers import BitsAndBytesConfig
-    from transformers.quantizers import AutoHfQuantizer
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.base import HfQuantizer
+    from transformers.quantizers.quantizers_utils import should_convert_module
 
-    quantizer = AutoHfQuantizer.from_config(
-        BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype), pre_quantized=False
-    )
-    quantizer.preprocess_model(model=model, dtype=dtype, device_map=None, checkpoint_files=None, use_kernels=False)
-    return {f"{name}.weight": int(m.out_features) for name, m in model.named_modules()
-            if isinstance(m, bnb.nn.Linear4bit)}
+    skip = HfQuantizer.get_modules_to_not_convert(model, None, model._keep_in_fp32_modules)
+    out = {}
+    for name, m in model.named_modules():
+        if not should_convert_module(name, skip):
+            continue
+        if isinstance(m, Conv1D):
+            out[f"{name}.weight"] = int(m.weight.shape[1])
+        elif type(m) is nn.Linear:
+            out[f"{name}.weight"] = int(m.out_features)
+    return out
 
 
 def _kv_layers_from_cache(model) -> tuple[KVLayer, ...]:
@@ -195,12 +204,9 @@ def _kv_layers_from_config(text_config) -> tuple[KVLayer, ...]:
 
 
 def _versions() -> dict:
-    import bitsandbytes
-    import torch
-    import transformers
+    from .pipeline import _lib_versions
 
-    return {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0],
-            "bitsandbytes": bitsandbytes.__version__}
+    return _lib_versions()
 
 
 def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False,
@@ -233,7 +239,7 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             method = str(getattr(method, "value", method))
         tensors = _tensors(model, build_dtype)
         if not method:  # a pre-quantized checkpoint is estimated from what it stores, not re-quantized
-            packed = _bnb_quantizable(model, build_dtype)
+            packed = _bnb_quantizable(model)
             tensors = tuple(
                 replace(t, quantizable=True, out_features=packed[t.name]) if t.name in packed else t
                 for t in tensors

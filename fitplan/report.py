@@ -9,8 +9,9 @@ def _gib(n: int) -> str:
 
 
 def render_text(plan) -> str:
-    lines = [f"model     {plan.model_id}  ({plan.inventory.architecture}, "
-             f"{plan.inventory.parameters / 1e9:.2f}B parameters, from {plan.origin})",
+    n = plan.inventory.parameters
+    count = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+    lines = [f"model     {plan.model_id}  ({plan.inventory.architecture}, {count} parameters, from {plan.origin})",
              f"hardware  {plan.hardware.describe()}  [{plan.hardware.source}]",
              f"workload  context {plan.options.context} tokens x batch {plan.options.batch}",
              ""]

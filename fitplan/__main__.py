@@ -1,0 +1,4 @@
+"""`python -m fitplan` is the `fitplan` command."""
+from .cli import main
+
+main()
