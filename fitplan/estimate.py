@@ -91,6 +91,23 @@ def kv_bytes_per_layer(inv: Inventory, work: Workload, kv_dtype: str) -> list[in
     return [layer.elements_per_token * work.context * work.batch * eb for layer in inv.kv_layers]
 
 
+def workspace_bytes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str) -> int:
+    """Transient buffers bitsandbytes adds during a prefill matmul, for the largest packed layer.
+
+    4-bit: with more than one token, the weight is dequantized to the compute dtype before the
+    matmul (out x in elements). LLM.int8(): the input is quantized to int8 and the product comes
+    back as int32 before rescaling (tokens x in + 4 x tokens x out bytes).
+    """
+    packed = [t for t in inv.tensors if t.quantizable]
+    if not precision.quantized or not packed:
+        return 0
+    tokens = work.context * work.batch
+    if precision.bits == 4:
+        return max(t.numel for t in packed) * DTYPE_BYTES[compute_dtype]
+    return max(tokens * (t.numel // (t.out_features or t.shape[0])) + 4 * tokens * (t.out_features or t.shape[0])
+               for t in packed)
+
+
 def activation_bytes(inv: Inventory, work: Workload, compute_dtype: str) -> int:
     """Peak transient memory of one prefill forward at `context` tokens, with last-position logits."""
     eb = DTYPE_BYTES[compute_dtype]
@@ -120,7 +137,7 @@ def estimate(inv: Inventory, precision: Precision, work: Workload, compute_dtype
     dt = load_dtype(precision, compute_dtype)
     w = weights_bytes(inv, precision, compute_dtype, alignment)
     kv = sum(kv_bytes_per_layer(inv, work, dt))
-    act = activation_bytes(inv, work, dt)
+    act = activation_bytes(inv, work, dt) + workspace_bytes(inv, precision, work, dt)
     return Estimate(precision.name, dt, w, kv, act, overhead_bytes(kv + act, device), device)
 
 

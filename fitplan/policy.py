@@ -12,7 +12,7 @@ from . import calibration as C
 from . import precision as P
 from .errors import InputError
 from .estimate import (Estimate, Workload, activation_bytes, estimate, kv_bytes_per_layer, load_dtype,
-                       weights_by_layer, weights_bytes)
+                       weights_by_layer, weights_bytes, workspace_bytes)
 from .hardware import Hardware
 from .inventory import Inventory
 from .precision import Precision
@@ -128,7 +128,7 @@ def _place_layers(inv: Inventory, prec: Precision, opts: PlanOptions, hw: Hardwa
     outside, per_layer = weights_by_layer(inv, prec, compute, align)
     dt = load_dtype(prec, compute)
     kv = kv_bytes_per_layer(inv, opts.workload, dt)
-    act = activation_bytes(inv, opts.workload, dt)
+    act = activation_bytes(inv, opts.workload, dt) + workspace_bytes(inv, prec, opts.workload, dt)
     order = sorted(per_layer)
     shares, i = [], 0
     for n, g in enumerate(gpus):
