@@ -84,6 +84,11 @@ def measure_case(path: Path, model_id: str, precision: str, workloads, baseline:
     torch.cuda.synchronize()
     load_s = time.perf_counter() - t0
     weights = torch.cuda.memory_allocated() - before
+    from fitplan.measure import held_bytes
+
+    held = held_bytes(model).get("cuda:0", 0)
+    gc.collect()
+    weights_after_gc = torch.cuda.memory_allocated() - before
     plan = model.fitplan.plan
     rows = []
     for context, batch in workloads:
@@ -104,7 +109,8 @@ def measure_case(path: Path, model_id: str, precision: str, workloads, baseline:
             "model": model_id, "architecture": plan.inventory.architecture,
             "parameters": plan.inventory.parameters, "precision": precision, "context": context, "batch": batch,
             "predicted": est.to_dict(),
-            "measured": {"weights_bytes": weights, "peak_allocated_bytes": peak_alloc,
+            "measured": {"weights_bytes": weights, "held_bytes": held, "weights_after_gc_bytes": weights_after_gc,
+                         "peak_allocated_bytes": peak_alloc,
                          "peak_reserved_bytes": peak_reserved, "nvml_peak_bytes": baseline + peak_reserved,
                          "cuda_context_bytes": baseline},
             "load_s": load_s, "generate_s": gen_s,

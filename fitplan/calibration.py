@@ -9,15 +9,22 @@ from __future__ import annotations
 
 GiB = 1 << 30
 
-#: NVML-visible memory a process holds once CUDA and torch's kernels are loaded, before any
-#: tensor: 1.08 GiB measured on an H100 80GB (torch 2.11, cu130; shared/FINDINGS.md).
-CUDA_CONTEXT_BYTES = int(1.08 * GiB)
+#: NVML-visible memory a process holds once CUDA is up and cuBLAS has run one product, before
+#: any model tensor: 0.70 GiB measured on an H100 80GB (torch 2.11+cu130, driver 580; see
+#: docs/accuracy.md; shared/FINDINGS.md reports 1.08 GiB for a similar setup measured another
+#: way). Rounded up to 0.75 GiB for other drivers and cards.
+CUDA_CONTEXT_BYTES = int(0.75 * GiB)
 
-#: The caching allocator reserves more than it hands out: segments are rounded up and freed
-#: blocks are kept for reuse. Reserved peak ran 5-15% above allocated peak during generation
-#: (FINDINGS); the reserve is charged on the dynamic part (KV cache and activations), since
-#: weights are allocated once and pack their segments tightly.
-ALLOCATOR_RESERVE_FRACTION = 0.15
+#: The caching allocator reserves more than it hands out. Two sources, and the larger one counts
+#: (generation reuses the holes a load leaves): a share of the dynamic part (KV cache and
+#: activations), and the fragmented segments the load leaves (LOAD_FRAGMENTATION below).
+#: Fitted on the H100 cases of docs/accuracy.md so that no total falls below its NVML peak.
+ALLOCATOR_RESERVE_FRACTION = 0.20
+#: Reserved-but-free memory a load leaves, as a share of the weights it loaded, by how the
+#: weights get there: plain float copies, 4-bit quantization on the GPU, LLM.int8()
+#: quantization (a bf16 copy per layer, then int8 + scales: 18% of Llama-3.1-8B's weights),
+#: and MoE experts stored as fused 3-D tensors (6.8% of OLMoE-1B-7B's).
+LOAD_FRAGMENTATION = {"float": 0.01, "4bit": 0.06, "int8": 0.22, "fused_experts": 0.08}
 #: Fixed part of the reserve: cuBLAS/cuBLASLt workspaces and the allocator's 2 MiB small-block pool.
 ALLOCATOR_RESERVE_FIXED_BYTES = 64 << 20
 
@@ -30,9 +37,21 @@ CUDA_ALLOCATION_ALIGNMENT = 512
 ACT_HIDDEN_COPIES = 4
 ACT_MLP_COPIES = 3
 
-#: Eager attention materialises scores and softmax for one layer at a time (fp32 softmax upcast):
-#: batch * heads * q_len * kv_len * (compute bytes + 4) per layer at the peak.
-EAGER_SCORE_EXTRA_BYTES = 4
+#: Eager attention materialises one layer's batch * heads * q_len * kv_len scores several times
+#: over (scores, soft-capping, mask, fp32 softmax, cast back): bytes per score element at the
+#: peak, fitted on Gemma-2-2B (2048x4 and 8192x1 tokens) together with the reserve share.
+EAGER_SCORE_BYTES = 13
+
+#: MoE layers dispatch each token to `experts_per_token` experts: per routed token, the gathered
+#: hidden state and its expert output (2 x hidden) and the expert MLP's gate, up and product
+#: (3 x expert intermediate), in compute-dtype elements. Fits OLMoE-1B-7B's measured peak.
+ACT_MOE_HIDDEN_COPIES = 2
+ACT_MOE_MLP_COPIES = 3
+
+#: LLM.int8() splits outlier columns (|x| > 6, data-dependent) into an fp16 matmul that needs fp16
+#: copies of those weight columns: up to this many fp16 copies of the largest packed layer were
+#: live at once (Llama-3.1-8B shape, first generation after load).
+INT8_OUTLIER_WEIGHT_COPIES = 3.5
 
 #: generate() keeps fp32 logits of the last position for each sequence, plus the processed copy.
 LOGITS_COPIES = 2

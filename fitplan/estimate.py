@@ -96,38 +96,66 @@ def workspace_bytes(inv: Inventory, precision: Precision, work: Workload, comput
 
     4-bit: with more than one token, the weight is dequantized to the compute dtype before the
     matmul (out x in elements). LLM.int8(): the input is quantized to int8 and the product comes
-    back as int32 before rescaling (tokens x in + 4 x tokens x out bytes).
+    back as int32 before rescaling (tokens x in + 4 x tokens x out bytes), or, when larger, the
+    fp16 copies of outlier weight columns (calibration.INT8_OUTLIER_WEIGHT_COPIES).
     """
     packed = [t for t in inv.tensors if t.quantizable]
     if not precision.quantized or not packed:
         return 0
     tokens = work.context * work.batch
+    largest = max(t.numel for t in packed)
     if precision.bits == 4:
-        return max(t.numel for t in packed) * DTYPE_BYTES[compute_dtype]
-    return max(tokens * (t.numel // (t.out_features or t.shape[0])) + 4 * tokens * (t.out_features or t.shape[0])
-               for t in packed)
+        return largest * DTYPE_BYTES[compute_dtype]
+    per_tokens = max(tokens * (t.numel // (t.out_features or t.shape[0])) + 4 * tokens * (t.out_features or t.shape[0])
+                     for t in packed)
+    return max(int(C.INT8_OUTLIER_WEIGHT_COPIES * largest * 2), per_tokens)
 
 
-def activation_bytes(inv: Inventory, work: Workload, compute_dtype: str) -> int:
-    """Peak transient memory of one prefill forward at `context` tokens, with last-position logits."""
+def activation_bytes(inv: Inventory, work: Workload, compute_dtype: str, precision: Precision | None = None) -> int:
+    """Peak transient memory of one prefill forward at `context` tokens, with last-position logits.
+
+    The residual stream is live throughout; attention and the MLP peak at different moments, so
+    the larger of the two phases counts, not their sum: attention holds q and the layer's new k/v
+    (and, under eager attention, the scores), the MLP its intermediates, MoE dispatch buffers
+    and bitsandbytes' matmul workspace.
+    """
     eb = DTYPE_BYTES[compute_dtype]
     tokens = work.context * work.batch
     kv_per_token = max((layer.elements_per_token for layer in inv.kv_layers), default=0)
-    per_token = C.ACT_HIDDEN_COPIES * inv.hidden_size + C.ACT_MLP_COPIES * inv.intermediate_size
-    per_token += inv.hidden_size + kv_per_token  # q plus the new k/v of the layer being computed
-    act = tokens * per_token * eb
+    resident = tokens * C.ACT_HIDDEN_COPIES * inv.hidden_size * eb
+    attn = tokens * (inv.hidden_size + kv_per_token) * eb
     if inv.attn_implementation == "eager":
-        act += work.batch * inv.num_attention_heads * work.context**2 * (eb + C.EAGER_SCORE_EXTRA_BYTES)
-    act += C.LOGITS_COPIES * work.batch * inv.vocab_size * 4
-    return act
+        attn += work.batch * inv.num_attention_heads * work.context**2 * C.EAGER_SCORE_BYTES
+    mlp = tokens * C.ACT_MLP_COPIES * inv.intermediate_size * eb
+    if inv.experts_per_token:
+        mlp += tokens * inv.experts_per_token * eb * (
+            C.ACT_MOE_HIDDEN_COPIES * inv.hidden_size + C.ACT_MOE_MLP_COPIES * inv.expert_intermediate_size)
+    if precision is not None:
+        mlp += workspace_bytes(inv, precision, work, compute_dtype)
+    return resident + max(attn, mlp) + C.LOGITS_COPIES * work.batch * inv.vocab_size * 4
 
 
-def overhead_bytes(dynamic_bytes: int, device: str, n_devices: int = 1) -> int:
-    """CUDA context per device plus the caching allocator's reserve over the dynamic allocations."""
+def load_fragmentation_bytes(inv: Inventory, precision: Precision, compute_dtype: str) -> int:
+    """Reserved-but-free memory the load leaves behind (see calibration.LOAD_FRAGMENTATION)."""
+    dt = load_dtype(precision, compute_dtype)
+    kind = "float" if not precision.quantized else ("int8" if precision.bits == 8 else "4bit")
+    frag = 0.0
+    for t in inv.tensors:
+        b = tensor_bytes(t, precision, dt)
+        fused = len(t.shape) == 3 and not t.buffer
+        rate = C.LOAD_FRAGMENTATION["fused_experts"] if fused else (
+            C.LOAD_FRAGMENTATION[kind] if (t.quantizable or kind == "float") else C.LOAD_FRAGMENTATION["float"])
+        frag += b * rate
+    return int(frag)
+
+
+def overhead_bytes(dynamic_bytes: int, device: str, n_devices: int = 1, fragmentation: int = 0) -> int:
+    """CUDA context per device plus the caching allocator's reserve: the larger of the share of
+    the dynamic allocations and the load's fragmentation (generation reuses those holes)."""
     if device != "cuda":
         return 0
-    reserve = int(C.ALLOCATOR_RESERVE_FRACTION * dynamic_bytes) + C.ALLOCATOR_RESERVE_FIXED_BYTES
-    return n_devices * C.CUDA_CONTEXT_BYTES + reserve
+    reserve = max(int(C.ALLOCATOR_RESERVE_FRACTION * dynamic_bytes), fragmentation)
+    return n_devices * C.CUDA_CONTEXT_BYTES + reserve + n_devices * C.ALLOCATOR_RESERVE_FIXED_BYTES
 
 
 def estimate(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str,
@@ -137,8 +165,9 @@ def estimate(inv: Inventory, precision: Precision, work: Workload, compute_dtype
     dt = load_dtype(precision, compute_dtype)
     w = weights_bytes(inv, precision, compute_dtype, alignment)
     kv = sum(kv_bytes_per_layer(inv, work, dt))
-    act = activation_bytes(inv, work, dt) + workspace_bytes(inv, precision, work, dt)
-    return Estimate(precision.name, dt, w, kv, act, overhead_bytes(kv + act, device), device)
+    act = activation_bytes(inv, work, dt, precision)
+    frag = load_fragmentation_bytes(inv, precision, compute_dtype)
+    return Estimate(precision.name, dt, w, kv, act, overhead_bytes(kv + act, device, fragmentation=frag), device)
 
 
 def estimate_all(inv: Inventory, work: Workload, compute_dtype: str, device: str = "cuda",

@@ -247,6 +247,8 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
         inter = (getattr(text, "intermediate_size", None) or getattr(text, "ffn_dim", None)
                  or getattr(text, "n_inner", None) or 4 * text.hidden_size)
         ckpt_dtype = cfg.get("dtype") or cfg.get("torch_dtype")
+        top_k = int(getattr(text, "num_experts_per_tok", 0) or 0)
+        expert_inter = int(getattr(text, "moe_intermediate_size", None) or inter) if top_k else 0
         return Inventory(
             model_id=model_id,
             model_type=config.model_type,
@@ -259,6 +261,8 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             num_layers=int(text.num_hidden_layers),
             num_attention_heads=int(text.num_attention_heads),
             vocab_size=int(text.vocab_size),
+            experts_per_token=top_k,
+            expert_intermediate_size=expert_inter,
             attn_implementation=str(getattr(model.config, "_attn_implementation", None) or "sdpa"),
             checkpoint_dtype=str(ckpt_dtype) if ckpt_dtype else None,
             prequantized=method,

@@ -111,9 +111,14 @@ def load(model: str | None = None, *, profile: str | None = None, auto_class="ca
     """
     from . import api
 
-    for bad in ("gpu", "hardware"):
-        if bad in from_pretrained_kwargs:
-            raise InputError(f"load() plans for the GPUs of this machine; '{bad}' is for fitplan.plan()/check")
+    from .hardware import Hardware
+
+    if "gpu" in from_pretrained_kwargs:
+        raise InputError("load() plans for the GPUs of this machine; 'gpu' is for fitplan.plan()/check")
+    hardware = from_pretrained_kwargs.pop("hardware", None)
+    if hardware is not None and not isinstance(hardware, Hardware):
+        raise InputError("load(hardware=...) takes a fitplan Hardware (e.g. to emulate a smaller card); "
+                         "GPU names and files are for fitplan.plan()/check")
     user = dict(from_pretrained_kwargs)
     revision, token = user.get("revision"), user.get("token")
     if profile is not None:
@@ -135,10 +140,10 @@ def load(model: str | None = None, *, profile: str | None = None, auto_class="ca
         opts = dict(context=context, batch=batch, precision=precision, headroom=headroom, offload=offload,
                     min_precision=min_precision, prefer=prefer, revision=revision, token=token,
                     offline=offline, use_cache=use_cache)
-        plan = api.plan(model, **opts)
+        plan = api.plan(model, hardware=hardware, **opts)
 
         def replan(hw):
-            return api.plan(model, hardware=hw, **opts)
+            return api.plan(model, hardware=hw, **opts)  # only reached for probed hardware
 
     if not plan.fits:
         raise DoesNotFitError(plan.summary_line() + (f"; try: {plan.suggestions()[0]}" if plan.suggestions() else ""))

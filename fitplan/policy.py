@@ -12,7 +12,7 @@ from . import calibration as C
 from . import precision as P
 from .errors import InputError
 from .estimate import (Estimate, Workload, activation_bytes, estimate, kv_bytes_per_layer, load_dtype,
-                       weights_by_layer, weights_bytes, workspace_bytes)
+                       load_fragmentation_bytes, overhead_bytes, weights_by_layer, weights_bytes)
 from .hardware import Hardware
 from .inventory import Inventory
 from .precision import Precision
@@ -123,31 +123,37 @@ def _place_layers(inv: Inventory, prec: Precision, opts: PlanOptions, hw: Hardwa
     Every GPU pays its CUDA context, the allocator's fixed reserve and the activation peak (hidden
     states pass through each); the first holds what sits outside the layers (embeddings, norm,
     lm_head: accelerate keeps tied weights together), each holds the KV cache of its own layers.
+    Its reserve is `overhead_bytes` over its own share, so one GPU holding everything is exactly
+    the whole-model estimate.
     """
     align = C.CUDA_ALLOCATION_ALIGNMENT
     outside, per_layer = weights_by_layer(inv, prec, compute, align)
     dt = load_dtype(prec, compute)
     kv = kv_bytes_per_layer(inv, opts.workload, dt)
-    act = activation_bytes(inv, opts.workload, dt) + workspace_bytes(inv, prec, opts.workload, dt)
+    act = activation_bytes(inv, opts.workload, dt, prec)
+    total_w = outside + sum(per_layer.values())
+    frag_rate = load_fragmentation_bytes(inv, prec, compute) / total_w if total_w else 0.0
+
+    def overhead(w: int, k: int) -> int:
+        return overhead_bytes(k + act, "cuda", fragmentation=int(w * frag_rate))
+
     order = sorted(per_layer)
     shares, i = [], 0
     for n, g in enumerate(gpus):
         budget = g.free_bytes - headroom_bytes(g.total_bytes, opts.headroom)
-        fixed = C.CUDA_CONTEXT_BYTES + C.ALLOCATOR_RESERVE_FIXED_BYTES + int(act * (1 + C.ALLOCATOR_RESERVE_FRACTION))
         w = outside if n == 0 else 0
         k, taken = 0, []
+        if w + act + overhead(w, 0) > budget:
+            return None if n == 0 else (tuple(shares), sum(per_layer[li] for li in order[i:]))
         while i < len(order):
             li = order[i]
-            kv_i = kv[li] if li < len(kv) else 0
-            if fixed + w + per_layer[li] + int((k + kv_i) * (1 + C.ALLOCATOR_RESERVE_FRACTION)) > budget:
+            w2, k2 = w + per_layer[li], k + (kv[li] if li < len(kv) else 0)
+            if w2 + k2 + act + overhead(w2, k2) > budget:
                 break
-            w, k = w + per_layer[li], k + kv_i
+            w, k = w2, k2
             taken.append(li)
             i += 1
-        if fixed + w > budget and n == 0:
-            return None
-        ov = C.CUDA_CONTEXT_BYTES + C.ALLOCATOR_RESERVE_FIXED_BYTES + int((k + act) * C.ALLOCATOR_RESERVE_FRACTION)
-        shares.append(DeviceShare(g.index, w, k, act, ov, budget, tuple(taken)))
+        shares.append(DeviceShare(g.index, w, k, act, overhead(w, k), budget, tuple(taken)))
     left = sum(per_layer[li] for li in order[i:])
     return tuple(shares), left
 
