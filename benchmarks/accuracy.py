@@ -74,6 +74,11 @@ def measure_case(path: Path, model_id: str, precision: str, workloads, baseline:
     from fitplan.estimate import Workload, estimate
     from fitplan.precision import get
 
+    import json as _json
+
+    cfg = _json.loads((Path(path) / "config.json").read_text())
+    limit = cfg.get("max_position_embeddings") or cfg.get("n_positions") or 1 << 30
+    workloads = [(c, b) for c, b in workloads if c <= limit] or [(min(limit, 512), 1)]
     ctx = max(c for c, _ in workloads)
     bmax = max(b for _, b in workloads)
     torch.cuda.empty_cache()

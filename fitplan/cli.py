@@ -147,11 +147,9 @@ def verify(model, max_new_tokens, **kw):
 
 
 def _register_optional_commands():
-    """Profile commands live in their own module; the CLI works without them during development."""
-    try:
-        from .profile_cli import lock, profile
-    except ImportError:
-        return
+    """Profile commands live in their own module (fitplan/profile_cli.py)."""
+    from .profile_cli import lock, profile
+
     main.add_command(profile)
     main.add_command(lock)
 
