@@ -25,9 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from accuracy import make_checkpoint  # noqa: E402
 
 GiB = 1 << 30
-CARDS = [6, 8, 12, 16, 24, 48]
-DEFAULT_MODELS = ["Qwen/Qwen2.5-1.5B", "google/gemma-2-2b", "microsoft/Phi-3-mini-4k-instruct",
-                  "meta-llama/Llama-3.1-8B", "mistralai/Mistral-7B-v0.1"]
+CARDS = [6, 8, 12, 16, 24, 48]  # 48 only adds cases where bf16 fits everything
+DEFAULT_MODELS = ["Qwen/Qwen2.5-1.5B", "microsoft/Phi-3-mini-4k-instruct", "meta-llama/Llama-3.1-8B"]
 CONTEXTS = [2048, 8192]
 NEW_TOKENS = 16
 

@@ -19,7 +19,7 @@ CUDA_CONTEXT_BYTES = int(0.75 * GiB)
 #: (generation reuses the holes a load leaves): a share of the dynamic part (KV cache and
 #: activations), and the fragmented segments the load leaves (LOAD_FRAGMENTATION below).
 #: Fitted on the H100 cases of docs/accuracy.md so that no total falls below its NVML peak.
-ALLOCATOR_RESERVE_FRACTION = 0.20
+ALLOCATOR_RESERVE_FRACTION = 0.36
 #: Reserved-but-free memory a load leaves, as a share of the weights it loaded, by how the
 #: weights get there: plain float copies, 4-bit quantization on the GPU, LLM.int8()
 #: quantization (a bf16 copy per layer, then int8 + scales: 18% of Llama-3.1-8B's weights),
@@ -40,7 +40,7 @@ ACT_MLP_COPIES = 3
 #: Eager attention materialises one layer's batch * heads * q_len * kv_len scores several times
 #: over (scores, soft-capping, mask, fp32 softmax, cast back): bytes per score element at the
 #: peak, fitted on Gemma-2-2B (2048x4 and 8192x1 tokens) together with the reserve share.
-EAGER_SCORE_BYTES = 13
+EAGER_SCORE_BYTES = 11
 
 #: MoE layers dispatch each token to `experts_per_token` experts: per routed token, the gathered
 #: hidden state and its expert output (2 x hidden) and the expert MLP's gate, up and product

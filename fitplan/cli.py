@@ -5,72 +5,13 @@ prediction, 2 bad input or environment — one line on stderr, never a traceback
 """
 from __future__ import annotations
 
-import functools
 import json
 import sys
 
 import click
 
-from .errors import FitplanError
-
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4", "nf4-dq", "fp4", "fp4-dq")
-
-
-def _fail(message: str, code: int = 2):
-    click.echo(f"fitplan: error: {message}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(fn):
-    """Every `FitplanError` becomes its one line and exit code; Ctrl-C exits 130 quietly."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FitplanError as exc:
-            _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            sys.exit(130)
-
-    return wrapper
-
-
-def plan_options(fn):
-    """The flags shared by `check`, `verify` and `profile init`; same names as `fitplan.plan()`."""
-    opts = [
-        click.option("--context", type=click.IntRange(min=1), default=None,
-                     help="Longest sequence in tokens, prompt plus generated (default 4096)."),
-        click.option("--batch", type=click.IntRange(min=1), default=None, help="Sequences at once (default 1)."),
-        click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default=None,
-                     help="Force one precision instead of choosing."),
-        click.option("--min-precision", type=click.Choice(PRECISIONS, case_sensitive=False), default=None,
-                     help="Never go below this precision."),
-        click.option("--prefer", type=click.Choice(["quality", "memory", "speed"]), default=None,
-                     help="What to favour among precisions that fit (default quality)."),
-        click.option("--gpu", default=None, help="Plan for catalogue GPUs instead of this machine: rtx4090, 2xa100-80gb."),
-        click.option("--hardware", type=click.Path(dir_okay=False), default=None,
-                     help="Plan for GPUs described in a YAML file."),
-        click.option("--headroom", default=None, help="Memory left unplanned per GPU: '10%' (default) or '1.5GiB'."),
-        click.option("--offload/--no-offload", default=None, help="Allow CPU offload when nothing fits on the GPUs."),
-        click.option("--revision", default=None, help="Hub revision (branch, tag or commit)."),
-        click.option("--token", default=None, envvar="HF_TOKEN", show_envvar=True, help="Hub token for gated or private repos."),
-        click.option("--offline", is_flag=True, default=False, help="Never contact the Hub (also HF_HUB_OFFLINE=1)."),
-    ]
-    for o in reversed(opts):
-        fn = o(fn)
-    return fn
-
-
-def _collect(kw: dict) -> dict:
-    """CLI values that were given (None means: not given, let profile/env/defaults decide)."""
-    keys = ("context", "batch", "precision", "min_precision", "prefer", "gpu", "hardware", "headroom",
-            "offload", "revision", "token")
-    out = {k: kw[k] for k in keys if kw.get(k) is not None}
-    if kw.get("offline"):
-        out["offline"] = True
-    return out
-
+from .cli_common import collect, handle_errors, plan_options
+from .profile_cli import lock, profile
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fitplan")
@@ -90,7 +31,7 @@ def check(model, profile, as_json, no_cache, **kw):
     """Plan MODEL (Hub id or local folder) for this machine or the given GPUs. Exit 0 fits, 1 not, 2 error."""
     from .api import plan as make
 
-    given = _collect(kw)
+    given = collect(kw)
     if profile:
         from .profile import plan_from_profile
 
@@ -141,17 +82,10 @@ def verify(model, max_new_tokens, **kw):
     """Load MODEL per plan, generate at the planned context and batch, compare predicted vs measured."""
     from .verify import verify as run
 
-    report = run(model, max_new_tokens=max_new_tokens, **_collect(kw))
+    report = run(model, max_new_tokens=max_new_tokens, **collect(kw))
     click.echo(report.render())
     sys.exit(0 if report.ok else 1)
 
 
-def _register_optional_commands():
-    """Profile commands live in their own module (fitplan/profile_cli.py)."""
-    from .profile_cli import lock, profile
-
-    main.add_command(profile)
-    main.add_command(lock)
-
-
-_register_optional_commands()
+main.add_command(profile)
+main.add_command(lock)

@@ -82,16 +82,24 @@ def _recheck(plan: Plan, replan) -> Plan:
     return new
 
 
-def _measured(model) -> dict:
+def _allocated() -> dict:
     import torch
 
+    if not torch.cuda.is_available():
+        return {}
+    return {f"cuda:{i}": torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())}
+
+
+def _measured(model, before: dict) -> dict:
+    """Bytes the load added per device: the allocator's growth on GPUs (what the GPU really holds,
+    bitsandbytes' quant state included), the model's own tensors on the CPU."""
     from .measure import held_bytes
 
     held = held_bytes(model)
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            if f"cuda:{i}" in held:
-                held[f"cuda:{i}"] = max(held[f"cuda:{i}"], torch.cuda.memory_allocated(i))
+    after = _allocated()
+    for dev in list(held):
+        if dev in after:
+            held[dev] = after[dev] - before.get(dev, 0)
     return held
 
 
@@ -154,10 +162,11 @@ def load(model: str | None = None, *, profile: str | None = None, auto_class="ca
     cls = _auto_class(auto_class)
     import torch
 
+    before = _allocated()
     loaded = cls.from_pretrained(model, **kwargs)
     loaded.eval()
     loaded.requires_grad_(False)
-    report = LoadReport(plan, _predicted(plan), _measured(loaded), changed)
+    report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed)
     loaded.fitplan = report
     if torch.cuda.is_available():
         torch.cuda.synchronize()
