@@ -46,7 +46,7 @@ def _emulated(card_gib: float):
     real = probe()
     gpu = real.gpus[0]
     hw = Hardware((GPU(0, f"emulated {card_gib} GiB ({gpu.name})", int(card_gib * GiB), free2,
-                       gpu.compute_capability),), real.cpu_ram_bytes, "probe")
+                       gpu.compute_capability),), real.cpu_ram_bytes, "emulated")
     return ballast, hw
 
 
