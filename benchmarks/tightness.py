@@ -61,12 +61,18 @@ def _run(path: str, hw, precision: str | None, context: int) -> dict:
     import fitplan
 
     out = {"precision": precision}
-    model = None
+    model = hold = None
     try:
         if precision is None:
             model = fitplan.load(path, hardware=hw, context=context, tokenizer=False)
             out["precision"] = model.fitplan.plan.precision
         else:
+            # The policy keeps the default headroom free; a fair test of the rejected precision
+            # keeps it free too, so it is held by extra ballast while that precision runs.
+            from fitplan.policy import DEFAULT_HEADROOM
+
+            hold = torch.empty(int(hw.gpus[0].total_bytes * DEFAULT_HEADROOM), dtype=torch.uint8, device="cuda")
+            out["headroom_ballast_bytes"] = hold.numel()
             g = hw.gpus[0]
             roomy = dataclasses.replace(hw, gpus=(dataclasses.replace(g, total_bytes=1 << 50, free_bytes=1 << 50),))
             kwargs = fitplan.plan(path, hardware=roomy, precision=precision, context=context).from_pretrained_kwargs()
@@ -81,7 +87,7 @@ def _run(path: str, hw, precision: str | None, context: int) -> dict:
     except fitplan.DoesNotFitError as exc:
         out["ran"], out["no_plan"] = False, str(exc)[:200]
     finally:
-        del model
+        del model, hold
         gc.collect()
         torch.cuda.empty_cache()
     return out
