@@ -6,8 +6,8 @@ Run on a GPU machine:
 
 Random weights at the model's real shape, loaded through `fitplan.load()` at each precision.
 Prefill: one forward over a 2048-token prompt per sequence (tokens/s = batch x 2048 / time).
-Decode: `generate` of 128 new tokens after a 128-token prompt, minus the prefill time of that
-prompt (tokens/s = batch x 128 / time). Median of 3 timed runs after one warm-up.
+Decode: `generate` of 128 (--new-tokens) new tokens after a 128-token prompt, minus the prefill time of that
+prompt (tokens/s = batch x new tokens / time). Median of 3 timed runs after one warm-up.
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--out", default="speed.jsonl")
     ap.add_argument("--ckpt-dir", default="/tmp/fitplan-ckpt")
+    ap.add_argument("--new-tokens", type=int, default=128)
     args = ap.parse_args()
     path = str(make_checkpoint(args.model, Path(args.ckpt_dir)))
     out = open(args.out, "a")
@@ -61,11 +62,11 @@ def main() -> None:
                 prefill = _timed(lambda: model(input_ids=long, logits_to_keep=1))
                 short_prefill = _timed(lambda: model(input_ids=short, logits_to_keep=1))
                 gen = _timed(lambda: model.generate(input_ids=short, attention_mask=torch.ones_like(short),
-                                                    max_new_tokens=128, min_new_tokens=128, do_sample=False,
+                                                    max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
                                                     pad_token_id=0))
             row = {"model": args.model, "precision": prec, "batch": batch,
                    "prefill_tokens_per_s": batch * 2048 / prefill,
-                   "decode_tokens_per_s": batch * 128 / max(gen - short_prefill, 1e-9),
+                   "decode_tokens_per_s": batch * args.new_tokens / max(gen - short_prefill, 1e-9), "new_tokens": args.new_tokens,
                    "gpu": torch.cuda.get_device_name(0)}
             out.write(json.dumps(row) + "\n")
             out.flush()
