@@ -124,8 +124,9 @@ def activation_bytes(inv: Inventory, work: Workload, compute_dtype: str, precisi
     kv_per_token = max((layer.elements_per_token for layer in inv.kv_layers), default=0)
     resident = tokens * C.ACT_HIDDEN_COPIES * inv.hidden_size * eb
     attn = tokens * (inv.hidden_size + kv_per_token) * eb
-    if inv.attn_implementation == "eager":
-        attn += work.batch * inv.num_attention_heads * work.context**2 * C.EAGER_SCORE_BYTES
+    score_bytes = {"eager": C.EAGER_SCORE_BYTES, "sdpa-math": C.MATH_SDPA_SCORE_BYTES}.get(inv.attn_implementation)
+    if score_bytes:  # scores materialised (see inspect._watch_sdpa)
+        attn += work.batch * inv.num_attention_heads * work.context**2 * score_bytes
     mlp = tokens * C.ACT_MLP_COPIES * inv.intermediate_size * eb
     if inv.experts_per_token:
         mlp += tokens * inv.experts_per_token * eb * (
