@@ -1,0 +1,57 @@
+"""docs/accuracy.md stays true: its constants are the code's, and its summary is what the current
+estimator gives on the stored H100 measurements (benchmarks/results/acc*.jsonl), with no case
+predicted below its measured NVML peak."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from fitplan import calibration as C
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = (ROOT / "docs" / "accuracy.md").read_text()
+GiB, MiB = 1 << 30, 1 << 20
+
+
+def _doc_value(name: str) -> str:
+    m = re.search(rf"^\| `{re.escape(name)}`[^|]*\| ([^|]+) \|", DOC, re.M)
+    assert m, f"{name} missing from docs/accuracy.md's constants table"
+    return m.group(1).strip()
+
+
+def _size(text: str) -> int:
+    num, unit = text.split()
+    return int(float(num) * {"GiB": GiB, "MiB": MiB}[unit])
+
+
+def test_constants_in_the_document_are_the_code_s():
+    assert _size(_doc_value("CUDA_CONTEXT_BYTES")) == C.CUDA_CONTEXT_BYTES
+    assert _size(_doc_value("ALLOCATOR_RESERVE_FIXED_BYTES")) == C.ALLOCATOR_RESERVE_FIXED_BYTES
+    for name in ("ALLOCATOR_RESERVE_FRACTION", "ACT_HIDDEN_COPIES", "ACT_MLP_COPIES", "EAGER_SCORE_BYTES",
+                 "MATH_SDPA_SCORE_BYTES", "INT8_OUTLIER_WEIGHT_COPIES", "LOGITS_COPIES", "CUDA_ALLOCATION_ALIGNMENT"):
+        assert float(_doc_value(name)) == getattr(C, name), name
+    moe = [float(x) for x in _doc_value("ACT_MOE_HIDDEN_COPIES").split("/")]
+    assert moe == [C.ACT_MOE_HIDDEN_COPIES, C.ACT_MOE_MLP_COPIES]
+    frag = [float(x) for x in _doc_value("LOAD_FRAGMENTATION").split("/")]
+    assert frag == [C.LOAD_FRAGMENTATION[k] for k in ("float", "4bit", "int8", "fused_experts")]
+
+
+@pytest.mark.slow
+def test_document_summary_is_what_the_estimator_gives_today(tmp_path, monkeypatch):
+    monkeypatch.setenv("FITPLAN_CACHE", str(tmp_path))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import rescore
+
+    rows = rescore([json.loads(line) for f in sorted((ROOT / "benchmarks" / "results").glob("acc*.jsonl"))
+                    for line in f.read_text().splitlines() if line.strip()])
+    terr = [(r["now"].total_bytes - r["measured"]["nvml_peak_bytes"]) / r["measured"]["nvml_peak_bytes"] for r in rows]
+    werr = [abs(r["now"].weights_bytes - r["measured"]["weights_bytes"]) / r["measured"]["weights_bytes"] for r in rows]
+    assert min(terr) >= 0, "an estimate fell below a measured NVML peak"
+    summary = (f"{len(rows)} cases, {len({r['model'] for r in rows})} models. Weights: max |error| "
+               f"{max(werr) * 100:.2f}%. Total vs NVML peak: min {min(terr) * 100:+.1f}%, max {max(terr) * 100:+.1f}%, "
+               f"{sum(t < 0 for t in terr)} below the peak, {sum(t > 0.10 for t in terr)} more than 10% above.")
+    assert summary in DOC, f"docs/accuracy.md is stale; regenerate it. Today: {summary}"
