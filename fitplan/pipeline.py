@@ -82,7 +82,7 @@ def resolve_hardware(gpu: str | None = None, hardware: str | os.PathLike | Hardw
     if hardware:
         from .catalogue import hardware_from_file
 
-        return hardware_from_file(hardware)
+        return hardware_from_file(hardware, cpu_ram_bytes=cpu_ram_bytes())
     return probe()
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -32,14 +31,14 @@ from typing import Any
 import yaml
 
 from . import precision as P
-from .catalogue import MAX_CPU_RAM, MAX_GPU_MEMORY, MAX_GPUS, find_gpu, parse_compute_capability, spec_for_probed
+from .catalogue import MAX_CPU_RAM, MAX_GPUS, parse_gpu_list, spec_for_probed
 from .errors import DoesNotFitError, FitplanError, HardwareError, InputError
 from .hardware import GPU, Hardware
 from .options import parse_headroom
 from .plan import Plan
 from .policy import PREFERENCES, PlanOptions
 from .units import GiB, MiB, fmt_bytes
-from .yamlsource import (YamlList, YamlMap, check_keys, describe, did_you_mean, get_int, get_number, get_size,
+from .yamlsource import (YamlMap, check_keys, describe, did_you_mean, get_int, get_size,
                          get_str, load_yaml, require_list, require_map)
 
 PRECISIONS = tuple(p.name for p in P.ALL)
@@ -55,7 +54,6 @@ _SIZE_WITH_UNIT = r"^\s*([0-9]+(\.[0-9]+)?|\.[0-9]+)\s*([bB]|[kKmMgGtT]([iI]?[bB
 _PERCENT = r"^\s*([0-9]{1,2}(\.[0-9]*)?|\.[0-9]+)\s*%\s*$"
 _SHARE = r"^\s*(0(\.[0-9]*)?|\.[0-9]+)\s*$"
 _CC_PATTERN = r"^\s*\d{1,2}\.\d\s*$"
-_COUNTED = re.compile(r"^\s*(\d+)\s*[x×*]\s*(.*)$", re.IGNORECASE)
 
 
 # -- the schema ----------------------------------------------------------------------------------
@@ -96,8 +94,6 @@ SCHEMA: tuple[Field, ...] = (
     )),
 )
 
-#: Keys of a GPU entry, the same as in a --hardware file (fitplan/catalogue.py, docs/hardware.md).
-GPU_ENTRY_KEYS = ("gpu", "name", "memory", "compute_capability", "free", "bandwidth_gbs", "count")
 HARDWARE_KEYS = ("gpus", "cpu_ram")
 #: Each setting by its flag / `overrides` / `fitplan.plan()` name -> its path in the profile
 #: (`context` -> ("workload", "context")). Hardware is not a plain setting: see `_hardware_for`.
@@ -292,79 +288,9 @@ def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
         raise InputError(f"{value.where('gpus')}: hardware needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
                          "machine), or write 'hardware: auto' to probe")
     items = require_list(value["gpus"], where=value.where("gpus"), what="hardware.gpus")
-    gpus: list[GPU] = []
-    for i, item in enumerate(items):
-        for gpu in _gpu_entry(items, i, item):
-            if len(gpus) >= MAX_GPUS:
-                raise InputError(f"{items.where(i)}: hardware.gpus lists more than {MAX_GPUS} GPUs; "
-                                 f"fitplan plans for at most {MAX_GPUS} in one process")
-            gpus.append(replace(gpu, index=len(gpus)))
+    gpus = parse_gpu_list(items, what="hardware.gpus")  # the --hardware file's own parser
     ram = get_size(value, "cpu_ram", what="hardware", maximum=MAX_CPU_RAM)
     return HardwareSpec(auto=False, gpus=tuple(gpus), cpu_ram_bytes=ram)
-
-
-def _gpu_entry(items: YamlList, i: int, item: Any) -> list[GPU]:
-    """One `gpus:` item, as a --hardware file reads it: `rtx4090`, `2x a100-80gb`, or a mapping."""
-    where, what = items.where(i), f"hardware.gpus[{i}]"
-    if isinstance(item, str):
-        count, word = 1, item.strip()
-        m = _COUNTED.match(item)
-        if m:
-            count, word = int(m.group(1)), m.group(2).strip()
-            if count < 1 or not word:
-                raise InputError(f"{where}: {what}: {item.strip()!r} needs a count of at least 1 and a GPU "
-                                 "name, e.g. '2x rtx4090'")
-            if count > MAX_GPUS:
-                raise InputError(f"{where}: {what} asks for {count} GPUs; fitplan plans for at most {MAX_GPUS}")
-        return [_catalogue_gpu(word, where, what).to_gpu(0) for _ in range(count)]
-    if not isinstance(item, YamlMap):
-        raise InputError(f"{where}: {what} must be a catalogue name like 'rtx4090' or a mapping with 'gpu:' "
-                         f"or 'name:', got {describe(item)}")
-    check_keys(item, GPU_ENTRY_KEYS, what=what)
-    count = get_int(item, "count", what=what, minimum=1, maximum=MAX_GPUS) or 1
-    if "gpu" in item:
-        for key in ("name", "memory", "compute_capability", "bandwidth_gbs"):
-            if key in item:
-                raise InputError(f"{item.where(key)}: {what} takes '{key}' from the catalogue entry "
-                                 f"'gpu: {item['gpu']}'; to describe a different card, replace 'gpu:' with 'name:'")
-        word = item["gpu"]
-        if isinstance(word, bool) or not isinstance(word, (str, int)):
-            raise InputError(f"{item.where('gpu')}: {what}.gpu must be a catalogue name, got {describe(word)}")
-        spec = _catalogue_gpu(str(word), item.where("gpu"), f"{what}.gpu")
-        free = _free(item, what, spec.memory_bytes)
-        return [spec.to_gpu(0, free) for _ in range(count)]
-    if "name" not in item:
-        raise InputError(f"{item.where()}: {what} needs either 'gpu: KEY' (a catalogue card) or 'name:', "
-                         "'memory:' and 'compute_capability:' (any other card)")
-    name = get_str(item, "name", what=what, required=True)
-    memory = get_size(item, "memory", what=what, required=True, minimum=1, maximum=MAX_GPU_MEMORY)
-    if item.get("compute_capability") is None:
-        raise InputError(f"{item.where('compute_capability')}: {what} needs compute_capability, e.g. \"8.6\" "
-                         "(nvidia-smi --query-gpu=compute_cap --format=csv prints it)")
-    try:
-        cc = parse_compute_capability(item["compute_capability"])
-    except ValueError as err:
-        raise InputError(f"{item.where('compute_capability')}: {what}.compute_capability: {err}") from None
-    bandwidth = get_number(item, "bandwidth_gbs", what=what, minimum=1, maximum=100_000)
-    free = _free(item, what, memory)
-    gpu = GPU(index=0, name=name, total_bytes=memory, free_bytes=memory if free is None else free,
-              compute_capability=cc, bandwidth_gbs=bandwidth)
-    return [gpu] * count
-
-
-def _catalogue_gpu(word: str, where: str, what: str):
-    try:
-        return find_gpu(word)
-    except HardwareError as err:
-        raise HardwareError(f"{where}: {what}: {err}") from None
-
-
-def _free(item: YamlMap, what: str, total: int) -> int | None:
-    free = get_size(item, "free", what=what, maximum=MAX_GPU_MEMORY)
-    if free is not None and free > total:
-        raise InputError(f"{item.where('free')}: {what}.free ({fmt_bytes(free)}) is more than the card's memory "
-                         f"({fmt_bytes(total)}); free memory cannot exceed the total")
-    return free
 
 
 # -- the environment and precedence ----------------------------------------------------------------

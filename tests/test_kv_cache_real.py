@@ -9,7 +9,7 @@ import pytest
 
 from fitplan.estimate import Workload, kv_bytes_per_layer
 from fitplan.inspect import build_inventory
-from tiny_models import FAMILIES, config_dict
+from tiny_models import config_dict
 
 pytestmark = pytest.mark.slow
 

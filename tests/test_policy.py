@@ -8,7 +8,7 @@ from fitplan.errors import InputError
 from fitplan.hardware import GPU, Hardware
 from fitplan.inspect import build_inventory
 from fitplan.plan import BNB_MAX_MEMORY_SCALE, Plan
-from fitplan.policy import PlanOptions, choose, weights_fraction_for_accelerate
+from fitplan.policy import choose, weights_fraction_for_accelerate
 from fitplan import precision as P
 
 G = 1 << 30
