@@ -10,11 +10,30 @@ import sys
 
 import click
 
+from . import __version__
 from .cli_common import collect, handle_errors, plan_options
 from .profile_cli import lock, profile
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="fitplan")
+class _OneLineErrors(click.Group):
+    """Usage errors (bad flag, bad choice) as one line with exit 2, like every other error."""
+
+    def main(self, args=None, prog_name=None, **kwargs):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            hint = f" (see 'fitplan {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else ""
+            click.echo(f"fitplan: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"fitplan: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=__version__, prog_name="fitplan")
 def main():
     """Will this Hugging Face model fit? An exact memory plan before download, and a loader that follows it."""
 

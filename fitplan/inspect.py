@@ -290,6 +290,7 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             num_layers=int(text.num_hidden_layers),
             num_attention_heads=int(text.num_attention_heads),
             vocab_size=int(text.vocab_size),
+            max_positions=getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None),
             experts_per_token=top_k,
             expert_intermediate_size=expert_inter,
             attn_implementation="sdpa-math" if math_sdpa else str(

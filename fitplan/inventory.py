@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from math import prod
 
 #: Bump when the meaning of a field changes, so stale on-disk caches are rebuilt, not misread.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class Inventory:
     vocab_size: int
     attn_implementation: str
     checkpoint_dtype: str | None
+    max_positions: int | None = None
     experts_per_token: int = 0
     expert_intermediate_size: int = 0
     prequantized: str | None = None

@@ -140,6 +140,16 @@ class Plan:
             kw["revision"] = self.revision
         return kw
 
+    @property
+    def notes(self) -> list[str]:
+        """What the inspection, the probe or the workload itself warns about."""
+        out = list(self.inventory.notes) + list(self.hardware.notes)
+        mp = self.inventory.max_positions
+        if mp and self.options.context > mp:
+            out.append(f"context {self.options.context} is longer than the {mp} positions this model was trained "
+                       "for; memory is planned as asked, but quality past that point is not what the model card says")
+        return out
+
     def summary_line(self) -> str:
         if self.fits:
             d = self.decision
@@ -190,5 +200,5 @@ class Plan:
             "rejected": [{"precision": x.precision, "reason": x.reason}
                          for x in self.choice.decisions if d is None or x.precision != d.precision],
             "suggestions": self.suggestions(),
-            "notes": list(self.inventory.notes) + list(self.hardware.notes),
+            "notes": self.notes,
         }

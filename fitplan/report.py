@@ -45,7 +45,7 @@ def render_text(plan) -> str:
             lines.append(f"  {x.precision:8} {x.reason}")
         lines.append("what would make it fit:")
         lines += [f"  - {s}" for s in plan.suggestions()]
-    notes = list(plan.inventory.notes) + list(plan.hardware.notes)
+    notes = plan.notes
     if notes:
         lines.append("")
         lines += [f"note: {n}" for n in notes]
