@@ -43,7 +43,7 @@ def test_memory_taken_since_planning_re_plans(inv, monkeypatch):
 
     def replan(hw):
         seen.append(hw)
-        return _plan(inv, hw.gpus[0].free_bytes + 2 * G)
+        return _plan(inv, hw.gpus[0].free_bytes + 4 * G)
 
     new = loader._recheck(plan, replan)
     assert seen == [now] and new is not plan and new.fits
