@@ -55,6 +55,7 @@ def write_atomic(path: str | os.PathLike, text: str, *, force: bool = False) -> 
 
 
 def _write_new(tmp: Path, data: bytes) -> None:
+    """Create `tmp` (never an existing file: O_EXCL) and write `data` durably."""
     # 0o666 & ~umask, like any file the user creates; mkstemp would make it 0600.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -77,14 +78,7 @@ def _link_new(tmp: Path, path: Path, data: bytes) -> None:
         if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
             raise
     # No hard links here (some FUSE/SMB mounts): exclusive create still refuses to overwrite.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_new(path, data)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -354,7 +354,8 @@ class _Builder:
             raise InputError(f"{self.name}:{line}: unsupported YAML tag {_tag(node.tag)!r}; remove it")
         try:
             return self.scalars.construct_object(node)
-        except (yaml.YAMLError, ValueError, TypeError):
+        except Exception:  # noqa: BLE001 - PyYAML's constructors raise KeyError (`!!bool maybe`),
+            # AttributeError (`!!timestamp nope`), ValueError, ...: all mean the value is not of its tag's type
             raise InputError(
                 f"{self.name}:{line}: cannot read {node.value!r} as {_TAG_NAMES[node.tag]}"
             ) from None
