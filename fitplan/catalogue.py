@@ -171,7 +171,7 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
     if not isinstance(cpu_ram_bytes, int) or isinstance(cpu_ram_bytes, bool) or cpu_ram_bytes < 0:
         raise InputError(f"CPU RAM must be a non-negative number of bytes, got {cpu_ram_bytes!r}")
     if not isinstance(text, str):
-        raise InputError(f"--gpu must be text naming GPUs such as 'rtx4090' or '2x a100-80gb', got {text!r}")
+        raise InputError(f"--gpu must be text naming GPUs such as 'rtx4090' or '2x a100-80gb', got {text!r:.80}")
     if not text or not text.strip():
         raise InputError("--gpu is empty; name a GPU such as 'rtx4090' or '2x a100-80gb' (`fitplan gpus` lists them)")
     catalogue = load_gpu_catalogue()

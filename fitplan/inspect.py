@@ -78,8 +78,14 @@ def _config_object(cfg: dict, trust_remote_code: bool):
     try:
         return CONFIG_MAPPING[model_type].from_dict(dict(cfg))
     except Exception as exc:  # transformers' validation errors are of many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"config.json is not valid for '{model_type}': {first}") from None
+        raise InputError(f"config.json is not valid for '{model_type}': {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """transformers' exception as one line: its messages span lines (the reason often on the second)
+    and some are empty."""
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
 
 
 def _causal_lm_class(config):
@@ -251,7 +257,7 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             model = _build_meta_model(cls, config, build_dtype)
         except Exception as exc:
             raise UnsupportedModelError(
-                f"transformers could not build {cls.__name__} from this config: {str(exc).splitlines()[0][:200]}"
+                f"transformers could not build {cls.__name__} from this config: {_reason(exc)}"
             ) from None
         text = model.config.get_text_config(decoder=True)
         notes: list[str] = []
