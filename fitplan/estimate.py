@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from . import calibration as C
 from .inventory import Inventory
 from .layout import tensor_bytes
-from .precision import ALL, DTYPE_BYTES, Precision
+from .precision import DTYPE_BYTES, Precision
 
 
 @dataclass(frozen=True)
@@ -169,8 +169,3 @@ def estimate(inv: Inventory, precision: Precision, work: Workload, compute_dtype
     act = activation_bytes(inv, work, dt, precision)
     frag = load_fragmentation_bytes(inv, precision, compute_dtype)
     return Estimate(precision.name, dt, w, kv, act, overhead_bytes(kv + act, device, fragmentation=frag), device)
-
-
-def estimate_all(inv: Inventory, work: Workload, compute_dtype: str, device: str = "cuda",
-                 precisions: tuple[Precision, ...] = ALL) -> tuple[Estimate, ...]:
-    return tuple(estimate(inv, p, work, compute_dtype, device) for p in precisions)

@@ -15,7 +15,8 @@ from .estimate import (Estimate, Workload, activation_bytes, estimate, kv_bytes_
                        load_fragmentation_bytes, overhead_bytes, weights_by_layer, weights_bytes)
 from .hardware import Hardware
 from .inventory import Inventory
-from .precision import Precision
+from .layout import float_dtype_for
+from .precision import DTYPE_BYTES, Precision
 from .units import fmt_bytes
 
 #: Default headroom: share of each GPU's total memory left unplanned (other processes, driver
@@ -265,9 +266,6 @@ def weights_fraction_for_accelerate(inv: Inventory, prec: Precision, compute: st
     true = weights_bytes(inv, prec, compute)
     dt = load_dtype(prec, compute)
     seen = 0
-    from .layout import float_dtype_for
-    from .precision import DTYPE_BYTES
-
     for t in inv.tensors:
         if prec.quantized and t.quantizable:
             seen += t.numel * (prec.bits / 8)

@@ -38,6 +38,8 @@ def suggestions(plan) -> list[str]:
     smallest = min((d.estimate for d in plan.choice.decisions), key=lambda e: e.total_bytes)
     if plan.hardware.gpus:
         g = max(plan.hardware.gpus, key=lambda g: g.free_bytes)
-        out.append(f"a GPU with at least {fmt_bytes(smallest.total_bytes / (1 - 0.1))} of memory "
+        h = opts.headroom
+        need = smallest.total_bytes / (1 - h) if isinstance(h, float) else smallest.total_bytes + h
+        out.append(f"a GPU with at least {fmt_bytes(need)} of memory "
                    f"(this one: {fmt_bytes(g.total_bytes)}), or several GPUs")
     return out
