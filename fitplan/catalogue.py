@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -192,6 +193,8 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
 
 def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) -> Hardware:
     """`--hardware FILE.yaml` -> Hardware. `cpu_ram_bytes` is used when the file has no `cpu_ram`."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"hardware must be the path of a YAML file (or a fitplan Hardware), got {path!r:.80}")
     path = Path(path)
     name = str(path)
     doc = load_yaml(path, source_name=name)

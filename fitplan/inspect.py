@@ -17,8 +17,10 @@ from dataclasses import replace
 from .errors import InputError, UnsupportedModelError
 from .inventory import Inventory, KVLayer, TensorInfo
 
-#: Limits on config fields that would make even a meta-device build hang or make no sense.
-_MAX_LAYERS = 2048
+#: Limits on config fields that would make even a meta-device build hang or make no sense. The
+#: deepest real checkpoints have ~130 layers (Llama-3.1-405B: 126); a meta build and forward costs
+#: ~20 ms per layer on a 2-core CPU, so 2048 layers took 25-40 s (benchmarks/fuzz.py), 256 take ~5 s.
+_MAX_LAYERS = 256
 _MAX_DIM = 1 << 24
 
 
@@ -69,16 +71,16 @@ def _config_object(cfg: dict, trust_remote_code: bool):
     if model_type not in CONFIG_MAPPING:
         if cfg.get("auto_map"):
             raise UnsupportedModelError(
-                f"model_type '{model_type}' needs the repo's own code (trust_remote_code); fitplan only "
+                f"model_type {model_type!r:.80} needs the repo's own code (trust_remote_code); fitplan only "
                 "plans architectures built into transformers"
             )
         raise UnsupportedModelError(
-            f"model_type '{model_type}' is unknown to transformers; upgrade transformers or check config.json"
+            f"model_type {model_type!r:.80} is unknown to transformers; upgrade transformers or check config.json"
         )
     try:
         return CONFIG_MAPPING[model_type].from_dict(dict(cfg))
     except Exception as exc:  # transformers' validation errors are of many types
-        raise InputError(f"config.json is not valid for '{model_type}': {_reason(exc)}") from None
+        raise InputError(f"config.json is not valid for {model_type!r:.80}: {_reason(exc)}") from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -230,11 +232,33 @@ def _kv_layers_from_cache(model) -> tuple[tuple[KVLayer, ...], bool]:
 
 def _kv_layers_from_config(text_config) -> tuple[KVLayer, ...]:
     """Fallback when the meta forward fails: heads and head_dim as configs commonly name them."""
-    heads = text_config.num_attention_heads
-    kv = getattr(text_config, "num_key_value_heads", None) or heads
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    heads = _size_field(text_config, "num_attention_heads")
+    kv = _size_field(text_config, "num_key_value_heads", required=False) or heads
+    head_dim = _size_field(text_config, "head_dim", required=False) or _size_field(text_config, "hidden_size") // heads
     window = getattr(text_config, "sliding_window", None)
-    return tuple(KVLayer(2 * kv * head_dim, window) for _ in range(text_config.num_hidden_layers))
+    window = window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
+    return tuple(KVLayer(2 * kv * head_dim, window) for _ in range(_size_field(text_config, "num_hidden_layers")))
+
+
+def _size_field(text_config, name: str, *, required: bool = True) -> int | None:
+    """A whole-model size the estimate needs. A per-layer list gives its largest entry (the activation
+    peak is set by the widest layer); a field that is missing, or that a heterogeneous config only
+    defines per layer, means fitplan cannot describe this architecture."""
+    per_layer_only = False
+    try:
+        value = getattr(text_config, name, None)
+    except Exception:  # noqa: BLE001 - transformers raises its own error for per-layer-only fields
+        value, per_layer_only = None, True
+    if isinstance(value, (list, tuple)) and value and all(type(v) is int for v in value):
+        value = max(value)
+    if type(value) is int and value > 0:
+        return value
+    if not required and value in (None, 0) and not per_layer_only:  # unset, as configs write it
+        return None
+    raise UnsupportedModelError(
+        f"{text_config.model_type!r} gives no whole-model '{name}' (got {value!r:.40}): fitplan plans attention "
+        "decoders described by hidden_size, num_hidden_layers, num_attention_heads and vocab_size, which this "
+        "architecture is not")
 
 
 def _versions() -> dict:
@@ -279,8 +303,9 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
                 replace(t, quantizable=True, out_features=packed[t.name]) if t.name in packed else t
                 for t in tensors
             )
-        inter = (getattr(text, "intermediate_size", None) or getattr(text, "ffn_dim", None)
-                 or getattr(text, "n_inner", None) or 4 * text.hidden_size)
+        hidden = _size_field(text, "hidden_size")
+        inter = (_size_field(text, "intermediate_size", required=False) or _size_field(text, "ffn_dim", required=False)
+                 or _size_field(text, "n_inner", required=False) or 4 * hidden)
         ckpt_dtype = cfg.get("dtype") or cfg.get("torch_dtype")
         top_k = int(getattr(text, "num_experts_per_tok", 0) or 0)
         expert_inter = int(getattr(text, "moe_intermediate_size", None) or inter) if top_k else 0
@@ -291,11 +316,11 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             parameters=sum(t.numel for t in tensors if not t.buffer),
             tensors=tensors,
             kv_layers=kv_layers,
-            hidden_size=int(text.hidden_size),
-            intermediate_size=int(inter),
-            num_layers=int(text.num_hidden_layers),
-            num_attention_heads=int(text.num_attention_heads),
-            vocab_size=int(text.vocab_size),
+            hidden_size=hidden,
+            intermediate_size=inter,
+            num_layers=_size_field(text, "num_hidden_layers"),
+            num_attention_heads=_size_field(text, "num_attention_heads"),
+            vocab_size=_size_field(text, "vocab_size"),
             max_positions=getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None),
             experts_per_token=top_k,
             expert_intermediate_size=expert_inter,
