@@ -253,12 +253,15 @@ def _size_field(text_config, name: str, *, required: bool = True) -> int | None:
         value = max(value)
     if type(value) is int and value > 0:
         return value
-    if not required and value in (None, 0) and not per_layer_only:  # unset, as configs write it
+    unset = value in (None, 0)  # as configs write "not used"
+    if per_layer_only or (unset and required):
+        raise UnsupportedModelError(
+            f"{text_config.model_type!r} gives no whole-model '{name}': fitplan plans attention decoders described "
+            "by hidden_size, num_hidden_layers, num_attention_heads and vocab_size, which this architecture is not")
+    if unset:
         return None
-    raise UnsupportedModelError(
-        f"{text_config.model_type!r} gives no whole-model '{name}' (got {value!r:.40}): fitplan plans attention "
-        "decoders described by hidden_size, num_hidden_layers, num_attention_heads and vocab_size, which this "
-        "architecture is not")
+    raise InputError(f"config.json: '{name}' must be a positive whole number (or a list of them, one per layer), "
+                     f"got {value!r:.40}")
 
 
 def _versions() -> dict:
@@ -307,8 +310,8 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
         inter = (_size_field(text, "intermediate_size", required=False) or _size_field(text, "ffn_dim", required=False)
                  or _size_field(text, "n_inner", required=False) or 4 * hidden)
         ckpt_dtype = cfg.get("dtype") or cfg.get("torch_dtype")
-        top_k = int(getattr(text, "num_experts_per_tok", 0) or 0)
-        expert_inter = int(getattr(text, "moe_intermediate_size", None) or inter) if top_k else 0
+        top_k = _size_field(text, "num_experts_per_tok", required=False) or 0
+        expert_inter = (_size_field(text, "moe_intermediate_size", required=False) or inter) if top_k else 0
         return Inventory(
             model_id=model_id,
             model_type=config.model_type,

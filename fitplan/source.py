@@ -106,13 +106,16 @@ def resolve(model: str, *, revision: str | None = None, token: str | bool | None
     """
     if not isinstance(model, str) or not model.strip():
         raise InputError("no model given: pass a Hub repo id like 'org/name' or a local folder")
-    path = Path(model).expanduser()
+    try:
+        path = Path(model).expanduser()
+    except RuntimeError:  # `~name/...` naming no user of this machine
+        raise ModelNotFoundError(f"no such folder: {_shown(model)} ('~' names no user here; check the path)") from None
     if path.is_dir():
         return _from_folder(model, path, with_tensors)
     if _looks_like_path(model):
         if path.exists():
-            raise InputError(f"{model} is a file, not a model folder: pass the folder that contains config.json")
-        raise ModelNotFoundError(f"no such folder: {model} (check the path; a Hub repo id looks like 'org/name')")
+            raise InputError(f"{_shown(model)} is a file, not a model folder: pass the folder that contains config.json")
+        raise ModelNotFoundError(f"no such folder: {_shown(model)} (check the path; a Hub repo id looks like 'org/name')")
 
     default_revision = revision in (None, "main")
     if use_catalogue and default_revision:
@@ -254,6 +257,11 @@ def _load_config(raw: bytes, where: str, error: type[FitplanError], fix: str) ->
     return config
 
 
+def _shown(text: str) -> str:
+    """User text inside an error line: as typed, or escaped where it holds line breaks or control characters."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def _reason(e: Exception) -> str:
     if isinstance(e, json.JSONDecodeError):
         return f"{e.msg} at line {e.lineno} column {e.colno}"
@@ -334,7 +342,7 @@ def _validate_repo_id(model: str) -> None:
     try:
         validate_repo_id(model)
     except HFValidationError:
-        raise InputError(f"'{model}' is neither an existing folder nor a valid Hub repo id ('org/name' or 'name': "
+        raise InputError(f"'{_shown(model)}' is neither an existing folder nor a valid Hub repo id ('org/name' or 'name': "
                          "letters, digits, '-', '_', '.', at most 96 characters): check the spelling or the path"
                          ) from None
 

@@ -127,9 +127,22 @@ def real(name: str, **changes) -> dict:
      "is not a multiple of the number of attention heads"),
     # a model_type with control characters used to print as several lines
     ({"model_type": "a\x0bb\x1cc", "auto_map": {}}, r"model_type 'a\x0bb\x1cc' is unknown to transformers"),
+    # an extra field a dense model ignores, read as its expert count: int([[]]) escaped as a TypeError
+    (real("mistralai--Mistral-7B-v0.1.json", num_experts_per_tok=[[]]),
+     "config.json: 'num_experts_per_tok' must be a positive whole number (or a list of them, one per layer), got [[]]"),
 ])
 def test_configs_the_fuzzer_broke_now_get_one_line(box, cfg, expected):
     out = holds(config_case(cfg), box)
+    assert out.status == "rejected" and expected in out.message, out
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("a\nb", r"'a\nb' is neither an existing folder nor a valid Hub repo id"),  # was two lines
+    ("./gone\nnow", r"no such folder: ./gone\nnow"),
+    ("~nosuchuser/model", "no such folder: ~nosuchuser/model ('~' names no user here"),  # was a RuntimeError
+])
+def test_model_argument_the_fuzzer_broke_now_gets_one_line(box, model, expected):
+    out = holds(Case("config", (), ("check", "--gpu=rtx4090", "--", model)), box)
     assert out.status == "rejected" and expected in out.message, out
 
 
