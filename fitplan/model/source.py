@@ -254,7 +254,24 @@ def _load_config(raw: bytes, where: str, error: type[FitplanError], fix: str) ->
         raise error(f"{where} is not valid JSON ({_reason(e)}): {fix}") from None
     if not isinstance(config, dict):
         raise error(f"{where} must hold a JSON object, not a {type(config).__name__}: {fix}")
-    return config
+    return decode_special_floats(config)
+
+
+#: How transformers 5 writes floats JSON has no literal for (`PreTrainedConfig._encode_special_floats`,
+#: the same from 5.0 to 5.24): `{"__float__": "Infinity"}`, e.g. Mamba-2's `time_step_limit`.
+_FLOAT_TAGS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def decode_special_floats(obj: Any) -> Any:
+    """`obj` with transformers' tagged floats decoded, as `PreTrainedConfig._dict_from_json_file` reads
+    config.json: a dict whose only key is "__float__" with a known tag becomes that float."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__float__"} and isinstance(obj["__float__"], str):
+            return _FLOAT_TAGS.get(obj["__float__"], obj)
+        return {k: decode_special_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode_special_floats(v) for v in obj]
+    return obj
 
 
 def _shown(text: str) -> str:
