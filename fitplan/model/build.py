@@ -1,11 +1,15 @@
 """Build a model's `Inventory` from its config alone, the way `from_pretrained` would.
 
-The model is instantiated on the meta device with the class `AutoModelForCausalLM` picks and
-transformers' own init contexts; which layers bitsandbytes packs is then decided by the
+The model is instantiated on the meta device with the class the Auto class picks
+(`AutoModelForCausalLM`: for a combined text+vision config, the language model from its text
+sub-config, as transformers loads it; `AutoModelForImageTextToText`: the whole vision-language
+model) and transformers' own init contexts; which layers bitsandbytes packs is then decided by the
 functions transformers' bnb quantizer itself calls, so it is transformers' answer, not a name
-list of ours. A meta-device forward pass through a `DynamicCache` tells the KV
-layout per layer (grouped-query heads, head dims, sliding windows) as the cache really keeps it.
-Nothing is materialised: absurd sizes stay arithmetic.
+list of ours. Meta-device forward passes through the cache `generate()` would use tell what the
+cache keeps per layer (cachelayout.py): keys and values per token (grouped-query heads, head
+dims, sliding windows, sparse-attention indexer keys) and recurrent and convolution state per
+sequence (Mamba, linear attention, short convolutions). Nothing is materialised: absurd sizes
+stay arithmetic.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from dataclasses import replace
 
 from ..errors import InputError, LibraryChangedError, UnsupportedModelError
 from .inventory import Inventory, KVLayer, TensorInfo
-from . import hf
+from . import cachelayout, hf, vision
+from .source import decode_special_floats
 from ..versions import lib_versions
 
 #: Limits on config fields that would make even a meta-device build hang or make no sense. The
@@ -26,29 +31,68 @@ _MAX_LAYERS = 256
 _MAX_DIM = 1 << 24
 
 
-def _positive_int(cfg: dict, key: str, limit: int) -> None:
+def _positive_int(cfg: dict, key: str, limit: int, *, per_layer: bool = False, where: str = "",
+                  zero: bool = False) -> None:
+    """`cfg[key]`, when present, is a whole number in 1..limit; with `per_layer`, a list of them (one
+    per layer, as Gemma 3n's `intermediate_size`) is accepted too, where 0 marks a layer without it."""
     v = cfg.get(key)
     if v is None:
         return
+    name = f"{where}{key}"
+    if per_layer and isinstance(v, list) and v:
+        if not all(type(x) is int for x in v):
+            raise InputError(f"config.json: '{name}' must be a whole number or a list of them (one per layer), "
+                             f"got {v!r:.60}")
+        if not all(0 <= x <= limit for x in v) or not any(v):
+            raise InputError(f"config.json: '{name}' = {v!r:.60} is out of range (0..{limit} per layer, one above 0); "
+                             "is this a real model config?")
+        return
     if isinstance(v, bool) or not isinstance(v, int):
-        raise InputError(f"config.json: '{key}' must be a whole number, got {v!r}")
-    if not 0 < v <= limit:
-        raise InputError(f"config.json: '{key}' = {v} is out of range (1..{limit}); is this a real model config?")
+        raise InputError(f"config.json: '{name}' must be a whole number, got {v!r:.60}")
+    if not (0 if zero else 1) <= v <= limit:
+        raise InputError(f"config.json: '{name}' = {v} is out of range ({0 if zero else 1}..{limit}); is this a real "
+                         "model config?")
+
+
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_SIZE_KEYS = ("hidden_size", "n_embd", "intermediate_size", "ffn_dim", "n_inner", "head_dim", "num_attention_heads",
+              "n_head", "num_key_value_heads", "num_kv_heads", "vocab_size", "num_local_experts", "num_experts",
+              "moe_intermediate_size")
+
+
+#: Fields where 0 means "none" (a dense Granite-4.0-H: `num_local_experts` 0).
+_ZERO_MEANS_NONE = ("num_local_experts", "num_experts", "moe_intermediate_size")
 
 
 def check_config_fields(cfg: dict) -> None:
-    """Reject configs that cannot describe a real model before anything is built from them."""
+    """Reject configs that cannot describe a real model before anything is built from them.
+
+    The sub-configs of a combined config (`text_config`, `vision_config`, ...) are checked the same
+    way, and so are the entries of a heterogeneous config's `per_layer_config`."""
     if not isinstance(cfg, dict):
         raise InputError("config.json must be a JSON object")
     mt = cfg.get("model_type")
     if not isinstance(mt, str) or not mt:
         raise InputError("config.json has no 'model_type'; fitplan needs it to know the architecture")
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        _positive_int(cfg, key, _MAX_LAYERS)
-    for key in ("hidden_size", "n_embd", "intermediate_size", "ffn_dim", "n_inner", "head_dim",
-                "num_attention_heads", "n_head", "num_key_value_heads", "num_kv_heads", "vocab_size",
-                "num_local_experts", "num_experts", "moe_intermediate_size"):
-        _positive_int(cfg, key, _MAX_DIM)
+    _check_sizes(cfg, "")
+
+
+def _check_sizes(cfg: dict, where: str, depth: int = 0) -> None:
+    zero = depth > 0  # transformers' own sub-configs write 0 for "derived" (GLM-5-Next's text head_dim)
+    for key in _LAYER_COUNT_KEYS:
+        _positive_int(cfg, key, _MAX_LAYERS, where=where, zero=zero)
+    for key in _SIZE_KEYS:
+        _positive_int(cfg, key, _MAX_DIM, per_layer=True, where=where, zero=zero or key in _ZERO_MEANS_NONE)
+    if depth >= 2:
+        return
+    for key, value in cfg.items():
+        if isinstance(value, dict) and (key.endswith("_config") and key != "quantization_config"):
+            if key == "per_layer_config":
+                for layer, entry in value.items():
+                    if isinstance(entry, dict):
+                        _check_sizes(entry, f"{where}{key}.{layer}.", depth + 1)
+            else:
+                _check_sizes(value, f"{where}{key}.", depth + 1)
 
 
 @contextlib.contextmanager
@@ -80,7 +124,7 @@ def _config_object(cfg: dict, trust_remote_code: bool):
             f"model_type {model_type!r:.80} is unknown to transformers; upgrade transformers or check config.json"
         )
     try:
-        return CONFIG_MAPPING[model_type].from_dict(dict(cfg))
+        return CONFIG_MAPPING[model_type].from_dict(decode_special_floats(dict(cfg)))
     except Exception as exc:  # transformers' validation errors are of many types
         raise InputError(f"config.json is not valid for {model_type!r:.80}: {_reason(exc)}") from None
 
@@ -92,15 +136,41 @@ def _reason(exc: BaseException) -> str:
     return text[:300] if text else type(exc).__name__
 
 
-def _causal_lm_class(config):
-    from transformers import AutoModelForCausalLM
+#: `fitplan.load()`'s names for the Auto classes fitplan plans for.
+AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "image-text-to-text": "AutoModelForImageTextToText"}
 
-    mapping = AutoModelForCausalLM._model_mapping
+
+def _mapping(auto_class: str):
+    import transformers
+
+    return getattr(transformers, AUTO_CLASSES[auto_class])._model_mapping
+
+
+def default_auto_class(config) -> str:
+    """The Auto class a checkpoint is meant for: image-text-to-text when its `architectures` name
+    the class `AutoModelForImageTextToText` picks (a saved vision-language model: Qwen3.5, Gemma 3,
+    LLaVA, ...), or when only that mapping has its config type; causal-lm otherwise."""
+    causal, vlm = _mapping("causal-lm"), _mapping("image-text-to-text")
+    in_causal, in_vlm = type(config) in causal, type(config) in vlm
+    if in_vlm and (not in_causal or _names_class(config, vlm)):
+        return "image-text-to-text"
+    return "causal-lm"
+
+
+def _names_class(config, mapping) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return hf.model_class(config, mapping).__name__ in archs
+
+
+def _model_class(config, auto_class: str):
+    """(model class, the config it is built from) as `AutoModelFor...from_pretrained` picks them."""
+    mapping = _mapping(auto_class)
     if type(config) not in mapping:
-        raise UnsupportedModelError(
-            f"'{config.model_type}' has no causal-LM class in transformers (AutoModelForCausalLM cannot load it)"
-        )
-    return hf.model_class(config, mapping)
+        what = {"causal-lm": "causal-LM", "image-text-to-text": "image-text-to-text"}[auto_class]
+        raise UnsupportedModelError(f"'{config.model_type}' has no {what} class in transformers "
+                                    f"({AUTO_CLASSES[auto_class]} cannot load it)")
+    cls = hf.model_class(config, mapping)
+    return cls, hf.auto_model_config(config, cls)
 
 
 def _dtype_name(dt) -> str:
@@ -121,6 +191,8 @@ def _tensors(model, build_dtype) -> tuple[TensorInfo, ...]:
     for name, t, is_buffer in named:
         if name in tied_targets:
             continue
+        if t.is_complex():  # Llama 4's rotary `freqs_ci`: held as torch.view_as_real holds it, 2 reals each
+            t = torch.view_as_real(t)
         # Built under the load dtype, a tensor that came out in another dtype keeps that one.
         fixed = None if t.dtype == build_dtype else _dtype_name(t.dtype)
         keep = "always" if keep_always(name) else ("fp16" if keep_fp16(name) else None)
@@ -163,70 +235,179 @@ def _watch_sdpa(calls: list):
         F.scaled_dot_product_attention = real
 
 
-def _kv_layers_from_cache(model) -> tuple[tuple[KVLayer, ...], bool]:
-    """One meta-device forward through a `DynamicCache`: its layers are the truth about KV layout.
-
-    Also returns whether attention materialises its scores through SDPA's math fallback. The
-    forward must fill the cache it was handed (`hf.forward_into_cache` refuses otherwise), and every
-    layer the config calls attention must hold keys and values: a layout with a missing layer would
-    plan with a missing term.
-    """
+def _probe(model, batch: int, tokens: int, calls: list, generator=None) -> list[cachelayout.Held]:
     import torch
 
-    cache = hf.new_cache(model.config)
-    ids = torch.zeros((1, 4), dtype=torch.long, device="meta")
-    calls: list = []
-    with torch.no_grad(), _watch_sdpa(calls):
-        hf.forward_into_cache(model, ids, cache)
-    layers = []
-    for layer in cache.layers:
-        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-        if keys is None or values is None or not hasattr(keys, "shape") or keys.dim() != 4:
-            layers.append(KVLayer(elements_per_token=0))
-            continue
-        per_token = int(keys.shape[1] * keys.shape[3] + values.shape[1] * values.shape[3])
-        window = getattr(layer, "sliding_window", None)
-        layers.append(KVLayer(elements_per_token=per_token, window=int(window) if window else None))
+    ids = torch.zeros((batch, tokens), dtype=torch.long, device="meta")
+    with torch.no_grad(), _watch_sdpa(calls), hf.meta_autocast():
+        cache = hf.forward_cache(model, ids, generator)
+    return [cachelayout.Held(*entry) for entry in hf.cache_storages(cache, model)]
+
+
+def _kv_layers_from_cache(model, build_dtype, generator=None) -> tuple[tuple[KVLayer, ...], bool]:
+    """Two (or three) meta-device forwards, each through the cache `generate()` would use: what the
+    cache holds after them is the truth about its layout (see cachelayout.py): keys and values per
+    token, recurrent and convolution state per sequence.
+
+    Also returns whether attention materialises its scores through SDPA's math fallback. Every layer
+    the config calls attention must hold keys and values, and every layer it calls recurrent must
+    hold a state: a layout with a missing layer would plan with a missing term.
+    """
     text = model.config.get_text_config(decoder=True)
-    layer_count = getattr(text, "num_hidden_layers", None)
-    expected = hf.attention_layer_count(text, layer_count if isinstance(layer_count, int) else len(layers))
+    name = type(model).__name__
+    calls: list = []
+    shapes = cachelayout.probe_shapes(hf.compress_rates(text))
+    probes = [_probe(model, batch, tokens, calls if i == 0 else [], generator)
+              for i, (batch, tokens) in enumerate(shapes[:2])]
+    layer_count = hf.config_value(text, "num_hidden_layers")
+    if type(layer_count) is not int or layer_count <= 0:
+        layer_count = 1 + max((h.layer for h in probes[0] if h.layer is not None), default=0)
+    args = (layer_count, _dtype_name(build_dtype), build_dtype.itemsize, shapes)
+    try:
+        try:
+            layers = cachelayout.layout(probes, *args)
+        except cachelayout.NeedsConfirmation:
+            layers = cachelayout.layout(probes + [_probe(model, *shapes[2], [], generator)], *args)
+    except cachelayout.UnknownCache as exc:
+        raise UnsupportedModelError(f"{name}'s cache (transformers {hf.version()}) is not one fitplan can size: "
+                                    f"{exc}") from None
+    expected = hf.attention_layer_count(text, layer_count)
     filled = sum(1 for k in layers if k.elements_per_token > 0)
-    if expected == 0:
-        raise hf.NoKVCache(type(model).__name__)  # no attention: the config path says what fitplan cannot plan
     if filled < expected:
-        raise hf.changed(f"{type(model).__name__}'s forward filled {filled} cache layers of the {expected} "
-                         "attention layers its config names")
-    return tuple(layers), any(calls)
+        raise hf.changed(f"{name}'s forward filled {filled} cache layers of the {expected} attention layers its "
+                         "config names")
+    stateful = hf.state_layer_count(text, layer_count)
+    with_state = sum(1 for k in layers if k.state_elements or k.state_fixed_bytes)
+    if with_state < stateful:
+        raise hf.changed(f"{name}'s forward left a recurrent state in {with_state} cache layers of the {stateful} "
+                         "recurrent layers its config names")
+    if not filled and not with_state:
+        raise hf.changed(f"{name}'s forward kept nothing in its cache, per token or per sequence")
+    return layers, any(calls)
 
 
-def _kv_layers_from_config(text_config) -> tuple[KVLayer, ...]:
-    """Fallback when the meta forward fails: heads and head_dim as configs commonly name them."""
-    heads = _size_field(text_config, "num_attention_heads")
+def _refuse_unsized(model) -> None:
+    """Models whose generation keeps something fitplan does not size, refused with the reason."""
+    name, version = type(model).__name__, hf.version()
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False) is True:
+        raise UnsupportedModelError(f"{name} is an encoder-decoder model: fitplan does not size its encoder output "
+                                    "and cross-attention cache (seq2seq models are not planned)")
+    if not model.can_generate():
+        raise UnsupportedModelError(f"transformers {version} says {name} cannot generate (no generate()), so there "
+                                    "is no generation for fitplan to plan")
+    text = config.get_text_config(decoder=True)
+    if hf.config_value(text, "cross_attention_layers"):
+        raise UnsupportedModelError(f"{name} attends to the image through cross-attention layers whose cache holds "
+                                    "the image's keys and values; fitplan does not size that cache")
+    if hf.config_value(text, "add_cross_attention"):
+        raise UnsupportedModelError(f"{name} attends to an encoder's output through cross-attention layers whose "
+                                    "cache holds that output's keys and values; fitplan does not size that cache")
+
+
+def _kv_layers_fallback(model, text, exc, build_dtype) -> tuple[tuple[KVLayer, ...], bool, str]:
+    """When the whole model's forward fails on the meta device: its decoder alone (`get_decoder()`:
+    a vision-language model's language model, whose cache is the model's cache since images enter
+    as embeddings; a causal LM's base model), else config fields."""
+    decoder = _language_model(model)
+    if decoder is not None:
+        try:
+            layers, math_sdpa = _kv_layers_from_cache(decoder, build_dtype, generator=model)
+        except (LibraryChangedError, UnsupportedModelError):
+            raise
+        except Exception:  # noqa: BLE001 - the config path below says why it cannot go on
+            pass
+        else:
+            return layers, math_sdpa, (f"KV layout read from the language model alone ({type(decoder).__name__}: "
+                                       f"the whole model's meta forward failed with {type(exc).__name__})")
+    return (_kv_layers_from_config(text, model, exc), False,
+            f"KV layout taken from config fields (meta forward failed: {type(exc).__name__})")
+
+
+def _language_model(model):
+    """The decoder inside `model` (`get_decoder()`), if it is another module."""
+    get = getattr(model, "get_decoder", None)
+    if not callable(get):
+        return None
+    try:
+        decoder = get()
+    except Exception:  # noqa: BLE001
+        return None
+    if decoder is None or decoder is model or not hasattr(decoder, "forward"):
+        return None
+    return decoder
+
+
+#: Config fields that say a model's cache is not plain keys and values per attention head, so the
+#: config-field fallback below would size it wrong: multi-head latent attention, sparse-attention
+#: indexers, linear attention, Mamba-style mixers, cross-attention to an encoder.
+_NOT_PLAIN_ATTENTION = ("kv_lora_rank", "index_head_dim", "index_n_heads", "linear_attn_config", "attn_type_list",
+                        "layers_block_type", "mamba_d_state", "ssm_state_size", "state_size", "compress_rates",
+                        "num_kv_shared_layers", "kv_sharing_modes", "cross_attention_layers")
+
+
+def _kv_layers_from_config(text_config, model, exc: BaseException) -> tuple[KVLayer, ...]:
+    """Fallback when the meta forward fails (a data-dependent step such as `.item()` in an older
+    model's mask code): keys and values of `kv heads x head_dim` in every layer, as configs commonly
+    name them. Only for a config that describes exactly that (every layer full or sliding attention,
+    nothing of `_NOT_PLAIN_ATTENTION`, no cross-attention); anything else is refused, since a plan
+    with a cache sized from the wrong fields is worse than none. Encoder-family decoders (BART's
+    `decoder_layers`, `decoder_attention_heads`) are read from their decoder fields."""
+    version, cls_name = hf.version(), type(model).__name__
+    if isinstance(exc, hf.NoKVCache):
+        raise UnsupportedModelError(f"{cls_name}'s forward (transformers {version}) neither takes nor returns a cache, "
+                                    "so fitplan cannot size what generation keeps") from None
+    why = _why_not_plain_attention(text_config)
+    if not why and (hf.cache_argument(model) is None or not hf.uses_default_cache(model)):
+        why = "names no DynamicCache it would fill"
+    if why:
+        raise UnsupportedModelError(
+            f"{cls_name}'s forward failed on the meta device (transformers {version}: {type(exc).__name__}: "
+            f"{_reason(exc)[:140]}) and its config {why}, so its cache cannot be sized from config fields") from None
+    layers = _int_field(text_config, "decoder_layers") or _size_field(text_config, "num_hidden_layers")
+    heads = _int_field(text_config, "decoder_attention_heads") or _size_field(text_config, "num_attention_heads")
     kv = _size_field(text_config, "num_key_value_heads", required=False) or heads
     head_dim = _size_field(text_config, "head_dim", required=False) or _size_field(text_config, "hidden_size") // heads
-    window = getattr(text_config, "sliding_window", None)
+    window = hf.config_value(text_config, "sliding_window")
     window = window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
-    return tuple(KVLayer(2 * kv * head_dim, window) for _ in range(_size_field(text_config, "num_hidden_layers")))
+    return tuple(KVLayer(2 * kv * head_dim, window) for _ in range(layers))
+
+
+def _int_field(config, name: str) -> int | None:
+    value = hf.config_value(config, name)
+    return value if type(value) is int and value > 0 else None
+
+
+def _why_not_plain_attention(text_config) -> str | None:
+    for field in _NOT_PLAIN_ATTENTION:
+        if hf.config_value(text_config, field) not in (None, 0, [], ()):
+            return f"sets '{field}'"
+    if hf.config_value(text_config, "add_cross_attention", False):
+        return "adds cross-attention to an encoder"
+    types = hf.config_value(text_config, "layer_types")
+    if isinstance(types, (list, tuple)):
+        other = sorted({t for t in types if t not in ("full_attention", "sliding_attention")}, key=str)
+        if other:
+            return f"has layers of type {other[0]!r:.40}"
+    if getattr(text_config, "is_heterogeneous", False) is True:
+        return "is heterogeneous (sizes per layer)"
+    return None
 
 
 def _size_field(text_config, name: str, *, required: bool = True) -> int | None:
-    """A whole-model size the estimate needs. A per-layer list gives its largest entry (the activation
-    peak is set by the widest layer); a field that is missing, or that a heterogeneous config only
-    defines per layer, means fitplan cannot describe this architecture."""
-    per_layer_only = False
-    try:
-        value = getattr(text_config, name, None)
-    except Exception:  # noqa: BLE001 - transformers raises its own error for per-layer-only fields
-        value, per_layer_only = None, True
-    if isinstance(value, (list, tuple)) and value and all(type(v) is int for v in value):
-        value = max(value)
+    """A whole-model size the estimate needs. A per-layer list, or a heterogeneous config's per-layer
+    values, give their largest entry (the activation peak is set by the widest layer); a field that is
+    missing means fitplan cannot describe this architecture."""
+    value = hf.config_value(text_config, name)
+    if isinstance(value, (list, tuple)) and value and all(type(v) is int or v is None for v in value):
+        value = max((v for v in value if v is not None), default=None)  # None: a layer without it
     if type(value) is int and value > 0:
         return value
     unset = value in (None, 0)  # as configs write "not used"
-    if per_layer_only or (unset and required):
+    if unset and required:
         raise UnsupportedModelError(
-            f"{text_config.model_type!r} gives no whole-model '{name}': fitplan plans attention decoders described "
-            "by hidden_size, num_hidden_layers, num_attention_heads and vocab_size, which this architecture is not")
+            f"{text_config.model_type!r} gives no whole-model '{name}': fitplan plans decoders described by "
+            "hidden_size, num_hidden_layers and vocab_size, which this architecture is not")
     if unset:
         return None
     raise InputError(f"config.json: '{name}' must be a positive whole number (or a list of them, one per layer), "
@@ -234,33 +415,46 @@ def _size_field(text_config, name: str, *, required: bool = True) -> int | None:
 
 
 def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False,
-                    stored_bytes: int | None = None) -> Inventory:
-    """The inventory of `cfg` (a config.json dict). Raises `FitplanError`s for configs it cannot plan."""
+                    stored_bytes: int | None = None, auto_class: str | None = None) -> Inventory:
+    """The inventory of `cfg` (a config.json dict) as `auto_class` would load it ("causal-lm",
+    "image-text-to-text"; None: the class the checkpoint is meant for, see `default_auto_class`).
+    Raises `FitplanError`s for configs it cannot plan."""
+    if auto_class == "seq2seq-lm":
+        raise UnsupportedModelError("fitplan does not plan encoder-decoder models (seq2seq-lm): their encoder "
+                                    "output and cross-attention cache are not sized; plan a decoder-only model")
+    if auto_class is not None and auto_class not in AUTO_CLASSES:
+        raise InputError(f"auto_class must be one of {', '.join(AUTO_CLASSES)}, got {auto_class!r:.40}")
     check_config_fields(cfg)
     with _quiet():
         import torch
 
         build_dtype = torch.bfloat16
         config = _config_object(cfg, trust_remote_code)
-        cls = _causal_lm_class(config)
+        auto_class = auto_class or default_auto_class(config)
+        cls, build_config = _model_class(config, auto_class)
         try:
-            model = hf.build_meta_model(cls, config, build_dtype)
+            model = hf.build_meta_model(cls, build_config, build_dtype)
         except LibraryChangedError:
             raise
         except Exception as exc:
             raise UnsupportedModelError(
-                f"transformers could not build {cls.__name__} from this config: {_reason(exc)}"
+                f"transformers {hf.version()} could not build {cls.__name__} from this config: {_reason(exc)}"
             ) from None
         text = model.config.get_text_config(decoder=True)
         notes: list[str] = []
         math_sdpa = False
+        _refuse_unsized(model)
         try:
-            kv_layers, math_sdpa = _kv_layers_from_cache(model)
-        except LibraryChangedError:
+            kv_layers, math_sdpa = _kv_layers_from_cache(model, build_dtype)
+        except (LibraryChangedError, UnsupportedModelError):
             raise
-        except Exception as exc:  # exotic forward paths; keep a usable estimate and say so
-            kv_layers = _kv_layers_from_config(text)
-            notes.append(f"KV layout taken from config fields (meta forward failed: {type(exc).__name__})")
+        except Exception as exc:  # a forward the meta device cannot run
+            kv_layers, math_sdpa, note = _kv_layers_fallback(model, text, exc, build_dtype)
+            notes.append(note)
+        image_tokens = None
+        if auto_class == "image-text-to-text":
+            image_tokens, note = vision.image_tokens_per_image(model, config)
+            notes.append(note)
         prequant = getattr(model.config, "quantization_config", None)
         method = None
         if prequant is not None:
@@ -293,7 +487,7 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             hidden_size=hidden,
             intermediate_size=inter,
             num_layers=_size_field(text, "num_hidden_layers"),
-            num_attention_heads=_size_field(text, "num_attention_heads"),
+            num_attention_heads=_size_field(text, "num_attention_heads", required=False) or 0,
             vocab_size=_size_field(text, "vocab_size"),
             max_positions=getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None),
             experts_per_token=top_k,
@@ -303,6 +497,8 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             checkpoint_dtype=str(ckpt_dtype) if ckpt_dtype else None,
             prequantized=method,
             stored_bytes=stored_bytes,
-            notes=tuple(notes),
+            auto_class=auto_class,
+            image_tokens_per_image=image_tokens,
+            notes=tuple(n for n in notes if n),
             versions=lib_versions(),
         )
