@@ -230,11 +230,18 @@ def test_a_failing_meta_forward_falls_back_only_for_plain_attention(monkeypatch)
                            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                            "vocab_size": 512}, model_id="l")
     assert [k.elements_per_token for k in inv.kv_layers] == [128, 128] and "config fields" in inv.notes[0]
-    with pytest.raises(UnsupportedModelError, match="sets 'kv_lora_rank'.*cannot be sized from config fields"):
+    with pytest.raises(UnsupportedModelError, match="meta device.*sets 'kv_lora_rank'.*cannot be sized from config"):
         build_inventory({"model_type": "deepseek_v3", "num_hidden_layers": 2}, model_id="d")
     with pytest.raises(UnsupportedModelError, match="has layers of type 'linear_attention'"):
         build_inventory({"model_type": "qwen3_next", "num_hidden_layers": 2,
                          "layer_types": ["linear_attention", "full_attention"]}, model_id="q")
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("split_with_sizes expects split_sizes to sum exactly to 64")
+
+    monkeypatch.setattr(build, "_kv_layers_from_cache", fails)
+    with pytest.raises(UnsupportedModelError, match="forward fails on this config .*split_with_sizes"):
+        build_inventory({"model_type": "llama", "num_hidden_layers": 2}, model_id="l")
 
 
 def test_unknown_auto_class_is_an_input_error():

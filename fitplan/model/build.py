@@ -347,23 +347,28 @@ _NOT_PLAIN_ATTENTION = ("kv_lora_rank", "index_head_dim", "index_n_heads", "line
 
 
 def _kv_layers_from_config(text_config, model, exc: BaseException) -> tuple[KVLayer, ...]:
-    """Fallback when the meta forward fails (a data-dependent step such as `.item()` in an older
-    model's mask code): keys and values of `kv heads x head_dim` in every layer, as configs commonly
-    name them. Only for a config that describes exactly that (every layer full or sliding attention,
-    nothing of `_NOT_PLAIN_ATTENTION`, no cross-attention); anything else is refused, since a plan
-    with a cache sized from the wrong fields is worse than none. Encoder-family decoders (BART's
-    `decoder_layers`, `decoder_attention_heads`) are read from their decoder fields."""
+    """Fallback when the meta forward fails at a data-dependent step the meta device cannot take
+    (`.item()` in an older model's mask code, `nonzero`): keys and values of `kv heads x head_dim` in
+    every layer, as configs commonly name them. Only for a config that describes exactly that (every
+    layer full or sliding attention, nothing of `_NOT_PLAIN_ATTENTION`, no cross-attention); anything
+    else is refused, since a plan with a cache sized from the wrong fields is worse than none, and so
+    is a forward that fails for another reason (it would fail on a GPU too). Encoder-family
+    decoders (BART's `decoder_layers`, `decoder_attention_heads`) are read from their decoder fields."""
     version, cls_name = hf.version(), type(model).__name__
     if isinstance(exc, hf.NoKVCache):
         raise UnsupportedModelError(f"{cls_name}'s forward (transformers {version}) neither takes nor returns a cache, "
                                     "so fitplan cannot size what generation keeps") from None
+    failure = f"transformers {version}: {type(exc).__name__}: {_reason(exc)[:140]}"
+    if "meta" not in str(exc):  # not a data-dependent step the meta device cannot take: the model's own failure
+        raise UnsupportedModelError(f"{cls_name}'s forward fails on this config ({failure}), so fitplan cannot read "
+                                    "its cache") from None
     why = _why_not_plain_attention(text_config)
     if not why and (hf.cache_argument(model) is None or not hf.uses_default_cache(model)):
         why = "names no DynamicCache it would fill"
     if why:
         raise UnsupportedModelError(
-            f"{cls_name}'s forward failed on the meta device (transformers {version}: {type(exc).__name__}: "
-            f"{_reason(exc)[:140]}) and its config {why}, so its cache cannot be sized from config fields") from None
+            f"{cls_name}'s forward cannot run on the meta device ({failure}) and its config {why}, so its cache "
+            "cannot be sized from config fields") from None
     layers = _int_field(text_config, "decoder_layers") or _size_field(text_config, "num_hidden_layers")
     heads = _int_field(text_config, "decoder_attention_heads") or _size_field(text_config, "num_attention_heads")
     kv = _size_field(text_config, "num_key_value_heads", required=False) or heads
