@@ -240,7 +240,7 @@ def test_a_failing_meta_forward_falls_back_only_for_plain_attention(monkeypatch)
         raise RuntimeError("split_with_sizes expects split_sizes to sum exactly to 64")
 
     monkeypatch.setattr(build, "_kv_layers_from_cache", fails)
-    with pytest.raises(UnsupportedModelError, match="forward fails on this config .*split_with_sizes"):
+    with pytest.raises(UnsupportedModelError, match="fails on this config in a generation step .*split_with_sizes"):
         build_inventory({"model_type": "llama", "num_hidden_layers": 2}, model_id="l")
 
 

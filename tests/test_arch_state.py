@@ -199,6 +199,14 @@ def _before_5_17() -> bool:
     return hf._version_tuple(hf.version()) < (5, 17)
 
 
+def _refusal_expected(family: str) -> bool:
+    """Before 5.17 hybrid families are refused; before 5.24 XLM too (its forward names the cache `cache`,
+    generate() hands it over as `past_key_values`, so generation keeps none)."""
+    from fitplan.model import hf
+
+    return _before_5_17() or (family == "xlm" and hf._version_tuple(hf.version()) < hf.CACHE_KEYWORD_SINCE)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_cache_and_state_match_a_real_generate(family):
     """Planned within 2% of the real cache; on transformers before 5.17, whose hybrid models keep their
@@ -215,7 +223,7 @@ def test_cache_and_state_match_a_real_generate(family):
     try:
         inv = build_inventory(CONFIG_MAPPING[model_type](**kwargs).to_dict(), model_id=family, auto_class="causal-lm")
     except UnsupportedModelError as exc:
-        if _before_5_17() and f"transformers {hf.version()}" in str(exc):
+        if _refusal_expected(family) and f"transformers {hf.version()}" in str(exc):
             return
         raise
     per_token = sum(k.elements_per_token + k.fixed_bytes_per_token for k in inv.kv_layers)

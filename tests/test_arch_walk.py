@@ -37,7 +37,7 @@ SAMPLE = [
     ("causal-lm", "jamba", "planned", lambda r: r["state_bytes_per_sequence"] > 0 and r["kv_elements_per_token"]),
     ("causal-lm", "mamba2", "planned", lambda r: r["state_bytes_per_sequence"] > 0),  # config.json holds Infinity
     ("causal-lm", "qwen3_5", "planned", lambda r: r["architecture"] == "Qwen3_5ForCausalLM"),
-    ("causal-lm", "openai-gpt", "refused", lambda r: "neither takes nor returns a cache" in r["reason"]),
+    ("causal-lm", "openai-gpt", "refused", lambda r: "keeps none across steps" in r["reason"]),
     ("image-text-to-text", "llava", "planned", lambda r: r["image_tokens_per_image"] == 576),
     ("image-text-to-text", "qwen3_5", "planned",
      lambda r: r["auto_class"] == "image-text-to-text" and r["state_bytes_per_sequence"] > 0),

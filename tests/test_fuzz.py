@@ -124,7 +124,7 @@ def real(name: str, **changes) -> dict:
     (real("google--gemma-2-2b.json", num_hidden_layers=593), "'num_hidden_layers' = 593 is out of range (1..256)"),
     # a model whose forward neither takes nor returns a cache (state-space models are planned now:
     # tests/test_arch_state.py)
-    ({"model_type": "openai-gpt"}, "neither takes nor returns a cache"),
+    ({"model_type": "openai-gpt"}, "keeps none across steps"),
     # transformers' reason sits on the second line of its validation errors; it used to be cut off
     (real("meta-llama--Llama-3.2-1B.json", num_attention_heads=48, head_dim=None),
      "is not a multiple of the number of attention heads"),

@@ -306,17 +306,25 @@ def _refuse_unsized(model) -> None:
 
 
 def _kv_layers_fallback(model, text, exc, build_dtype) -> tuple[tuple[KVLayer, ...], bool, str]:
-    """When the whole model's forward fails on the meta device: its decoder alone (`get_decoder()`:
-    a vision-language model's language model, whose cache is the model's cache since images enter
-    as embeddings; a causal LM's base model), else config fields."""
+    """When the whole model's forward fails on the meta device, or takes no cache: its decoder alone
+    (`get_decoder()`: a vision-language model's language model, whose cache is the model's cache since
+    images enter as embeddings, probed as its own generate() would run it; a causal LM's base model,
+    through the causal LM's cache), else config fields."""
     decoder = _language_model(model)
-    if decoder is not None:
+    # BLIP-2's generate() hands the work to its language model's generate(): that one keeps the cache
+    own_generate = decoder is not None and decoder.can_generate()
+    if own_generate and any(part in ("crossattention", "cross_attn", "cross_attention", "encoder_attn")
+                            for name, _ in decoder.named_modules() for part in name.split(".")):
+        raise UnsupportedModelError(f"{type(decoder).__name__}, the language model of {type(model).__name__}, attends "
+                                    "to the image through cross-attention whose cache holds the image's keys and "
+                                    "values; fitplan does not size that cache")
+    if decoder is not None and (own_generate or not isinstance(exc, hf.NoKVCache)):
         try:
-            layers, math_sdpa = _kv_layers_from_cache(decoder, build_dtype, generator=model)
+            layers, math_sdpa = _kv_layers_from_cache(decoder, build_dtype, generator=None if own_generate else model)
         except (LibraryChangedError, UnsupportedModelError):
             raise
-        except Exception:  # noqa: BLE001 - the config path below says why it cannot go on
-            pass
+        except Exception as decoder_exc:  # noqa: BLE001 - the decoder's failure is the one that decides
+            exc = decoder_exc
         else:
             return layers, math_sdpa, (f"KV layout read from the language model alone ({type(decoder).__name__}: "
                                        f"the whole model's meta forward failed with {type(exc).__name__})")
@@ -325,17 +333,19 @@ def _kv_layers_fallback(model, text, exc, build_dtype) -> tuple[tuple[KVLayer, .
 
 
 def _language_model(model):
-    """The decoder inside `model` (`get_decoder()`), if it is another module."""
+    """The decoder inside `model`: its `language_model` where that can generate by itself (BLIP-2's and
+    InstructBLIP's generate() hand the work to it), else `get_decoder()`; None if it is `model`."""
+    from torch import nn
+
+    candidates = [getattr(model, "language_model", None), getattr(getattr(model, "model", None), "language_model", None)]
     get = getattr(model, "get_decoder", None)
-    if not callable(get):
-        return None
     try:
-        decoder = get()
+        candidates.append(get() if callable(get) else None)
     except Exception:  # noqa: BLE001
-        return None
-    if decoder is None or decoder is model or not hasattr(decoder, "forward"):
-        return None
-    return decoder
+        pass
+    modules = [c for c in candidates if isinstance(c, nn.Module) and c is not model and hasattr(c, "forward")]
+    generating = [c for c in modules if callable(getattr(c, "can_generate", None)) and c.can_generate()]
+    return (generating or modules or [None])[0]
 
 
 #: Config fields that say a model's cache is not plain keys and values per attention head, so the
@@ -356,15 +366,18 @@ def _kv_layers_from_config(text_config, model, exc: BaseException) -> tuple[KVLa
     decoders (BART's `decoder_layers`, `decoder_attention_heads`) are read from their decoder fields."""
     version, cls_name = hf.version(), type(model).__name__
     if isinstance(exc, hf.NoKVCache):
-        raise UnsupportedModelError(f"{cls_name}'s forward (transformers {version}) neither takes nor returns a cache, "
-                                    "so fitplan cannot size what generation keeps") from None
+        why = exc.args[1] if len(exc.args) > 1 else "neither takes nor returns a cache"
+        raise UnsupportedModelError(f"{cls_name}'s forward (transformers {version}) {why}: fitplan plans generation "
+                                    "with a cache") from None
     failure = f"transformers {version}: {type(exc).__name__}: {_reason(exc)[:140]}"
-    if "meta" not in str(exc):  # not a data-dependent step the meta device cannot take: the model's own failure
-        raise UnsupportedModelError(f"{cls_name}'s forward fails on this config ({failure}), so fitplan cannot read "
-                                    "its cache") from None
+    if "meta" not in str(exc).lower():  # not a step the meta device cannot take: the model's own failure
+        raise UnsupportedModelError(f"{cls_name} fails on this config in a generation step ({failure}), so fitplan "
+                                    "cannot read its cache") from None
     why = _why_not_plain_attention(text_config)
     if not why and (hf.cache_argument(model) is None or not hf.uses_default_cache(model)):
-        why = "names no DynamicCache it would fill"
+        raise UnsupportedModelError(
+            f"{cls_name}'s forward cannot run on the meta device ({failure}) and takes no DynamicCache whose layout "
+            "config fields would give, so its cache cannot be sized") from None
     if why:
         raise UnsupportedModelError(
             f"{cls_name}'s forward cannot run on the meta device ({failure}) and its config {why}, so its cache "

@@ -215,6 +215,23 @@ def uses_default_cache(model) -> bool:
     return bool(probe())
 
 
+#: First release whose generate() hands every model its cache as `cache=`.
+CACHE_KEYWORD_SINCE = (5, 24)
+
+
+def generate_cache_keyword(model) -> str:
+    """The keyword `generate()` hands a `DynamicCache` to this model's forward under: `cache` from
+    5.24; before, `cache_params` for classes named after Mamba (5.0 also FalconH1), else
+    `past_key_values` (`_prepare_cache_for_generation` of 5.0 and 5.17)."""
+    v = _version_tuple(version())
+    if v >= CACHE_KEYWORD_SINCE:
+        return "cache"
+    name = type(model).__name__.lower()
+    if "mamba" in name or (v < (5, 1) and "falconh1" in name):
+        return "cache_params"
+    return "past_key_values"
+
+
 def forward_cache(model, input_ids, generator=None):
     """One forward pass; returns the cache it filled, made the way `generate()` makes it.
 
@@ -226,6 +243,11 @@ def forward_cache(model, input_ids, generator=None):
     """
     name = type(model).__name__
     arg = cache_argument(model)
+    if generator is None and uses_default_cache(model):
+        arg = generate_cache_keyword(model)
+        if arg not in _inspect.signature(model.forward).parameters:
+            raise NoKVCache(name, f"takes no '{arg}', the keyword generate() hands the cache under, and keeps "
+                                  "none across steps")
     if arg is not None and uses_default_cache(generator or model):
         cache = new_cache(model.config)
         model(input_ids=input_ids, use_cache=True, **{arg: cache})
