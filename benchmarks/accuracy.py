@@ -175,7 +175,10 @@ def inventory_digest(inv) -> str:
 
     tensors = sorted(json.dumps({k: v for k, v in asdict(t).items() if k != "name"}, sort_keys=True)
                      for t in inv.tensors)
-    facts = {"attn": inv.attn_implementation, "kv": [asdict(k) for k in inv.kv_layers], "tensors": tensors,
+    # KV fields added later (per-sequence state, fixed-size entries) enter only where they are not 0,
+    # so that a model whose cache did not change keeps the digest it was measured with
+    kv = [{f: v for f, v in asdict(k).items() if f in ("elements_per_token", "window") or v} for k in inv.kv_layers]
+    facts = {"attn": inv.attn_implementation, "kv": kv, "tensors": tensors,
              "experts": [inv.experts_per_token, inv.expert_intermediate_size]}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -52,7 +52,7 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
         lambda _: progress(f"building {src.model_id} on the meta device (first plan for this config; cached after)"))
     # a folder is one model however it is named (`./m`, `/abs/m`): key the cache on where it is
     key_id = src.local_path if src.origin == "local" else src.model_id
-    inv = get_inventory(src.config, model_id=key_id, stored_bytes=stored,
+    inv = get_inventory(src.config, model_id=key_id, stored_bytes=stored, stored_parameters=src.stored_parameters,
                         use_cache=use_cache, on_build=on_build)
     plan = decide(inv, req.hardware, req.options, model_id=src.model_id, origin=src.origin, revision=src.revision,
                   pin=req.pin, notes=req.notes)

@@ -129,19 +129,24 @@ def test_sliding_layers_shrink_to_the_window_after_a_decode_step():
 
 def test_a_forward_that_ignores_the_cache_is_refused_not_planned_as_zero(monkeypatch):
     """transformers 5.17 accepted `cache=` into **kwargs, ignored it and built its own cache, so the
-    one fitplan read stayed empty and every plan showed KV 0. Here the cache goes under a keyword no
-    version names (the other real name will not do: 5.24 still maps `past_key_values` onto `cache`),
-    so the forward swallows it the same way: fitplan must refuse, naming the version, not plan KV 0."""
-    import inspect
+    one fitplan read stayed empty and every plan showed KV 0. Here Llama's forward drops whatever
+    cache it is handed, under any name, and builds its own the same way: fitplan must refuse, naming
+    the version, not plan KV 0."""
+    import functools
+
+    from transformers import LlamaForCausalLM
 
     from fitplan.errors import LibraryChangedError
-    from fitplan.model import hf
 
-    unknown = "cache_under_a_name_no_version_takes"
-    monkeypatch.setattr(hf, "cache_argument", lambda model: unknown)
-    from transformers import LlamaForCausalLM
-    params = inspect.signature(LlamaForCausalLM.forward).parameters
-    assert unknown not in params and any(p.kind is p.VAR_KEYWORD for p in params.values())
+    real = LlamaForCausalLM.forward
+
+    @functools.wraps(real)
+    def swallows_the_cache(self, *args, **kwargs):
+        for name in ("cache", "past_key_values"):
+            kwargs.pop(name, None)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", swallows_the_cache)
     with pytest.raises(LibraryChangedError, match=r"transformers \d+\.\d+.*filled 0 cache layers"):
         build_inventory(config_dict("llama-gqa"), model_id="llama")
 

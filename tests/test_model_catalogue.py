@@ -60,14 +60,23 @@ def _published_config(file: str) -> dict:
     return json.loads((DATA / "models" / file).read_text(encoding="utf-8"))
 
 
+def _catalogued_files() -> set[str]:
+    return {e["file"] for e in CATALOGUE.values()}
+
+
 @functools.lru_cache(maxsize=None)
 def _fitplan_build(file: str):
-    """fitplan's inventory of the shipped config, or the FitplanError it refuses it with."""
+    """fitplan's inventory of the shipped config, or the FitplanError it refuses it with, built as a plan
+    builds it: with the count the checkpoint stores, where the catalogue has an exact one (it decides
+    whether a tied lm_head is stored apart)."""
     from fitplan.errors import FitplanError
     from fitplan.model.build import build_inventory
+    from fitplan.model.source import catalogue_entry
 
+    repo_id = next(r for r, e in CATALOGUE.items() if e["file"] == file) if file in _catalogued_files() else None
+    stored = catalogue_entry(repo_id).stored_parameters if repo_id else None
     try:
-        return build_inventory(_published_config(file), model_id=file)
+        return build_inventory(_published_config(file), model_id=file, stored_parameters=stored)
     except FitplanError as e:
         return e
 

@@ -31,6 +31,23 @@ Facts per version, each found by reading that version's source (and tested in CI
 A causal LM's `forward` also takes `**kwargs`, so an unknown keyword is accepted silently (5.17
 takes `cache=`, ignores it and builds its own cache): the argument is chosen from the signature,
 never by trying one and catching `TypeError`.
+
+Facts behind the cache and state probes, combined configs and heterogeneous configs, read in
+the sources of 5.0, 5.17 and 5.24 (the releases CI runs; releases between them are not read one
+by one, so a difference there shows up as a refusal from the checks, not a wrong plan):
+
+| what | 5.0 | 5.17 | 5.24 |
+|---|---|---|---|
+| Auto class on a combined config | `get_text_config()` when the picked class is the text config's | same, and copies `quantization_config` | same as 5.17 |
+| Mamba-style cache argument | `cache_params`, a per-model cache class (`MambaCache`, `HybridMambaAttentionDynamicCache`, ...) | `cache_params` / `past_key_values`: `DynamicCache` with linear-attention layers | `cache` |
+| models that make their own cache (`_supports_default_dynamic_cache` False) | `_is_stateful` models, reformer, minimax, xlnet, lfm2 | minimax (not M2/M3), rwkv, xlstm, reformer, xlnet | same as 5.17 |
+| `maybe_autocast(device_type="meta")` | raises (torch has no "meta" autocast): `meta_autocast` | returns `nullcontext()` | same |
+| heterogeneous configs (`per_layer_config`, per-layer fields raise on the global config) | none | yes | yes |
+| sparse-attention indexer keys (`DynamicIndexedLayer.indexer_keys`) | no such models | yes | yes |
+
+Why one module: every private transformers name fitplan touches is here and nowhere else
+(tests/test_layout.py holds the rest of the package to that), so a new transformers release is
+checked against this one file.
 """
 from __future__ import annotations
 
@@ -154,77 +171,283 @@ def bnb_replaced_modules(model, skip_modules=None) -> tuple[dict[str, int], list
     return packed, subclassed
 
 
+def auto_model_config(config, model_class):
+    """The config `model_class` is built from when an Auto class picked it for `config`.
+
+    Every release from 5.0 to 5.24 (`_BaseAutoModelClass.from_config` and `.from_pretrained`)
+    switches to `config.get_text_config()` when the picked class is the text sub-config's model
+    (Qwen3.5, Llama 4, ...: `AutoModelForCausalLM` loads only the language model); from 5.17 the
+    parent's `quantization_config` is copied onto the text config (fitplan sizes a pre-quantized
+    checkpoint from what it stores, so it is carried over here on every version).
+    """
+    sub = getattr(config, "sub_configs", None)
+    if not isinstance(sub, dict):
+        raise changed(f"{type(config).__name__}.sub_configs is {type(sub).__name__}, not a dict")
+    text_cls = sub.get("text_config")
+    if text_cls is None or getattr(model_class, "config_class", None) != text_cls:
+        return config
+    text = config.get_text_config()
+    if type(text) is not text_cls:
+        raise changed(f"{type(config).__name__}.get_text_config() gave {type(text).__name__}, not {text_cls.__name__}")
+    quant = getattr(config, "quantization_config", None)
+    if quant is not None:
+        text.quantization_config = quant
+    return text
+
+
+#: Keywords under which a model's `forward` takes a `Cache`: `cache` (5.24), `past_key_values`
+#: (5.0-5.23), `cache_params` (Mamba-style models, 5.0-5.23).
+_CACHE_ARGUMENTS = ("cache", "past_key_values", "cache_params")
+#: Output fields under which a forward returns the cache (or RWKV's state) it used or made.
+_CACHE_OUTPUTS = ("cache", "past_key_values", "cache_params", "state")
+
+
 def cache_argument(model) -> str | None:
     """The keyword under which this model's `forward` takes a `Cache` object, read off its signature;
-    None for models that keep no such cache (Mamba's `cache_params`, RWKV's `state`)."""
+    None for models that take none (RWKV's `state`, models without a cache)."""
     params = _inspect.signature(model.forward).parameters
-    return next((name for name in ("cache", "past_key_values") if name in params), None)
+    return next((name for name in _CACHE_ARGUMENTS if name in params), None)
 
 
 class NoKVCache(Exception):
-    """The model's forward takes no `Cache`: it is not an attention decoder fitplan can read this way."""
+    """The model's forward neither takes nor returns a cache: generation keeps nothing fitplan can read."""
 
 
 def new_cache(config):
     """An empty `DynamicCache` for `config`, as `generate()` makes one."""
     from transformers import DynamicCache
 
-    return DynamicCache(config=config)
+    return DynamicCache(config=config.get_text_config(decoder=True))
 
 
-@_contextlib.contextmanager
-def _autocast_on_meta():
-    """Lets a meta-device forward through rotary embeddings, which run under
-    `maybe_autocast(device_type=x.device.type, enabled=False)`. Later releases answer a nullcontext for
-    "meta"; 5.0 asks `torch.is_autocast_enabled("meta")`, which torch refuses ("unknown device type for
-    autocast"), so every rotary model's meta forward failed. Where the installed `maybe_autocast` refuses
-    "meta", `torch.is_autocast_enabled` answers False for it (autocast is never on for meta tensors)
-    for the length of the forward, which is what the later releases do."""
-    import torch
-    from transformers.utils import generic
-
-    probe = getattr(generic, "maybe_autocast", None)
-    try:
-        if probe is not None:
-            probe("meta", enabled=False)
-    except RuntimeError:
-        pass
-    else:
-        yield
-        return
-    real = torch.is_autocast_enabled
-
-    def is_autocast_enabled(*args, **kwargs):
-        device = args[0] if args else kwargs.get("device_type")
-        return False if device == "meta" else real(*args, **kwargs)
-
-    torch.is_autocast_enabled = is_autocast_enabled
-    try:
-        yield
-    finally:
-        torch.is_autocast_enabled = real
+def uses_default_cache(model) -> bool:
+    """Whether `generate()` hands this model a `DynamicCache` (`_supports_default_dynamic_cache`, a
+    class method on every 5.x release); when not (MiniMax, RWKV, xLSTM; Mamba-style models on 5.0),
+    the model makes its own cache in its forward or in `prepare_inputs_for_generation`."""
+    probe = getattr(model, "_supports_default_dynamic_cache", None)
+    if not callable(probe):
+        raise changed(f"{type(model).__name__} has no _supports_default_dynamic_cache")
+    return bool(probe())
 
 
-def forward_into_cache(model, input_ids, cache) -> None:
-    """One forward pass that must append to `cache`; refuses when it did not (see the module doc)."""
+#: First release whose generate() hands every model its cache as `cache=`.
+CACHE_KEYWORD_SINCE = (5, 24)
+
+
+def generate_cache_keyword(model) -> str:
+    """The keyword `generate()` hands a `DynamicCache` to this model's forward under: `cache` from
+    5.24; before, `cache_params` for classes named after Mamba (5.0 also FalconH1), else
+    `past_key_values` (`_prepare_cache_for_generation` of 5.0 and 5.17)."""
+    v = _version_tuple(version())
+    if v >= CACHE_KEYWORD_SINCE:
+        return "cache"
+    name = type(model).__name__.lower()
+    if "mamba" in name or (v < (5, 1) and "falconh1" in name):
+        return "cache_params"
+    return "past_key_values"
+
+
+def forward_cache(model, input_ids, generator=None):
+    """One forward pass; returns the cache it filled, made the way `generate()` makes it.
+
+    A `DynamicCache` passed under the keyword from the signature must come back with layers
+    (5.17's causal LMs accept an unknown `cache=` silently and fill a cache of their own); a model
+    that makes its own cache must return it. Anything else is refused: a plan without its cache
+    would miss a term. `generator` is the model whose `generate()` decides the cache when `model`
+    is a part of it (a vision-language model's language model).
+    """
+    name = type(model).__name__
     arg = cache_argument(model)
-    if arg is None:
-        raise NoKVCache(type(model).__name__)
-    with _autocast_on_meta():
+    if generator is None and uses_default_cache(model):
+        arg = generate_cache_keyword(model)
+        if arg not in _inspect.signature(model.forward).parameters:
+            raise NoKVCache(name, f"takes no '{arg}', the keyword generate() hands the cache under, and keeps "
+                                  "none across steps")
+    if arg is not None and uses_default_cache(generator or model):
+        cache = new_cache(model.config)
         model(input_ids=input_ids, use_cache=True, **{arg: cache})
-    if not getattr(cache, "layers", None):
-        raise changed(f"{type(model).__name__}'s forward left the cache fitplan passed it without layers, so "
-                      "the KV layout cannot be read")
+        if not getattr(cache, "layers", None):
+            raise changed(f"{name}'s forward left the cache fitplan passed it without layers, so the KV layout "
+                          "cannot be read")
+        return cache
+    out = model(input_ids=input_ids, use_cache=True)
+    for field in _CACHE_OUTPUTS:
+        cache = out.get(field) if hasattr(out, "get") else getattr(out, field, None)
+        if cache is not None:
+            return cache
+    raise NoKVCache(name)
+
+
+def cache_storages(cache, model=None):
+    """Every tensor storage a cache holds: [(layer index or None, path, nbytes, dtype, window, in_module)].
+
+    Walks `cache.layers` (one entry per decoder layer on every 5.x `DynamicCache`) and whatever else
+    the cache object holds (MiniMax's `linear_cache`, RWKV's state list, 5.0's per-model caches)
+    through lists, dicts and transformers' own objects; then, with `model`, the tensors its modules
+    keep as plain attributes after the forward (RecurrentGemma keeps its recurrent and convolution
+    states there, not in the cache), with the layer index their module's name gives. A storage is
+    counted once, as its bytes (a sliding layer's keys right after prefill are a view into the
+    whole prompt's storage, and DeepSeek-V4's values are its keys).
+    """
+    import re
+
+    import torch
+    from torch import nn
+    from transformers import PreTrainedConfig
+
+    seen_objects: set[int] = set()
+    storages: list = []  # held, so that ids stay unique while walking
+    out = []
+
+    def add(tensor, layer, path, window, in_module):
+        st = tensor.untyped_storage()
+        if any(st is s for s in storages):
+            return
+        storages.append(st)
+        out.append((layer, path, int(st.nbytes()), str(tensor.dtype).removeprefix("torch."), window, in_module))
+
+    def walk(obj, layer, path, window, depth):
+        if isinstance(obj, torch.Tensor):
+            add(obj, layer, path, window, False)
+            return
+        if depth > 6 or id(obj) in seen_objects or isinstance(obj, (nn.Module, PreTrainedConfig)):
+            return
+        if isinstance(obj, dict):
+            items = list(obj.items())
+        elif isinstance(obj, (list, tuple)):
+            items = list(enumerate(obj))
+        elif type(obj).__module__.startswith("transformers.") and hasattr(obj, "__dict__"):
+            items = list(vars(obj).items())
+            w = getattr(obj, "sliding_window", None)
+            window = int(w) if type(w) is int and w > 0 else window
+        else:
+            return
+        seen_objects.add(id(obj))
+        for key, value in items:
+            walk(value, layer, path + (key,), window, depth + 1)
+
+    layers = getattr(cache, "layers", None)
+    if isinstance(layers, list):
+        seen_objects.add(id(cache))
+        for i, layer in enumerate(layers):
+            walk(layer, i, ("layers", i), None, 1)
+        rest = {k: v for k, v in vars(cache).items() if k != "layers"}
+        for key, value in rest.items():
+            walk(value, None, (key,), None, 1)
+    else:
+        walk(cache, None, (), None, 0)
+    if model is not None:
+        index = re.compile(r"\.(\d+)(?:\.|$)")
+        for name, module in model.named_modules():
+            for attr, value in vars(module).items():
+                if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+                    m = index.search(name)
+                    add(value, int(m.group(1)) if m else None, ("module", name, attr), None, True)
+    return out
+
+
+#: Layer types (`layer_types`, `layers_block_type`) whose layers keep keys and values.
+_ATTENTION_TYPES = ("hybrid", "hybrid_sliding")
+#: Layer types whose layers keep a recurrent or convolution state per sequence.
+_STATE_TYPES = ("linear_attention", "conv", "hybrid", "hybrid_sliding", "mamba", "mamba2", "recurrent", "ssm")
+
+
+def config_value(config, name: str, default=None):
+    """`getattr(config, name, default)`, except that on a heterogeneous config (5.17+) a per-layer
+    attribute, whose global read raises, comes back as the list of its per-layer values."""
+    try:
+        return getattr(config, name, default)
+    except AttributeError:
+        return default
+    except Exception:  # noqa: BLE001 - AmbiguousGlobalPerLayerAttributeError (a RuntimeError)
+        values = per_layer_values(config, name)
+        if values is None:
+            raise
+        return values
+
+
+def _layer_types(text_config, num_layers: int):
+    for field in ("layer_types", "layers_block_type"):
+        types = config_value(text_config, field)
+        if isinstance(types, (list, tuple)) and len(types) == num_layers and all(isinstance(t, str) for t in types):
+            return list(types)
+    return None
 
 
 def attention_layer_count(text_config, num_layers: int) -> int:
-    """How many decoder layers keep keys and values, from `layer_types` where the config has it;
-    0 for a config with no attention heads at all (a state-space model)."""
-    if not getattr(text_config, "num_attention_heads", None):
+    """How many decoder layers keep keys and values, from `layer_types` (or `layers_block_type`)
+    where the config has it; 0 for a config with no attention heads at all (a state-space model)."""
+    heads = config_value(text_config, "num_attention_heads")
+    if not (any(type(h) is int and h > 0 for h in heads) if isinstance(heads, list) else heads):
         return 0
-    types = getattr(text_config, "layer_types", None)
+    types = _layer_types(text_config, num_layers)
     count = num_layers
-    if isinstance(types, (list, tuple)) and len(types) == num_layers and all(isinstance(t, str) for t in types):
-        count = sum(1 for t in types if "attention" in t and "linear" not in t)
-    shared = getattr(text_config, "num_kv_shared_layers", 0)  # Gemma 3n: the last layers reuse earlier KV
+    if types is not None:
+        count = sum(1 for t in types if ("attention" in t and "linear" not in t) or t in _ATTENTION_TYPES)
+    shared = config_value(text_config, "num_kv_shared_layers", 0)  # Gemma 3n: the last layers reuse earlier KV
     return count - (shared if isinstance(shared, int) and 0 <= shared < count else 0)
+
+
+def state_layer_count(text_config, num_layers: int) -> int:
+    """How many decoder layers the config says keep a recurrent or convolution state (Mamba, linear
+    attention, short convolutions): from `layer_types`/`layers_block_type`; every layer of a model
+    with no attention heads; else 0 (unknown: the probe's own finding stands)."""
+    types = _layer_types(text_config, num_layers)
+    if types is not None:
+        return sum(1 for t in types if t in _STATE_TYPES)
+    return num_layers if not config_value(text_config, "num_attention_heads") else 0
+
+
+def per_layer_values(config, name: str) -> list | None:
+    """`name` of each layer of a heterogeneous config (5.17+: `per_layer_config`, whose global value
+    raises `AmbiguousGlobalPerLayerAttributeError`); None where the config is not heterogeneous."""
+    if getattr(config, "is_heterogeneous", False) is not True:
+        return None
+    view = getattr(config, "per_layer_config", None)
+    if view is None:
+        raise changed(f"{type(config).__name__} is heterogeneous but has no per_layer_config")
+    try:
+        values = [getattr(layer, name, None) for layer in view]
+    except Exception as exc:  # noqa: BLE001
+        raise changed(f"{type(config).__name__}.per_layer_config cannot be read ({type(exc).__name__})") from None
+    if not values:
+        raise changed(f"{type(config).__name__}.per_layer_config lists no layers")
+    return values
+
+
+def compress_rates(text_config) -> list[int]:
+    """Token-pooling rates of a model whose cache keeps one compressed entry per so many tokens
+    (DeepSeek-V4's `compress_rates`, a dict by layer type); [] for others."""
+    rates = config_value(text_config, "compress_rates")
+    if isinstance(rates, dict):
+        rates = list(rates.values())
+    if not isinstance(rates, (list, tuple)):
+        return []
+    return [r for r in rates if type(r) is int and r > 0]
+
+
+@_contextlib.contextmanager
+def meta_autocast():
+    """During a meta-device forward, `torch.autocast("meta")` is a no-op instead of an error.
+
+    Rotary embeddings force fp32 with `maybe_autocast(device_type=x.device.type, enabled=False)`;
+    5.17 and later return `nullcontext()` for "meta" there, 5.0 asks torch, which knows no autocast
+    for "meta" and raises ("unknown device type for autocast"), so every meta forward fails. This
+    gives 5.0 what later releases do; it changes nothing else (there is no autocast on meta).
+    """
+    import torch
+
+    real_enabled, real_autocast = torch.is_autocast_enabled, torch.autocast
+
+    def is_enabled(*args, **kwargs):
+        device = args[0] if args else kwargs.get("device_type")
+        return False if device == "meta" else real_enabled(*args, **kwargs)
+
+    def autocast(device_type, *args, **kwargs):
+        return _contextlib.nullcontext() if device_type == "meta" else real_autocast(device_type, *args, **kwargs)
+
+    torch.is_autocast_enabled, torch.autocast = is_enabled, autocast
+    try:
+        yield
+    finally:
+        torch.is_autocast_enabled, torch.autocast = real_enabled, real_autocast

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from math import prod
 
 #: Bump when the meaning of a field changes, so stale on-disk caches are rebuilt, not misread.
-SCHEMA_VERSION = 10  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`
+SCHEMA_VERSION = 11  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`;
+# 11: per-sequence state, the Auto class and image tokens
 
 
 @dataclass(frozen=True)
@@ -40,20 +41,41 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class KVLayer:
-    """What one decoder layer adds to transformers' `DynamicCache` per token of one sequence.
+    """What one decoder layer adds to its cache, per token and per sequence.
 
-    `elements_per_token` counts K and V together (kv_heads * (k_head_dim + v_head_dim)).
-    `window` is set for sliding/chunked layers: the cache keeps at most `window - 1` tokens
-    between steps, but right after prefill it still holds a view of the whole prompt.
+    `elements_per_token` counts K and V together (kv_heads * (k_head_dim + v_head_dim)), plus any
+    other per-token entry the cache keeps in the load dtype (DeepSeek-V3.2 / GLM-5 indexer keys,
+    DeepSeek-V4 compressed entries). `window` is set for sliding/chunked layers: the cache keeps at
+    most `window - 1` tokens between steps, but right after prefill it still holds a view of the
+    whole prompt. `fixed_bytes_per_token` is per-token data in a dtype of its own (int64 positions).
+    `state_elements` (load dtype) and `state_fixed_bytes` (its own dtype, e.g. fp32) are what a
+    recurrent layer keeps per sequence whatever the context: Mamba's SSM and convolution states,
+    linear attention's recurrent state, a short convolution's window, RWKV's state.
     """
 
     elements_per_token: int
     window: int | None = None
+    fixed_bytes_per_token: int = 0
+    state_elements: int = 0
+    state_fixed_bytes: int = 0
+
+    def state_bytes(self, element_size: int) -> int:
+        """Bytes this layer keeps per sequence, whatever the context, at `element_size` bytes per
+        load-dtype element."""
+        return self.state_elements * element_size + self.state_fixed_bytes
 
 
 @dataclass(frozen=True)
 class Inventory:
-    """Everything the estimator needs to know about a model, gathered once per config."""
+    """Everything the estimator needs to know about a model, gathered once per config.
+
+    `auto_class` is the transformers Auto class the inventory is for, by its `fitplan.load()` name:
+    "causal-lm" (`AutoModelForCausalLM`: for a combined text+vision config, the language model
+    alone) or "image-text-to-text" (`AutoModelForImageTextToText`: vision tower, projector and
+    language model). `image_tokens_per_image` (image-text-to-text only) is how many positions of
+    the context one image takes at the vision tower's native resolution, None when fitplan cannot
+    tell (see docs/models.md); a request with N images needs N times that on top of its text.
+    """
 
     model_id: str
     model_type: str
@@ -74,6 +96,8 @@ class Inventory:
     prequantized: str | None = None
     stored_bytes: int | None = None
     quantization: dict | None = None  # a pre-quantized checkpoint's quantization_config (fitplan.model.prequant)
+    auto_class: str = "causal-lm"
+    image_tokens_per_image: int | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     versions: dict = field(default_factory=dict)
 
@@ -93,6 +117,10 @@ class Inventory:
         d["kv_layers"] = tuple(KVLayer(**k) for k in d["kv_layers"])
         d["notes"] = tuple(d.get("notes", ()))
         return cls(**d)
+
+    def state_bytes_per_sequence(self, element_size: int) -> int:
+        """Recurrent and convolution state one sequence keeps whatever its length (0 for pure attention)."""
+        return sum(k.state_bytes(element_size) for k in self.kv_layers)
 
     @property
     def quantizable_parameters(self) -> int:

@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
+from math import prod
 from pathlib import Path
 from typing import Any, Callable
 
@@ -75,7 +76,7 @@ class ModelSource:
     `repo_id` is the Hub id with its canonical spelling (None for a local folder); `local_path` the
     folder config.json was read from (the HF cache snapshot for "hub"); `weight_files` the
     safetensors files the headers came from. `parameters`, `parameters_source` and `gated` come
-    from the catalogue only. `from_cache` is True when the Hub was not asked (offline, or not
+    from the catalogue only (`parameters_exact`: that figure was not rounded). `from_cache` is True when the Hub was not asked (offline, or not
     reachable) and the local HF cache answered.
     """
 
@@ -91,9 +92,19 @@ class ModelSource:
     parameters_source: str | None = None
     gated: bool | None = None
     from_cache: bool = False
+    parameters_exact: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def stored_parameters(self) -> int | None:
+        """How many parameters the checkpoint stores: its safetensors headers' element count, else the
+        catalogue's published count where it is exact (not rounded); None when neither is known. It
+        tells whether a checkpoint stores tied weights apart (build_inventory)."""
+        if self.tensors is not None:
+            return sum(prod(t.shape) for t in self.tensors)
+        return self.parameters if self.parameters_exact else None
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSource":
@@ -264,7 +275,24 @@ def _load_config(raw: bytes, where: str, error: type[FitplanError], fix: str) ->
         raise error(f"{where} is not valid JSON ({_reason(e)}): {fix}") from None
     if not isinstance(config, dict):
         raise error(f"{where} must hold a JSON object, not a {type(config).__name__}: {fix}")
-    return config
+    return decode_special_floats(config)
+
+
+#: How transformers 5 writes floats JSON has no literal for (`PreTrainedConfig._encode_special_floats`,
+#: the same from 5.0 to 5.24): `{"__float__": "Infinity"}`, e.g. Mamba-2's `time_step_limit`.
+_FLOAT_TAGS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def decode_special_floats(obj: Any) -> Any:
+    """`obj` with transformers' tagged floats decoded, as `PreTrainedConfig._dict_from_json_file` reads
+    config.json: a dict whose only key is "__float__" with a known tag becomes that float."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__float__"} and isinstance(obj["__float__"], str):
+            return _FLOAT_TAGS.get(obj["__float__"], obj)
+        return {k: decode_special_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode_special_floats(v) for v in obj]
+    return obj
 
 
 def _shown(text: str) -> str:
@@ -302,6 +330,7 @@ class CatalogueModel:
     parameters_source: str | None = None
     gated: bool | None = None
     fails: str | None = None
+    parameters_rounded_to: int | None = None
 
 
 def _catalogue_root(root):
@@ -338,7 +367,10 @@ def _catalogue_model(key: str, entry) -> CatalogueModel:
     if not ((params is None or (isinstance(params, int) and not isinstance(params, bool) and params > 0))
             and all(t is None or isinstance(t, str) for t in texts) and (gated is None or isinstance(gated, bool))):
         raise _corrupt(f"entry {key!r} has a malformed parameters, parameters_source, source, fails or gated field")
-    return CatalogueModel(key, file, texts[1], params, texts[0], gated, texts[2])
+    rounded = entry.get("parameters_rounded_to")
+    if not (rounded is None or (type(rounded) is int and rounded > 0)):
+        raise _corrupt(f"entry {key!r} has a malformed parameters_rounded_to field")
+    return CatalogueModel(key, file, texts[1], params, texts[0], gated, texts[2], rounded)
 
 
 def _near_catalogue_id(model: str) -> str:
@@ -361,7 +393,7 @@ def catalogue_entry(repo_id: str, root=None) -> ModelSource | None:
                           "reinstall fitplan")
     return ModelSource(model_id=repo_id, origin="catalogue", config=config, revision=None, tensors=None,
                        repo_id=hit.repo_id, parameters=hit.parameters, parameters_source=hit.parameters_source,
-                       gated=hit.gated)
+                       gated=hit.gated, parameters_exact=hit.parameters is not None and hit.parameters_rounded_to is None)
 
 
 # -- the Hub and its local cache ----------------------------------------------------------------------

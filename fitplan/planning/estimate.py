@@ -147,10 +147,13 @@ def kv_bytes_per_layer(inv: Inventory, work: Workload, kv_dtype: str) -> list[in
 
     Sliding-window layers keep only `window - 1` tokens between decode steps, but after prefill
     their cache is a slice (a view) of the whole prompt's K/V, so at the peak they hold it all.
-    A prompt filling the context is the worst case the plan must survive.
+    A prompt filling the context is the worst case the plan must survive. Recurrent layers (Mamba,
+    linear attention, short convolutions) add their per-sequence state, which grows with the
+    batch, not the context.
     """
     eb = DTYPE_BYTES[kv_dtype]
-    return [layer.elements_per_token * work.context * work.batch * eb for layer in inv.kv_layers]
+    return [(layer.elements_per_token * eb + layer.fixed_bytes_per_token) * work.context * work.batch
+            + layer.state_bytes(eb) * work.batch for layer in inv.kv_layers]
 
 
 def workspace_bytes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str) -> int:
