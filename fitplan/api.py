@@ -5,7 +5,8 @@ from .hardware.machine import Hardware
 from .planning.plan import Plan
 
 
-def plan(model: str, *, context: int | None = None, batch: int | None = None, precision: str | None = None,
+def plan(model: str, *, context: int | None = None, batch: int | None = None, images: int | None = None,
+         auto_class: str | None = None, precision: str | None = None,
          gpu: str | None = None, hardware: "str | Hardware | None" = None, headroom=None,
          offload: bool | None = None, min_precision: str | None = None, prefer: str | None = None,
          revision: str | None = None, token: str | None = None, offline: bool | None = None,
@@ -13,10 +14,12 @@ def plan(model: str, *, context: int | None = None, batch: int | None = None, pr
     """Plan `model` (Hub id or local folder) for this machine, or for `gpu`/`hardware` if given.
 
     Never downloads weights; raises a `FitplanError` for bad input. A plan that does not fit is
-    returned (check `plan.fits`), not raised: `load()` is what refuses to go on.
+    returned (check `plan.fits`), not raised: `load()` is what refuses to go on. `plan.inventory.auto_class`
+    says which transformers Auto class the plan is for.
     """
     from .pipeline import plan_model
 
-    return plan_model(model, context=context, batch=batch, precision=precision, gpu=gpu, hardware=hardware,
+    return plan_model(model, context=context, batch=batch, images=images, auto_class=auto_class,
+                      precision=precision, gpu=gpu, hardware=hardware,
                       headroom=headroom, offload=offload, min_precision=min_precision, prefer=prefer,
                       revision=revision, token=token, offline=offline, use_cache=use_cache)

@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import InputError, flag_of, ref
 from .model import prequant
+from .model.inventory import AUTO_CLASSES
 from .planning import precision
 from .planning.precision import NAMES as PRECISIONS
 from .units import parse_fraction_or_bytes
@@ -28,6 +29,7 @@ from .units import parse_fraction_or_bytes
 PREFERENCES = ("quality", "memory", "speed")
 MAX_CONTEXT = 1 << 24
 MAX_BATCH = 1 << 16
+MAX_IMAGES = 1 << 10
 #: Profile sections that group options, with their documentation.
 SECTIONS = {"workload": "What one generation needs.", "constraints": "What the chosen plan must respect."}
 
@@ -73,6 +75,13 @@ class PlanOptions:
                           profile=("workload", "context"), minimum=1, maximum=MAX_CONTEXT)
     batch: int = option(1, "Sequences generated at once.", kind="int", profile=("workload", "batch"),
                         minimum=1, maximum=MAX_BATCH)
+    images: int = option(0, "Images per sequence (vision-language models): each adds the tokens one image takes "
+                            "to the context.", kind="int", profile=("workload", "images"), minimum=0,
+                         maximum=MAX_IMAGES)
+    auto_class: str | None = option(None, "The transformers Auto class to plan and load: causal-lm (the language "
+                                          "model alone) or image-text-to-text (a vision-language model whole).",
+                                    kind="enum", choices=tuple(AUTO_CLASSES), profile=("auto_class",),
+                                    default_text="the checkpoint's")
     precision: str | None = option(None, "Use exactly this precision instead of choosing (for a pre-quantized "
                                    "checkpoint, its stored row, e.g. gptq-int4).", kind="precision",
                                    choices=PRECISIONS, profile=("constraints", "precision"),
@@ -87,13 +96,20 @@ class PlanOptions:
                            profile=("constraints", "offload"))
 
     def __post_init__(self):
-        for name in ("context", "batch"):
+        for name in ("context", "batch", "images"):
             v, meta = getattr(self, name), fields_by_name()[name].metadata
             if isinstance(v, bool) or not isinstance(v, int) or v < meta["minimum"]:
-                what = "a positive number of tokens" if name == "context" else "a positive whole number"
+                what = {"context": "a positive number of tokens", "batch": "a positive whole number",
+                        "images": "a whole number, 0 or more"}[name]
                 raise InputError(f"{name} must be {what}, got {v!r}")
-        if self.context > MAX_CONTEXT or self.batch > MAX_BATCH:
-            raise InputError("context or batch is absurdly large (limits: 16M tokens, 65536 sequences)")
+        if self.context > MAX_CONTEXT or self.batch > MAX_BATCH or self.images > MAX_IMAGES:
+            raise InputError("context, batch or images is absurdly large (limits: 16M tokens, 65536 sequences, "
+                             f"{MAX_IMAGES} images)")
+        if self.auto_class is not None and self.auto_class not in AUTO_CLASSES:
+            why = (" (encoder-decoder models are not planned: their encoder output and cross-attention cache are "
+                   "not sized)" if "seq2seq" in str(self.auto_class) else "")
+            raise InputError(f"{ref('auto_class')} must be one of {', '.join(AUTO_CLASSES)}, got "
+                             f"{self.auto_class!r:.40}{why}", option="auto_class")
         for name in ("precision", "min_precision"):
             v = getattr(self, name)
             if v is None or (name == "precision" and prequant.is_label(v)):
@@ -129,11 +145,22 @@ class PlanOptions:
             kw[f.name] = v
         return cls(**kw)
 
-    @property
-    def workload(self):
+    def workload(self, inv):
+        """The workload on the model `inv`: the text context, plus the tokens `images` images take
+        (`Inventory.image_tokens_per_image`), `batch` sequences. Images on a model that takes none, or
+        whose tokens per image fitplan cannot tell, are refused with what to do instead."""
         from .planning.estimate import Workload
 
-        return Workload(self.context, self.batch)
+        if not self.images:
+            return Workload(self.context, self.batch)
+        if inv.auto_class != "image-text-to-text":
+            raise InputError(f"{ref('images')}: {inv.model_id} is planned as {AUTO_CLASSES[inv.auto_class]}, which "
+                             "takes no images; plan it as image-text-to-text or drop the images", option="images")
+        per_image = inv.image_tokens_per_image
+        if not per_image:
+            raise InputError(f"{ref('images')}: fitplan cannot tell how many tokens an image takes on {inv.model_id} "
+                             f"(docs/models.md); add them to {ref('context')} instead", option="images")
+        return Workload(self.context + self.images * per_image, self.batch)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
     # a folder is one model however it is named (`./m`, `/abs/m`): key the cache on where it is
     key_id = src.local_path if src.origin == "local" else src.model_id
     inv = get_inventory(src.config, model_id=key_id, stored_bytes=stored, stored_parameters=src.stored_parameters,
-                        use_cache=use_cache, on_build=on_build)
+                        auto_class=req.options.auto_class, use_cache=use_cache, on_build=on_build)
     plan = decide(inv, req.hardware, req.options, model_id=src.model_id, origin=src.origin, revision=src.revision,
                   pin=req.pin, notes=req.notes)
     if not req.hardware.gpus or not plan.fits:
@@ -72,7 +72,7 @@ def _gguf_rows(inv, req: Request):
     from .gguf import plan_gguf
 
     try:
-        return plan_gguf(inv, req.hardware, context=req.options.context, n_parallel=req.options.batch,
+        return plan_gguf(inv, req.hardware, context=req.options.workload(inv).context, n_parallel=req.options.batch,
                          headroom=req.options.headroom, unified=req.hardware.unified)
     except UnsupportedModelError:
         return None

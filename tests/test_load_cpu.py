@@ -7,7 +7,7 @@ import pytest
 
 import fitplan
 from fitplan.errors import DoesNotFitError, InputError
-from tiny_models import save_tiny
+from tiny_models import forbid_from_pretrained, save_tiny
 
 pytestmark = pytest.mark.slow
 
@@ -78,10 +78,8 @@ def test_unknown_from_pretrained_argument_is_rejected(llama):
 def test_does_not_fit_is_raised_before_any_load(llama, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    def boom(*a, **k):
-        raise AssertionError("from_pretrained must not be called when the plan does not fit")
-
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", boom)
+    forbid_from_pretrained(monkeypatch, AutoModelForCausalLM, "from_pretrained must not be called when the plan "
+                                                              "does not fit")
     with pytest.raises(DoesNotFitError, match="does not fit"):
         fitplan.load(llama, tokenizer=False, context=4_000_000, batch=4096)
 

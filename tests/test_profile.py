@@ -246,13 +246,13 @@ def test_precedence_flags_over_environment_over_profile(tmp_path):
     path = write(tmp_path, f"model: {SMALL}\nworkload: {{context: 8192, batch: 2}}\nhardware: {{gpus: [rtx4090]}}\n"
                            "constraints: {prefer: quality, headroom: 20%}\n")
     d = plan_json("--profile", path)
-    assert (d["workload"], d["options"]["prefer"], d["options"]["headroom"]) == ({"context": 8192, "batch": 2},
-                                                                                 "quality", 0.2)
+    assert (d["workload"], d["options"]["prefer"], d["options"]["headroom"]) == (
+        {"context": 8192, "batch": 2, "images": 0, "tokens": 8192}, "quality", 0.2)
     assert d["options"]["offload"] is False and d["hardware"]["gpus"][0]["name"] == "NVIDIA GeForce RTX 4090"
     env = {"FITPLAN_CONTEXT": "2048", "FITPLAN_PREFER": "memory", "FITPLAN_GPU": "a10g", "FITPLAN_OFFLOAD": "yes"}
     d = plan_json("--profile", path, env=env)
-    assert (d["workload"], d["options"]["prefer"], d["options"]["offload"]) == ({"context": 2048, "batch": 2},
-                                                                                "memory", True)
+    assert (d["workload"], d["options"]["prefer"], d["options"]["offload"]) == (
+        {"context": 2048, "batch": 2, "images": 0, "tokens": 2048}, "memory", True)
     assert d["hardware"]["gpus"][0]["name"] == "NVIDIA A10G"
     d = plan_json("--profile", path, "--context", "1024", "--prefer", "speed", "--gpu", "t4", "--no-offload", env=env)
     assert (d["workload"]["context"], d["options"]["prefer"], d["options"]["offload"]) == (1024, "speed", False)
@@ -322,7 +322,8 @@ def test_lock_round_trip_load_follows_the_lock(tmp_path):
     assert data["from_pretrained_kwargs"] == checked["plan"]["from_pretrained_kwargs"]
     chosen = next(e for e in checked["estimates"] if e["precision"] == precision)
     assert {k: chosen[k] for k in data["estimate"]} == data["estimate"]
-    assert data["revision"] == "main" and data["workload"] == {"context": 8192, "batch": 1}
+    assert data["revision"] == "main" and data["workload"] == {"context": 8192, "batch": 1, "images": 0}
+    assert data["auto_class"] == "causal-lm"
     assert [g["name"] for g in data["hardware"]["gpus"]] == ["NVIDIA GeForce RTX 4090"]
     assert {"fitplan", "transformers", "bitsandbytes"} <= set(data["versions"])
     assert data["profile_sha256"] == load_profile(path).digest

@@ -53,3 +53,11 @@ def save_tiny(family: str, path, dtype="bfloat16", seed: int = 0):
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     model.save_pretrained(path)
     return path
+
+
+def forbid_from_pretrained(monkeypatch, cls, why: str) -> None:
+    """Make `cls.from_pretrained` fail the test with `why`: for checks that must come before any load."""
+    def must_not_load(*args, **kwargs):
+        raise AssertionError(why)
+
+    monkeypatch.setattr(cls, "from_pretrained", must_not_load)

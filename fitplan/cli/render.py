@@ -9,6 +9,7 @@ import re
 import textwrap
 
 from ..units import GiB, fmt_bytes
+from ..model.inventory import AUTO_CLASSES
 
 WIDTH = 100
 #: A module name ending in a layer index (`model.layers.12`): runs of them render as a range.
@@ -37,12 +38,20 @@ def _tokens_per_s(d) -> str:
     return f"{tps:8.1f}" if tps is not None else f"{'-':>8}"
 
 
+def _workload_text(plan) -> str:
+    o, inv = plan.options, plan.inventory
+    images = (f" + {o.images} image{'s' if o.images > 1 else ''} x {inv.image_tokens_per_image} tokens"
+              if o.images else "")
+    return f"context {o.context} tokens{images} x batch {o.batch}"
+
+
 def render_text(plan) -> str:
     n = plan.inventory.parameters
     count = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
-    lines = [f"model     {plan.model_id}  ({plan.inventory.architecture}, {count} parameters, from {plan.origin})",
+    lines = [f"model     {plan.model_id}  ({plan.inventory.architecture} via "
+             f"{AUTO_CLASSES[plan.inventory.auto_class]}, {count} parameters, from {plan.origin})",
              f"hardware  {plan.hardware.describe()}  [{plan.hardware.source}]",
-             f"workload  context {plan.options.context} tokens x batch {plan.options.batch}",
+             f"workload  {_workload_text(plan)}",
              ""]
     head = (f"{'precision':10} {'weights':>8} {'kv cache':>8} {'activ.':>8} {'overhead':>8} {'total':>8} "
             f"{'tok/s':>8}  fits")

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import replace
 
 from ..errors import InputError, LibraryChangedError, UnsupportedModelError
-from .inventory import Inventory, TensorInfo
+from .inventory import AUTO_CLASSES, Inventory, TensorInfo
 from . import cacheprobe, fields, hf, vision
 from .prequant import mark_converted
 from .source import decode_special_floats
@@ -60,7 +60,6 @@ def _config_object(cfg: dict, trust_remote_code: bool):
 
 
 #: `fitplan.load()`'s names for the Auto classes fitplan plans for.
-AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "image-text-to-text": "AutoModelForImageTextToText"}
 
 
 def _mapping(auto_class: str):

@@ -22,21 +22,21 @@ def _cache_dir() -> Path:
 
 
 def inventory_cache_key(config: dict, model_id: str, stored_bytes: int | None,
-                        stored_parameters: int | None = None) -> str:
-    blob = json.dumps({"config": config, "versions": lib_versions(), "id": model_id,
-                       "stored": stored_bytes, "stored_parameters": stored_parameters}, sort_keys=True, default=str)
+                        stored_parameters: int | None = None, auto_class: str | None = None) -> str:
+    blob = json.dumps({"config": config, "versions": lib_versions(), "id": model_id, "stored": stored_bytes,
+                       "stored_parameters": stored_parameters, "auto_class": auto_class}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 def get_inventory(config: dict, *, model_id: str, stored_bytes: int | None = None,
-                  stored_parameters: int | None = None, use_cache: bool = True,
+                  stored_parameters: int | None = None, auto_class: str | None = None, use_cache: bool = True,
                   on_build: Callable[[str], None] | None = None) -> Inventory:
     """The inventory, from the on-disk cache when this config and these library versions were seen.
 
     The cached path imports neither torch nor transformers: a repeated `fitplan check` stays fast.
     `on_build(model_id)` is called before a (slow, seconds) meta-device build, e.g. to show progress.
     """
-    path = _cache_dir() / f"{inventory_cache_key(config, model_id, stored_bytes, stored_parameters)}.json"
+    path = _cache_dir() / f"{inventory_cache_key(config, model_id, stored_bytes, stored_parameters, auto_class)}.json"
     if use_cache:
         try:
             return Inventory.from_dict(json.loads(path.read_text()))
@@ -46,7 +46,8 @@ def get_inventory(config: dict, *, model_id: str, stored_bytes: int | None = Non
 
     if on_build is not None:
         on_build(model_id)
-    inv = build_inventory(config, model_id=model_id, stored_bytes=stored_bytes, stored_parameters=stored_parameters)
+    inv = build_inventory(config, model_id=model_id, stored_bytes=stored_bytes, stored_parameters=stored_parameters,
+                          auto_class=auto_class)
     if use_cache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

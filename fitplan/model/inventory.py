@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from math import prod
 
+#: The transformers Auto classes fitplan plans for, by the names `fitplan.load()` and the options use.
+AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "image-text-to-text": "AutoModelForImageTextToText"}
+
 #: Bump when the meaning of a field changes, so stale on-disk caches are rebuilt, not misread.
 SCHEMA_VERSION = 11  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`;
 # 11: per-sequence state, the Auto class and image tokens

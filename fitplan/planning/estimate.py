@@ -19,7 +19,7 @@ from .precision import DTYPE_BYTES, Precision
 @dataclass(frozen=True)
 class Workload:
     """One generation: `context` is the longest sequence (prompt + new tokens), `batch` sequences at once.
-    Made from `PlanOptions.workload`, which holds the defaults."""
+    Made by `PlanOptions.workload(inv)`, which holds the defaults and adds the tokens images take."""
 
     context: int
     batch: int

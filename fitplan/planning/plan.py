@@ -85,7 +85,7 @@ class Plan:
 
     @property
     def workload(self) -> Workload:
-        return self.options.workload
+        return self.options.workload(self.inventory)
 
     @property
     def load_dtype(self) -> str:
@@ -231,8 +231,8 @@ class Plan:
         out = (inventory + list(self.hardware.notes) + list(self.extra_notes)
                + untested_notes(self.inventory.versions) + saving)
         mp = self.inventory.max_positions
-        if mp and self.options.context > mp:
-            out.append(f"context {self.options.context} is longer than the {mp} positions this model was trained "
+        if mp and self.workload.context > mp:
+            out.append(f"context {self.workload.context} is longer than the {mp} positions this model was trained "
                        "for; memory is planned as asked, but quality past that point is not what the model card says")
         return out
 
@@ -240,8 +240,8 @@ class Plan:
         if self.fits:
             d = self.decision
             return f"{self.model_id}: {d.precision} ({self.compute_dtype} compute) — {d.reason}"
-        head = (f"{self.model_id} does not fit {self.hardware.describe()} at context {self.options.context}, "
-                f"batch {self.options.batch}")
+        head = (f"{self.model_id} does not fit {self.hardware.describe()} at context {self.options.context}"
+                f"{f' + {self.options.images} images' if self.options.images else ''}, batch {self.options.batch}")
         allowed = [d for d in self.choice.decisions if d.ruled_out is None]
         if not allowed:  # every precision ruled out whatever its size (e.g. the one asked for)
             d = next((d for d in self.choice.decisions if d.precision == self.options.precision),
@@ -268,8 +268,10 @@ class Plan:
                       "architecture": self.inventory.architecture, "model_type": self.inventory.model_type,
                       "parameters": self.inventory.parameters,
                       "quantizable_parameters": self.inventory.quantizable_parameters,
-                      "prequantized": self.inventory.prequantized},
-            "workload": {"context": self.options.context, "batch": self.options.batch},
+                      "prequantized": self.inventory.prequantized, "auto_class": self.inventory.auto_class,
+                      "image_tokens_per_image": self.inventory.image_tokens_per_image},
+            "workload": {"context": self.options.context, "batch": self.options.batch, "images": self.options.images,
+                         "tokens": self.workload.context},
             "hardware": self.hardware.to_dict(),
             "options": {"headroom": self.options.headroom, "offload": self.options.offload,
                         "precision": self.options.precision, "min_precision": self.options.min_precision,

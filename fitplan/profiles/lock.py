@@ -47,6 +47,8 @@ class Lock:
     revision: str | None
     context: int
     batch: int
+    images: int
+    auto_class: str
     precision: str
     compute_dtype: str
     device_map: Any  # "auto" | "cpu" | (("", index),)
@@ -69,7 +71,8 @@ def render_lock(plan: Plan, profile: Profile, settings: Settings, profile_path: 
         "model": plan.model_id,
         "revision": plan.revision or settings.revision,
         "origin": plan.origin,
-        "workload": {"context": plan.options.context, "batch": plan.options.batch},
+        "auto_class": plan.inventory.auto_class,
+        "workload": {"context": plan.options.context, "batch": plan.options.batch, "images": plan.options.images},
         "plan": {
             "precision": d.precision,
             "compute_dtype": plan.compute_dtype,
@@ -116,6 +119,8 @@ def read_lock(path: str | os.PathLike) -> Lock:
         work = require_map(doc.get("workload"), where=doc.where("workload"), what="lock workload")
         context = get_int(work, "context", what="workload", required=True, minimum=1)
         batch = get_int(work, "batch", what="workload", required=True, minimum=1)
+        images = get_int(work, "images", what="workload", minimum=0) or 0  # locks before images: none
+        auto_class = get_str(doc, "auto_class", what="lock") or "causal-lm"  # locks before it: causal LMs only
         plan = require_map(doc.get("plan"), where=doc.where("plan"), what="lock plan")
         precision = get_str(plan, "precision", what="plan", required=True)
         if precision not in P.BY_NAME and not prequant.is_label(precision):
@@ -133,8 +138,8 @@ def read_lock(path: str | os.PathLike) -> Lock:
                          get_int(g, "total_bytes", what=f"hardware.gpus[{i}]", required=True, minimum=0)))
     except InputError as err:
         raise InputError(f"{err}; this lock cannot be used: {fix}") from None
-    return Lock(name, digest, model, revision, context, batch, precision, compute, device_map, max_memory, tuple(gpus),
-                needs)
+    return Lock(name, digest, model, revision, context, batch, images, auto_class, precision, compute, device_map,
+                max_memory, tuple(gpus), needs)
 
 
 def _lock_device_map(plan: YamlMap):
@@ -185,9 +190,9 @@ def check_lock(lock: Lock, profile: Profile, s: Settings, hw: Hardware) -> None:
     if s.model != lock.model:
         raise InputError(f"model {s.model!r} (from {s.source_of('model')}) is not the locked {lock.model!r} "
                          f"({lock.path}); drop the override or {fix}")
-    for name in ("context", "batch"):
+    for name in ("context", "batch", "images", "auto_class"):
         now, locked = getattr(s.options, name), getattr(lock, name)
-        if now != locked:
+        if now != locked and not (name == "auto_class" and now is None):  # None: the checkpoint's own, as locked
             raise InputError(f"{name} {now} (from {s.source_of(name)}) differs from the locked {locked} "
                              f"({lock.path}); drop the override or {fix}")
     if s.options.precision is not None and s.options.precision != lock.precision:

@@ -41,6 +41,7 @@ from .schema import ENV_VARS, HARDWARE_KEYS, OVERRIDE_KEYS, SCHEMA, SETTINGS, Fi
 class WorkloadSpec:
     context: int | None = None
     batch: int | None = None
+    images: int | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Profile:
     path: str
     model: str | None = None
     revision: str | None = None
+    auto_class: str | None = None
     workload: WorkloadSpec = WorkloadSpec()
     hardware: HardwareSpec | None = None
     constraints: Constraints = Constraints()
@@ -159,7 +161,7 @@ def _parse(doc: Any, name: str) -> tuple[Profile | None, list[FitplanError]]:
         return None, problems
     work, cons = values.get("workload", {}), values.get("constraints", {})
     return Profile(path=name, model=values.get("model"), revision=values.get("revision"),
-                   workload=WorkloadSpec(**work), hardware=values.get("hardware"),
+                   auto_class=values.get("auto_class"), workload=WorkloadSpec(**work), hardware=values.get("hardware"),
                    constraints=Constraints(**cons), digest=_digest(doc)), []
 
 

@@ -66,7 +66,8 @@ def render_profile(plan: Plan, *, given: Mapping[str, Any]) -> str:
     """
     o = plan.options
     values = {"model": plan.model_id, "revision": given.get("revision") or "main",
-              "workload": {"context": o.context, "batch": o.batch},
+              "auto_class": o.auto_class or plan.inventory.auto_class,
+              "workload": {"context": o.context, "batch": o.batch, "images": o.images},
               "constraints": {"precision": o.precision, "min_precision": o.min_precision, "prefer": o.prefer,
                               "headroom": format_headroom(o.headroom), "offload": o.offload}}
     lines = ["# fitplan deployment profile, written by `fitplan profile init` (reference: docs/profiles.md).",

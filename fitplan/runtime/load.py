@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..errors import DoesNotFitError, InputError
+from ..model.inventory import AUTO_CLASSES
 from ..options import OPTION_KEYS
 from ..planning.plan import Plan
 
@@ -22,8 +23,6 @@ PASSTHROUGH_KEYS = ("revision", "token", "trust_remote_code", "attn_implementati
                     "use_safetensors", "force_download")
 #: A tokenizer of this many entries or fewer is not one: real vocabularies hold thousands of tokens.
 MIN_TOKENIZER_SIZE = 16
-AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "seq2seq-lm": "AutoModelForSeq2SeqLM",
-                "auto": "AutoModel", "image-text-to-text": "AutoModelForImageTextToText"}
 
 
 @dataclass(frozen=True)
@@ -41,14 +40,18 @@ class LoadReport:
         return render_load_report(self)
 
 
-def _auto_class(auto_class):
-    import transformers
-
-    if isinstance(auto_class, str):
-        if auto_class not in AUTO_CLASSES:
-            raise InputError(f"auto_class must be one of {', '.join(AUTO_CLASSES)} or a transformers Auto class")
-        return getattr(transformers, AUTO_CLASSES[auto_class])
-    return auto_class
+def _auto_class_name(auto_class):
+    """`auto_class=` as fitplan's name for it: a name, or one of the Auto classes fitplan plans for
+    (`AutoModelForCausalLM`). Any other class is refused: the plan would be for another model."""
+    if auto_class is None or isinstance(auto_class, str):
+        return auto_class
+    names = {cls: name for name, cls in AUTO_CLASSES.items()}
+    given = getattr(auto_class, "__name__", repr(auto_class))
+    if given not in names:
+        raise InputError(f"auto_class: fitplan plans and loads {', '.join(AUTO_CLASSES.values())} only, not {given:.60} "
+                         "(encoder-decoder and other heads are not planned); pass one of "
+                         f"{', '.join(AUTO_CLASSES)}")
+    return names[given]
 
 
 def merge_kwargs(planned: dict, user: dict) -> tuple[dict, tuple[str, ...]]:
@@ -109,18 +112,24 @@ def _predicted(plan: Plan) -> dict:
     return out
 
 
-def load(model: str | None = None, *, profile: str | None = None, auto_class="causal-lm", tokenizer: bool = True,
-         use_cache: bool = True, **kwargs):
+def load(model: str | None = None, *, profile: str | None = None, tokenizer: bool = True, use_cache: bool = True,
+         **kwargs):
     """Plan `model` for this machine and load it as planned. Returns (model, tokenizer), or the model
-    alone with `tokenizer=False`. Raises `DoesNotFitError` before any download or allocation when
-    nothing fits. The model is in eval mode; `model.fitplan` holds the plan and measured memory.
+    alone with `tokenizer=False`; for a vision-language model (planned as image-text-to-text) the
+    second item is its processor (`AutoProcessor`: tokenizer and image processor). Raises
+    `DoesNotFitError` before any download or allocation when nothing fits. The model is in eval
+    mode; `model.fitplan` holds the plan and measured memory.
 
-    `kwargs` are fitplan's options (`context`, `batch`, `precision`, ... as in `fitplan.plan()`;
-    `hardware=` only as a fitplan `Hardware`, to emulate a card) and `from_pretrained` arguments
-    (PLANNED_KEYS override the plan with a warning; PASSTHROUGH_KEYS are handed through).
+    `kwargs` are fitplan's options (`context`, `batch`, `precision`, `images`, `auto_class`, ... as in
+    `fitplan.plan()`; `hardware=` only as a fitplan `Hardware`, to emulate a card) and `from_pretrained`
+    arguments (PLANNED_KEYS override the plan with a warning; PASSTHROUGH_KEYS are handed through).
+    The Auto class is the one the plan is for: the checkpoint's own unless `auto_class=` says
+    "causal-lm" or "image-text-to-text" (or passes that transformers class).
     """
     from ..pipeline import plan_for_load
 
+    if "auto_class" in kwargs:
+        kwargs["auto_class"] = _auto_class_name(kwargs["auto_class"])
     options = {k: kwargs.pop(k) for k in list(kwargs) if k in OPTION_KEYS}
     if "torch_dtype" in kwargs:
         raise InputError("fitplan.load() takes dtype=, not torch_dtype= (renamed in transformers 5)")
@@ -145,8 +154,11 @@ def load(model: str | None = None, *, profile: str | None = None, auto_class="ca
     kwargs, changed = merge_kwargs(plan.from_pretrained_kwargs(), user)
     for c in changed:
         log.warning("fitplan: user argument overrides the plan: %s", c)
-    cls = _auto_class(auto_class)
-    tok = _tokenizer(model, user) if tokenizer else None  # before any weight is read or allocated
+    import transformers
+
+    cls = getattr(transformers, AUTO_CLASSES[plan.inventory.auto_class])
+    vlm = plan.inventory.auto_class == "image-text-to-text"
+    tok = _tokenizer(model, user, processor=vlm) if tokenizer else None  # before any weight is read or allocated
     import torch
 
     before = _allocated()
@@ -160,14 +172,19 @@ def load(model: str | None = None, *, profile: str | None = None, auto_class="ca
     return (loaded, tok) if tokenizer else loaded
 
 
-def _tokenizer(model: str, user: dict):
-    """The model's tokenizer, resolved before the model loads, so a folder without one fails in a
-    second, not after minutes of loading weights."""
-    from transformers import AutoTokenizer
+def _tokenizer(model: str, user: dict, *, processor: bool = False):
+    """The model's tokenizer (with `processor`, its `AutoProcessor`: a vision-language model needs the
+    image processor too), resolved before the model loads, so a folder without one fails in a second,
+    not after minutes of loading weights."""
+    from transformers import AutoProcessor, AutoTokenizer
 
     tok_kw = {k: user[k] for k in ("revision", "token", "trust_remote_code", "cache_dir") if k in user}
+    what = "processor" if processor else "tokenizer"
     try:
-        tok = AutoTokenizer.from_pretrained(model, **tok_kw)
+        loaded = (AutoProcessor if processor else AutoTokenizer).from_pretrained(model, **tok_kw)
+        tok = getattr(loaded, "tokenizer", None) if processor else loaded
+        if processor and (tok is None or not hasattr(loaded, "image_processor")):
+            raise ValueError(f"AutoProcessor gave a {type(loaded).__name__} without a tokenizer and an image processor")
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here; one line for the user
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         tok = None
@@ -177,6 +194,6 @@ def _tokenizer(model: str, user: dict):
         reason = f"transformers made a {type(tok).__name__} of {len(tok)} tokens, so it found no tokenizer files"
         tok = tok if len(tok) > MIN_TOKENIZER_SIZE else None
     if tok is None:
-        raise InputError(f"{model!r} has no tokenizer fitplan.load() can use ({reason}); pass tokenizer=False "
+        raise InputError(f"{model!r} has no {what} fitplan.load() can use ({reason}); pass tokenizer=False "
                          "to load the model alone", model=model)
-    return tok
+    return loaded if processor else tok
