@@ -117,9 +117,6 @@ def real(name: str, **changes) -> dict:
     # a model whose forward neither takes nor returns a cache (state-space models are planned now:
     # tests/test_arch_state.py)
     ({"model_type": "openai-gpt"}, "keeps none across steps"),
-    # transformers' reason sits on the second line of its validation errors; it used to be cut off
-    (real("meta-llama--Llama-3.2-1B.json", num_attention_heads=48, head_dim=None),
-     "is not a multiple of the number of attention heads"),
     # a model_type with control characters used to print as several lines
     ({"model_type": "a\x0bb\x1cc", "auto_map": {}}, r"model_type 'a\x0bb\x1cc' is unknown to transformers"),
     # an extra field a dense model ignores, read as its expert count: int([[]]) escaped as a TypeError

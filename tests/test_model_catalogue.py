@@ -192,8 +192,18 @@ def test_fitplan_plans_it_or_the_fails_marker_says_why(repo_id):
     if "fails" in entry:
         assert isinstance(built, Exception), f"{repo_id} plans now: drop its 'fails' marker"
         assert str(built).startswith(entry["fails"]), (repo_id, str(built))
+    elif _refused_before(entry["file"]):
+        assert isinstance(built, Exception) and "transformers" in str(built), (repo_id, built)
     else:
         assert not isinstance(built, Exception), f"{repo_id}: {built}"
+
+
+def _refused_before(file: str) -> bool:
+    """A hybrid whose state a transformers 5.0 meta forward cannot read is refused there with the
+    version named (docs/models.md, Known limits); 5.17 and later plan it."""
+    from fitplan.model import hf
+
+    return _published_config(file)["model_type"] == "qwen3_next" and hf._version_tuple(hf.version()) < (5, 17)
 
 
 @pytest.mark.parametrize("repo_id", sorted(r for r, e in CATALOGUE.items() if e["parameters"] is not None))

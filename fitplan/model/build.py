@@ -192,6 +192,12 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
         except Exception as exc:  # a forward the meta device cannot run
             kv_layers, math_sdpa, note = cacheprobe.kv_layers_fallback(model, text, exc, build_dtype)
             notes.append(note)
+        scratch, scan = hf.prefill_scratch(model)
+        if scan:
+            kernels = "fla" if "delta" in scan else " and ".join(hf.SSM_KERNELS)
+            notes.append(f"without {kernels} installed, transformers {hf.version()} runs {scan} on its torch path, "
+                         f"which holds {scratch:,} bytes per token of each sequence at once during the prompt: "
+                         f"planned; installing {kernels} makes it linear in the state, not in this")
         image_tokens = None
         if auto_class == "image-text-to-text":
             image_tokens, note = vision.image_tokens_per_image(model, config)
@@ -248,6 +254,7 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             quantization=cfg["quantization_config"] if method else None,
             auto_class=auto_class,
             image_tokens_per_image=image_tokens,
+            prefill_scratch_per_token=scratch,
             notes=tuple(n for n in notes if n),
             versions=lib_versions(),
         )

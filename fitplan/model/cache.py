@@ -23,7 +23,10 @@ def _cache_dir() -> Path:
 
 def inventory_cache_key(config: dict, model_id: str, stored_bytes: int | None,
                         stored_parameters: int | None = None, auto_class: str | None = None) -> str:
-    blob = json.dumps({"config": config, "versions": lib_versions(), "id": model_id, "stored": stored_bytes,
+    from .hf import kernel_presence
+
+    blob = json.dumps({"config": config, "versions": lib_versions(), "kernels": kernel_presence(),
+                       "id": model_id, "stored": stored_bytes,
                        "stored_parameters": stored_parameters, "auto_class": auto_class}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 

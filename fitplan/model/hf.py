@@ -451,3 +451,80 @@ def meta_autocast():
         yield
     finally:
         torch.is_autocast_enabled, torch.autocast = real_enabled, real_autocast
+
+
+#: Kernel packages transformers runs instead of the torch path of state-space and linear-attention
+#: layers. 5.17 and 5.24 take, per function, Hub kernels when `use_kernels=True` was asked (fitplan's
+#: load does not ask), else the package, else torch (`use_kernel_func_from_hub_with_fallback`); 5.0's
+#: Mamba layers take their fast path only when both Mamba packages import (`is_fast_path_available`).
+SSM_KERNELS = ("mamba_ssm", "causal_conv1d")
+LINEAR_ATTENTION_KERNELS = ("fla",)
+
+
+def kernels_installed(packages: tuple[str, ...]) -> bool:
+    from importlib.util import find_spec
+
+    return all(find_spec(p) is not None for p in packages)
+
+
+def kernel_presence() -> dict[str, bool]:
+    """Which kernel packages are installed: part of what an inventory depends on (its cache key)."""
+    return {p: kernels_installed((p,)) for p in SSM_KERNELS + LINEAR_ATTENTION_KERNELS}
+
+
+def _mamba2_scan_form(mixer) -> str:
+    """How the installed torch path of a Mamba-2 chunk scan contracts C and B, read off its module's
+    source: "broadcast" (5.0-5.17: `C[..., None, :, :] * B[..., None, :, :, :]`, a (batch, chunks,
+    chunk, chunk, heads, state) fp32 product, then `M[..., None] * hidden_states`, one with head_dim
+    in place of state) or "einsum" (5.24: `einsum("bclhn,bcshn->bclsh")`, no state-sized product)."""
+    import sys
+
+    source = _inspect.getsource(sys.modules[type(mixer).__module__])
+    if "bclhn,bcshn" in source:
+        return "einsum"
+    if "G_intermediate" in source or "C[:, :, :, None, :, :] * B[:, :, None, :, :, :]" in source:
+        return "broadcast"
+    raise changed(f"{type(mixer).__name__}'s module holds neither form of the Mamba-2 chunk scan fitplan sizes")
+
+
+def prefill_scratch(model) -> tuple[int, str | None]:
+    """(bytes per token of one sequence, what) that the widest state-space or linear-attention layer
+    holds at once during a prefill on transformers' torch path, used when the kernel packages are not
+    installed; (0, None) when every such layer runs a kernel or the model has none. fp32 throughout,
+    as the torch paths compute:
+
+    - Mamba-2 chunk scan (Mamba-2, Falcon-H1, Nemotron-H, Zamba2, Bamba, Granite-4.0-H), chunk l,
+      heads h, state n, head_dim p: "broadcast" form l*h*(n + p + 3) + h*p*n (the state-sized and
+      the head_dim-sized products, the scores, the decay and the chunk states, all live at once:
+      Mamba-2 at 1k tokens held both products on an H100, transformers 5.17); "einsum" form 13*l*h
+      (the scores, the decay, their product and the copies einsum and segment_sum make: the count
+      that covers Falcon-H1, Nemotron-H and Mamba-2 on the H100 with 5.24, docs/models.md);
+    - Mamba selective scan (Mamba, Falcon-Mamba, Jamba): discrete A, discrete B and deltaB*u, each
+      intermediate*state;
+    - gated delta rule (Qwen3-Next, Qwen3.5): 20 value-sized copies (num_v_heads*head_v_dim: q, k,
+      v, k*beta, v*beta, the decays, the output and the chunked products), the count that covers
+      Qwen3-Next (8 layers, 8k x 2 tokens) on an H100 with transformers 5.17 and 5.24 (docs/models.md).
+    """
+    best, what = 0, None
+    for _, m in model.named_modules():
+        size = lambda name: getattr(m, name, None) if type(getattr(m, name, None)) is int else None  # noqa: E731
+        if all(size(k) for k in ("chunk_size", "num_heads", "ssm_state_size", "head_dim")):
+            if kernels_installed(SSM_KERNELS):
+                continue
+            form = _mamba2_scan_form(m)
+            l, h, n, p = m.chunk_size, m.num_heads, m.ssm_state_size, m.head_dim
+            per = (l * h * (n + p + 3) + h * p * n if form == "broadcast" else 13 * l * h) * 4
+            kind = f"Mamba-2 chunk scan ({form})"
+        elif all(size(k) for k in ("ssm_state_size", "intermediate_size", "time_step_rank")):
+            if kernels_installed(SSM_KERNELS):
+                continue
+            per, kind = 3 * m.intermediate_size * m.ssm_state_size * 4, "Mamba selective scan"
+        elif all(size(k) for k in ("num_v_heads", "head_v_dim")):
+            if kernels_installed(LINEAR_ATTENTION_KERNELS):
+                continue
+            per, kind = 20 * m.num_v_heads * m.head_v_dim * 4, "gated delta rule"
+        else:
+            continue
+        if per > best:
+            best, what = per, f"{type(m).__name__}: {kind}"
+    return best, what

@@ -12,8 +12,8 @@ from math import prod
 AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "image-text-to-text": "AutoModelForImageTextToText"}
 
 #: Bump when the meaning of a field changes, so stale on-disk caches are rebuilt, not misread.
-SCHEMA_VERSION = 11  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`;
-# 11: per-sequence state, the Auto class and image tokens
+SCHEMA_VERSION = 12  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`;
+# 11: per-sequence state, the Auto class and image tokens; 12: prefill scratch of kernel-less SSM paths
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ class Inventory:
     quantization: dict | None = None  # a pre-quantized checkpoint's quantization_config (fitplan.model.prequant)
     auto_class: str = "causal-lm"
     image_tokens_per_image: int | None = None
+    prefill_scratch_per_token: int = 0  # torch path of SSM / linear-attention layers (hf.prefill_scratch)
     notes: tuple[str, ...] = field(default_factory=tuple)
     versions: dict = field(default_factory=dict)
 

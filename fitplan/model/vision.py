@@ -36,14 +36,14 @@ def image_tokens_per_image(model, config) -> tuple[int | None, str]:
         found = _probe(model, config)
     if found is not None:
         tokens, how = found
-        return tokens, f"one image adds {tokens} tokens to the context ({how}); count them in --context"
+        return tokens, f"one image adds {tokens} tokens to the context ({how}); the images option counts them"
     for field in _COUNT_FIELDS:
         value = getattr(config, field, None)
         if type(value) is int and value > 0:
-            return value, (f"one image adds {value} tokens to the context (config '{field}'); count them in "
-                           "--context")
-    return None, ("fitplan cannot tell how many context tokens an image takes on this model: add them to --context "
-                  "(see docs/models.md)")
+            return value, (f"one image adds {value} tokens to the context (config '{field}'); the images option "
+                           "counts them")
+    return None, ("fitplan cannot tell how many context tokens an image takes on this model: add them to the "
+                  "context yourself (see docs/models.md)")
 
 
 def _features_fn(model):

@@ -188,9 +188,10 @@ def activation_bytes(inv: Inventory, work: Workload, compute_dtype: str, precisi
     """Peak transient memory of one prefill forward at `context` tokens, with last-position logits.
 
     The residual stream is live throughout; attention and the MLP peak at different moments, so
-    the larger of the two phases counts, not their sum: attention holds q and the layer's new k/v
+    the larger of the phases counts, not their sum: attention holds q and the layer's new k/v
     (and, under eager attention, the scores), the MLP its intermediates, MoE dispatch buffers
-    and bitsandbytes' matmul workspace.
+    and bitsandbytes' matmul workspace, and a state-space or linear-attention layer without its
+    kernel package its torch path's fp32 scratch (`Inventory.prefill_scratch_per_token`).
     """
     eb = DTYPE_BYTES[compute_dtype]
     tokens = work.context * work.batch
@@ -203,7 +204,8 @@ def activation_bytes(inv: Inventory, work: Workload, compute_dtype: str, precisi
             C.ACT_MOE_HIDDEN_COPIES * inv.hidden_size + C.ACT_MOE_MLP_COPIES * inv.expert_intermediate_size)
     if precision is not None:
         mlp += workspace_bytes(inv, precision, work, compute_dtype)
-    return resident + max(attn, mlp) + C.LOGITS_COPIES * work.batch * inv.vocab_size * 4
+    scan = tokens * inv.prefill_scratch_per_token  # a state-space layer's torch path, in place of attention
+    return resident + max(attn, mlp, scan) + C.LOGITS_COPIES * work.batch * inv.vocab_size * 4
 
 
 def load_fragmentation_bytes(inv: Inventory, precision: Precision, compute_dtype: str) -> int:
