@@ -194,6 +194,8 @@ def test_a_forced_precision_that_does_not_fit_says_so_about_that_precision(env):
     r = run(env, "check", MODEL, "--gpu", "rtx3060", "--precision", "fp16")
     assert r.returncode == 1
     summary = " ".join(r.stdout.split("NO FIT", 1)[1].split("  fp32 ")[0].split())
+    wrapped = r.stdout.split("NO FIT", 1)[1].split("\n  fp32 ")[0].splitlines()[1:]
+    assert wrapped and all(line.startswith(" " * 10) and line[10] != " " for line in wrapped)  # under its text
     assert "fp16 needs" in summary and "nf4-dq" not in summary and "smallest" not in summary
     assert "drop --precision" in r.stdout
 

@@ -14,8 +14,8 @@ from ..model.inventory import AUTO_CLASSES
 WIDTH = 100
 #: A module name ending in a layer index (`model.layers.12`): runs of them render as a range.
 _INDEXED = re.compile(r"^(.*\.)(\d+)$")
-#: A line's label: leading spaces, a word (or `-`), and the spaces after it.
-_LABEL = re.compile(r"^ *\S+ +")
+#: A line's label: leading spaces, a word (or `-`, or `NO FIT`), and the spaces after it.
+_LABEL = re.compile(r"^ *(?:NO FIT|\S+) +")
 
 
 def _gib(n: int) -> str:

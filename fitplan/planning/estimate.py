@@ -276,9 +276,13 @@ class Sizes:
     def overhead(self, weights: int, kv: int) -> int:
         """Context and allocator reserve of one device holding `weights` and `kv` of these sizes: its
         share of the load's fragmentation, in proportion to the weights it holds."""
+        return overhead_bytes(kv + self.activation, self.device, fragmentation=int(weights * self._fragmentation_rate))
+
+    @cached_property
+    def _fragmentation_rate(self) -> float:
+        """The load's fragmentation per byte of weights held (computed once: the placement asks per layer)."""
         held = self.outside_weights + sum(b for _, b in self.layer_weights)
-        rate = self.fragmentation / held if held else 0.0
-        return overhead_bytes(kv + self.activation, self.device, fragmentation=int(weights * rate))
+        return self.fragmentation / held if held else 0.0
 
     def estimate(self) -> Estimate:
         """The whole model on one device."""
