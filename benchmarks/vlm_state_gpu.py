@@ -35,9 +35,13 @@ NEW_TOKENS = 16
 #: the config (text_config keys under "text_config"), context, batch, images.
 CASES = [
     ("gemma3-4b-8k-2img", "google/gemma-3-4b-it", {}, 8192, 1, 2),
-    ("llava-7b-4kx2-2img", "type:llava", {}, 4096, 2, 2),
-    ("qwen2vl-16L-8k-2img", "type:qwen2_vl", {"text_config": {"num_hidden_layers": 16, "layer_types": None,
-                                                              "max_window_layers": 16}}, 8192, 1, 2),
+    # LLaVA-1.5-7B's text vocabulary (transformers' default of 32000 has no room for the image token)
+    ("llava-7b-4kx2-2img", "type:llava", {"text_config": {"vocab_size": 32064}}, 4096, 2, 2),
+    # Qwen2-VL-7B's language model (the default config pairs the 72B text sizes with the 7B merger)
+    ("qwen2vl-7b-8k-2img", "type:qwen2_vl", {"text_config": {"hidden_size": 3584, "intermediate_size": 18944,
+                                                             "num_hidden_layers": 28, "num_attention_heads": 28,
+                                                             "num_key_value_heads": 4, "layer_types": None,
+                                                             "max_window_layers": 28}}, 8192, 1, 2),
     ("qwen3next-8L-8kx2", "Qwen/Qwen3-Next-80B-A3B-Instruct", {"num_hidden_layers": 8}, 8192, 2, 0),
     ("lfm2-2.7b-16kx2", "type:lfm2", {}, 16384, 2, 0),
     # without mamba_ssm/causal_conv1d (the GPU image has neither), Mamba layers run transformers' torch
