@@ -132,3 +132,28 @@ def test_vision_language_kv_is_the_language_models_cache(make):
                for layer in cache.layers)
     planned = sum(kv_bytes_per_layer(inv, Workload(context=80, batch=2), "bfloat16"))
     assert abs(planned - real) <= 0.02 * real, (planned, real)  # 5.0's Qwen2-VL also keeps rope deltas
+
+
+def test_pixtral_image_tokens_are_its_cells_plus_a_break_per_row():
+    """Mistral 3 (Magistral, Mistral Small 3.1/3.2): the real tower's features for the image the
+    processor makes of a 1024x1024 one (sides rounded up to 28 px cells) are the [IMG] tokens; each
+    of the rows adds an [IMG_BREAK] (the last an [IMG_END]), as PixtralProcessor writes them."""
+    import torch
+    from transformers import AutoModelForImageTextToText, CONFIG_MAPPING
+
+    cfg = CONFIG_MAPPING["mistral3"](
+        vision_config=dict(model_type="pixtral", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=1540, patch_size=14, head_dim=32),
+        text_config=dict(model_type="mistral", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=512, head_dim=32),
+        spatial_merge_size=2, image_token_index=10, architectures=["Mistral3ForConditionalGeneration"])
+    inv = build_inventory(cfg.to_dict(), model_id="mistral3")
+    rows = -(-1024 // 28)
+    model = AutoModelForImageTextToText.from_config(cfg, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model.get_image_features(pixel_values=torch.randn(1, 3, rows * 28, rows * 28),
+                                       image_sizes=torch.tensor([[rows * 28, rows * 28]]))
+    features = out.pooler_output if hasattr(out, "pooler_output") else out
+    emitted = sum(f.shape[0] for f in features) if isinstance(features, (list, tuple)) else features.shape[-2]
+    assert emitted == rows * rows == 37 * 37
+    assert inv.image_tokens_per_image == emitted + rows == 1406

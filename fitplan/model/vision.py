@@ -33,7 +33,7 @@ def image_tokens_per_image(model, config) -> tuple[int | None, str]:
     import torch
 
     with torch.no_grad():
-        found = _probe(model, config)
+        found = _pixtral_tokens(config) or _probe(model, config)
     if found is not None:
         tokens, how = found
         return tokens, f"one image adds {tokens} tokens to the context ({how}); the images option counts them"
@@ -117,6 +117,26 @@ def _probe(model, config) -> tuple[int, str] | None:
         if tokens:
             return tokens, how
     return None
+
+
+def _pixtral_tokens(config) -> tuple[int, str] | None:
+    """Pixtral vision towers (Mistral 3: Mistral Small 3.1/3.2, Magistral; Pixtral-12B through LLaVA):
+    `PixtralProcessor` resizes an image to fit its `longest_edge`, rounds each side up to whole
+    `patch_size x spatial_merge_size` cells, and writes one [IMG] per cell with an [IMG_BREAK] ending
+    each row (the last one [IMG_END]): `(columns + 1) x rows` positions
+    (`_get_num_multimodal_tokens`, 5.0-5.24). Applied to a REFERENCE_PIXELS square, which fits every
+    released Pixtral processor's `longest_edge` (1024 to 1540) unresized; tests/test_arch_vision.py
+    checks the [IMG] count against a real tower's features."""
+    vision = getattr(config, "vision_config", None)
+    if getattr(vision, "model_type", None) != "pixtral":
+        return None
+    patch = getattr(vision, "patch_size", None)
+    merge = getattr(config, "spatial_merge_size", None) or 1
+    if type(patch) is not int or patch <= 0 or type(merge) is not int or merge <= 0:
+        return None
+    side = -(-REFERENCE_PIXELS // (patch * merge))  # cells per side, rounded up as the processor rounds
+    return (side + 1) * side, (f"a {REFERENCE_PIXELS}x{REFERENCE_PIXELS} image: {side} rows of {side} image tokens "
+                               "and a row break; the count grows with the image's area")
 
 
 def _grid_tokens(vision) -> tuple[int, str] | None:
