@@ -141,7 +141,8 @@ def cmd_child(args) -> None:
     res = {"case": name, "source": source, "overrides": overrides, "context": context, "batch": batch,
            "images": images, "versions": lib_versions()}
     folder = tempfile.mkdtemp()
-    _config(source, overrides).save_pretrained(folder)
+    config = _config(source, overrides)
+    config.save_pretrained(folder)
     t0 = time.perf_counter()
     plan = fitplan.plan(folder, context=context, batch=batch, images=images, precision="bf16", headroom=0)
     res["plan_s"] = round(time.perf_counter() - t0, 1)
@@ -156,7 +157,7 @@ def cmd_child(args) -> None:
     stage = "build"
     try:
         with torch.device("cuda"):
-            model = cls.from_config(_config(source, overrides), dtype=torch.bfloat16).eval()
+            model = cls.from_config(config, dtype=torch.bfloat16).eval()
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         res["weights_allocated"] = torch.cuda.memory_allocated()

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import replace
 
 from ..errors import InputError, LibraryChangedError, UnsupportedModelError
-from .inventory import AUTO_CLASSES, Inventory, TensorInfo
+from .inventory import AUTO_CLASSES, Inventory, TensorInfo, dtype_name
 from . import cacheprobe, fields, hf, vision
 from .prequant import mark_converted
 from .source import decode_special_floats
@@ -95,10 +95,6 @@ def _model_class(config, auto_class: str):
     return cls, hf.auto_model_config(config, cls)
 
 
-def _dtype_name(dt) -> str:
-    return str(dt).removeprefix("torch.")
-
-
 def tied_apart(model, stored_parameters: int | None) -> list[str]:
     """The weights transformers ties by this config (lm_head to the input embeddings) that the
     checkpoint stores apart, so that loading keeps them apart: `from_pretrained` (5.0-5.24,
@@ -137,7 +133,7 @@ def _tensors(model, build_dtype, apart: list[str] = ()) -> tuple[TensorInfo, ...
         if t.is_complex():  # Llama 4's rotary `freqs_ci`: held as torch.view_as_real holds it, 2 reals each
             t = torch.view_as_real(t)
         # Built under the load dtype, a tensor that came out in another dtype keeps that one.
-        fixed = None if t.dtype == build_dtype else _dtype_name(t.dtype)
+        fixed = None if t.dtype == build_dtype else dtype_name(t.dtype)
         keep = "always" if keep_always(name) else ("fp16" if keep_fp16(name) else None)
         out.append(
             TensorInfo(
@@ -170,8 +166,9 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
 
         build_dtype = torch.bfloat16
         config = _config_object(cfg, trust_remote_code)
-        whole = auto_class in (None, default_auto_class(config))  # the model the checkpoint stores, all of it
-        auto_class = auto_class or default_auto_class(config)
+        default = default_auto_class(config)
+        whole = auto_class in (None, default)  # the model the checkpoint stores, all of it
+        auto_class = auto_class or default
         cls, build_config = _model_class(config, auto_class)
         try:
             model = hf.build_meta_model(cls, build_config, build_dtype)

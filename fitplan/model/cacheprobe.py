@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 
 from ..errors import LibraryChangedError, UnsupportedModelError
-from .inventory import KVLayer
+from .inventory import KVLayer, dtype_name
 from . import cachelayout, fields, hf
 
 @contextlib.contextmanager
@@ -69,7 +69,7 @@ def kv_layers_from_cache(model, build_dtype, generator=None) -> tuple[tuple[KVLa
     layer_count = hf.config_value(text, "num_hidden_layers")
     if type(layer_count) is not int or layer_count <= 0:
         layer_count = 1 + max((h.layer for h in probes[0] if h.layer is not None), default=0)
-    args = (layer_count, str(build_dtype).removeprefix("torch."), build_dtype.itemsize, shapes)
+    args = (layer_count, dtype_name(build_dtype), build_dtype.itemsize, shapes)
     try:
         try:
             layers = cachelayout.layout(probes, *args)

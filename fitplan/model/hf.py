@@ -56,6 +56,7 @@ import inspect as _inspect
 from importlib import metadata
 
 from ..errors import LibraryChangedError
+from .inventory import dtype_name
 
 #: First release whose bitsandbytes replacement skips subclasses of nn.Linear (Falcon's FalconLinear).
 EXACT_LINEAR_SINCE = (5, 5)
@@ -258,12 +259,13 @@ def forward_cache(model, input_ids, generator=None):
     """
     name = type(model).__name__
     arg = cache_argument(model)
-    if generator is None and uses_default_cache(model):
+    default_cache = uses_default_cache(generator or model)
+    if generator is None and default_cache:
         arg = generate_cache_keyword(model)
         if arg not in _inspect.signature(model.forward).parameters:
             raise NoKVCache(name, f"takes no '{arg}', the keyword generate() hands the cache under, and keeps "
                                   "none across steps")
-    if arg is not None and uses_default_cache(generator or model):
+    if arg is not None and default_cache:
         cache = new_cache(model.config)
         model(input_ids=input_ids, use_cache=True, **{arg: cache})
         if not getattr(cache, "layers", None):
@@ -304,7 +306,7 @@ def cache_storages(cache, model=None):
         if any(st is s for s in storages):
             return
         storages.append(st)
-        out.append((layer, path, int(st.nbytes()), str(tensor.dtype).removeprefix("torch."), window, in_module))
+        out.append((layer, path, int(st.nbytes()), dtype_name(tensor.dtype), window, in_module))
 
     def walk(obj, layer, path, window, depth):
         if isinstance(obj, torch.Tensor):
@@ -505,22 +507,25 @@ def prefill_scratch(model) -> tuple[int, str | None]:
       v, k*beta, v*beta, the decays, the output and the chunked products), the count that covers
       Qwen3-Next (8 layers, 8k x 2 tokens) on an H100 with transformers 5.17 and 5.24 (docs/models.md).
     """
+    ssm_kernels, delta_kernels = kernels_installed(SSM_KERNELS), kernels_installed(LINEAR_ATTENTION_KERNELS)
+    forms: dict[type, str] = {}  # one read of each mixer class's module source, not one per layer
     best, what = 0, None
     for _, m in model.named_modules():
-        size = lambda name: getattr(m, name, None) if type(getattr(m, name, None)) is int else None  # noqa: E731
-        if all(size(k) for k in ("chunk_size", "num_heads", "ssm_state_size", "head_dim")):
-            if kernels_installed(SSM_KERNELS):
+        if _int_attrs(m, "chunk_size", "num_heads", "ssm_state_size", "head_dim"):
+            if ssm_kernels:
                 continue
-            form = _mamba2_scan_form(m)
+            if type(m) not in forms:
+                forms[type(m)] = _mamba2_scan_form(m)
+            form = forms[type(m)]
             l, h, n, p = m.chunk_size, m.num_heads, m.ssm_state_size, m.head_dim
             per = (l * h * (n + p + 3) + h * p * n if form == "broadcast" else 13 * l * h) * 4
             kind = f"Mamba-2 chunk scan ({form})"
-        elif all(size(k) for k in ("ssm_state_size", "intermediate_size", "time_step_rank")):
-            if kernels_installed(SSM_KERNELS):
+        elif _int_attrs(m, "ssm_state_size", "intermediate_size", "time_step_rank"):
+            if ssm_kernels:
                 continue
             per, kind = 3 * m.intermediate_size * m.ssm_state_size * 4, "Mamba selective scan"
-        elif all(size(k) for k in ("num_v_heads", "head_v_dim")):
-            if kernels_installed(LINEAR_ATTENTION_KERNELS):
+        elif _int_attrs(m, "num_v_heads", "head_v_dim"):
+            if delta_kernels:
                 continue
             per, kind = 20 * m.num_v_heads * m.head_v_dim * 4, "gated delta rule"
         else:
@@ -528,3 +533,8 @@ def prefill_scratch(model) -> tuple[int, str | None]:
         if per > best:
             best, what = per, f"{type(m).__name__}: {kind}"
     return best, what
+
+
+def _int_attrs(module, *names: str) -> bool:
+    """Whether `module` holds each of `names` as a nonzero int (a mixer's sizes)."""
+    return all(type(v := getattr(module, n, None)) is int and v for n in names)

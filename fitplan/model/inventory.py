@@ -11,6 +11,11 @@ from math import prod
 #: The transformers Auto classes fitplan plans for, by the names `fitplan.load()` and the options use.
 AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "image-text-to-text": "AutoModelForImageTextToText"}
 
+def dtype_name(dtype) -> str:
+    """A torch dtype as the inventory writes it: `torch.bfloat16` -> "bfloat16"."""
+    return str(dtype).removeprefix("torch.")
+
+
 #: Bump when the meaning of a field changes, so stale on-disk caches are rebuilt, not misread.
 SCHEMA_VERSION = 12  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`;
 # 11: per-sequence state, the Auto class and image tokens; 12: prefill scratch of kernel-less SSM paths
