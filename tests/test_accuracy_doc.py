@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fitplan.planning import calibration as C
+from fitplan import calibration as C
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "accuracy.md").read_text()

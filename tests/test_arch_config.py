@@ -179,7 +179,7 @@ def test_a_combined_config_plans_as_auto_model_for_causal_lm_loads_it(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    from fitplan.planning import precision as P
+    from fitplan.vocab import precision as P
     from fitplan.planning.estimate import weights_bytes
     from fitplan.runtime.measure import held_bytes
 

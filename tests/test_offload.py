@@ -13,8 +13,8 @@ import pytest
 from fitplan.hardware.machine import GPU, Hardware
 from fitplan.model.build import build_inventory
 from fitplan.options import PlanOptions
-from fitplan.planning import calibration as C
-from fitplan.planning import precision as P
+from fitplan import calibration as C
+from fitplan.vocab import precision as P
 from fitplan.planning.estimate import layer_of, sizes
 from fitplan.planning.plan import decide
 from tiny_models import FAMILIES, config_dict

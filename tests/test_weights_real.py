@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from fitplan.planning import precision as P
+from fitplan.vocab import precision as P
 from fitplan.planning.estimate import weights_bytes
 from fitplan.model.build import build_inventory
 from fitplan.runtime.measure import held_bytes

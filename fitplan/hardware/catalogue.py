@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import HardwareError, InputError
 from .machine import GPU, Hardware
-from ..units import fmt_bytes
+from ..vocab.units import fmt_bytes
 from ..yamlsource import (
     YamlList,
     YamlMap,

@@ -538,3 +538,10 @@ def prefill_scratch(model) -> tuple[int, str | None]:
 def _int_attrs(module, *names: str) -> bool:
     """Whether `module` holds each of `names` as a nonzero int (a mixer's sizes)."""
     return all(type(v := getattr(module, n, None)) is int and v for n in names)
+
+
+def mxfp4_kernels() -> tuple[bool, bool]:
+    """(triton >= 3.4.0, kernels in transformers' accepted range) in this environment: transformers' own checks."""
+    from transformers.utils.import_utils import is_kernels_available, is_triton_available
+
+    return bool(is_triton_available("3.4.0")), bool(is_kernels_available())

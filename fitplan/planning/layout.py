@@ -13,7 +13,7 @@ from __future__ import annotations
 from math import ceil
 
 from ..model.inventory import TensorInfo
-from .precision import DTYPE_BYTES, Precision
+from ..vocab.precision import DTYPE_BYTES, Precision
 
 BLOCKSIZE_4BIT = 64
 NESTED_BLOCKSIZE = 256

@@ -9,14 +9,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import precision as P
-from .estimate import Estimate, Workload, attention_score_bytes, layer_of, unquantized_bytes
+from ..vocab import precision as P
+from .estimate import Estimate, attention_score_bytes, layer_of, unquantized_bytes
+from .workload import Workload, workload_of
 from ..hardware.machine import Hardware
 from ..model.inventory import Inventory
 from ..options import PlanOptions
 from .policy import Choice, Decision, precision_named, weights_fraction_for_accelerate
 from .suggest import Suggestion
-from ..units import fmt_bytes
+from ..vocab.units import fmt_bytes
 from ..versions import untested_notes
 
 #: transformers' bitsandbytes quantizers multiply `max_memory` by this before placing layers
@@ -55,6 +56,7 @@ class Plan:
     inventory: Inventory
     hardware: Hardware
     options: PlanOptions
+    workload: Workload  # what `options` ask of this model: computed once (`workload_of`), read everywhere
     choice: Choice
     advice: tuple[Suggestion, ...] = ()  # what would make it fit, when nothing does
     pin: Pin | None = None
@@ -82,10 +84,6 @@ class Plan:
     @property
     def offloaded(self) -> bool:
         return bool(self.decision and self.decision.offload_bytes)
-
-    @property
-    def workload(self) -> Workload:
-        return self.options.workload(self.inventory)
 
     @property
     def load_dtype(self) -> str:
@@ -353,7 +351,8 @@ def decide(inv: Inventory, hw: Hardware, options: PlanOptions, *, model_id: str,
     from .policy import choose
     from .suggest import suggestions
 
-    choice = choose(inv, hw, options)
+    work = workload_of(options, inv)
+    choice = choose(inv, hw, options, work)
     advice = () if choice.chosen else tuple(suggestions(inv, hw, options, choice))
     return Plan(model_id=model_id, revision=revision, origin=origin, inventory=inv, hardware=hw, options=options,
-                choice=choice, advice=advice, pin=pin if choice.chosen else None, extra_notes=notes)
+                workload=work, choice=choice, advice=advice, pin=pin if choice.chosen else None, extra_notes=notes)

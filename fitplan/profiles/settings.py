@@ -7,9 +7,9 @@ which constraints; `fitplan check --profile` is the CI gate, `fitplan lock` pins
 Where each setting comes from, first match wins (docs/profiles.md):
 
 1. CLI flags / Python keyword arguments (`overrides`, `model=`);
-2. the environment: FITPLAN_MODEL, FITPLAN_REVISION, FITPLAN_CONTEXT, FITPLAN_BATCH,
-   FITPLAN_PRECISION, FITPLAN_MIN_PRECISION, FITPLAN_PREFER, FITPLAN_HEADROOM, FITPLAN_OFFLOAD,
-   FITPLAN_GPU (an empty variable counts as unset; a bad value is an error naming the variable);
+2. the environment: FITPLAN_MODEL and the FITPLAN_<OPTION> variable of every option that declares
+   one (`schema.ENV_VARS`, derived from `fitplan.options`; an empty variable counts as unset; a bad
+   value is an error naming the variable);
 3. the profile;
 4. fitplan's defaults.
 
@@ -31,9 +31,10 @@ from typing import Any
 from ..errors import FitplanError, InputError
 from ..hardware.catalogue import MAX_CPU_RAM, parse_gpu_list
 from ..hardware.machine import GPU, Hardware
-from ..options import PLAN_KEYS, PlanOptions
-from ..yamlsource import YamlMap, check_keys, describe, load_yaml, require_list, require_map, get_size
-from .schema import ENV_VARS, HARDWARE_KEYS, OVERRIDE_KEYS, SCHEMA, SETTINGS, Field, _Bad, _from_text, check_value, field_for
+from ..options import PLAN_KEYS, PlanOptions, check_keys as check_keys_given
+from ..yamlsource import YamlMap, check_keys, load_yaml, require_list, require_map, get_size
+from ..vocab.kinds import BadValue, describe
+from .schema import ENV_VARS, HARDWARE_KEYS, OVERRIDE_KEYS, SCHEMA, SETTINGS, Field, check_value, field_for, from_text
 
 # -- what a profile holds -------------------------------------------------------------------------
 
@@ -187,8 +188,8 @@ def _value(m: YamlMap, f: Field, section: str) -> Any:
         raise InputError(f"{where}: {what} is empty; give it a value (default: {f.default}) or delete the line")
     try:
         return check_value(f, value)
-    except _Bad as bad:
-        raise InputError(f"{where}: {what}{'' if str(bad).startswith(':') else ' '}{bad}") from None
+    except BadValue as bad:
+        raise InputError(f"{where}: {bad.after(what)}") from None
 
 
 def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
@@ -230,8 +231,8 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             continue
         f = field_for(name)
         try:
-            out[name] = check_value(f, _from_text(f, text))
-        except _Bad as bad:
+            out[name] = from_text(f, text)
+        except BadValue as bad:
             raise InputError(f"environment variable {var}={raw!r}: the value {bad}; fix it or unset {var}") from None
     return out
 
@@ -257,9 +258,7 @@ FROM_ARGUMENT = "flag or keyword argument"
 def merge_settings(profile: Profile, *, model: str | None, overrides: Mapping[str, Any],
                    env: Mapping[str, Any]) -> Settings:
     """flags > environment > profile > defaults, for every setting (hardware is handled apart)."""
-    unknown = set(overrides) - set(OVERRIDE_KEYS)
-    if unknown:
-        raise InputError(f"unknown override {', '.join(sorted(unknown))}; use: {', '.join(OVERRIDE_KEYS)}")
+    check_keys_given(overrides, OVERRIDE_KEYS)
     flags = {k: v for k, v in overrides.items() if v is not None}
     if model:
         flags["model"] = model

@@ -7,7 +7,7 @@ the two agree, so the code and the document cannot drift apart.
 """
 from __future__ import annotations
 
-GiB = 1 << 30
+from .vocab.units import GiB
 
 #: NVML-visible memory a process holds once CUDA is up and cuBLAS has run one product, before
 #: any model tensor: 0.70 GiB measured on an H100 80GB (torch 2.11+cu130, driver 580; see
