@@ -183,29 +183,19 @@ class Plan:
             dev == "cpu" for dev, _ in self.pin.max_memory or ())
 
     def from_pretrained_kwargs(self) -> dict:
-        """Exactly what `AutoModelForCausalLM.from_pretrained(plan.model_id, **kwargs)` needs."""
-        import torch
-        from transformers import BitsAndBytesConfig
-
+        """Exactly what `AutoModelForCausalLM.from_pretrained(plan.model_id, **kwargs)` needs: `kwargs_as_data()`
+        with torch dtypes and a `BitsAndBytesConfig` (made by `fitplan.model.hf`, where transformers is read)."""
         if not self.fits:
             from ..errors import DoesNotFitError
 
             raise DoesNotFitError(self.summary_line())
-        kw: dict = {"dtype": getattr(torch, self.load_dtype), "device_map": self.device_map()}
-        q = self.quantization_kwargs()
-        if q is not None:
-            if "bnb_4bit_compute_dtype" in q:
-                q = {**q, "bnb_4bit_compute_dtype": getattr(torch, q["bnb_4bit_compute_dtype"])}
-            kw["quantization_config"] = BitsAndBytesConfig(**q)
-        mm = self.max_memory()
-        if mm is not None:
-            kw["max_memory"] = mm
-        if self.revision:
-            kw["revision"] = self.revision
-        return kw
+        from ..model import hf
+
+        return hf.from_pretrained_kwargs(self.kwargs_as_data())
 
     def kwargs_as_data(self) -> dict | None:
-        """from_pretrained_kwargs() as JSON data (dtype names instead of torch objects)."""
+        """The from_pretrained arguments as JSON data (dtype names, the quantization config as a dict, device
+        names as strings): the one statement of them; `from_pretrained_kwargs()` realises it."""
         if not self.fits:
             return None
         kw: dict = {"dtype": self.load_dtype, "device_map": self.device_map()}
