@@ -20,6 +20,7 @@ Read from transformers 5.24 (`quantizers/quantizer_*.py`, `integrations/*.py`), 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from math import ceil
 from typing import Callable
 
+from ..errors import UnsupportedModelError
 from ..model.inventory import Inventory
 from ..model.prequant import Group, Scheme, ct_group_of, scheme
 from ..vocab import precision as P

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..hardware.catalogue import MAX_GPUS
+from ..hardware.catalogue import BANDWIDTH_GBS_RANGE, HARDWARE_FILE_KEYS, MAX_GPUS
 from ..options import OPTION_KEYS, SECTIONS, PlanOptions, SourceOptions, env_var
 from ..vocab.kinds import SIZE_PATTERN, kind
 
@@ -58,7 +58,7 @@ def _schema() -> tuple[Field, ...]:
 
 
 SCHEMA: tuple[Field, ...] = _schema()
-HARDWARE_KEYS = ("gpus", "cpu_ram")
+HARDWARE_KEYS = HARDWARE_FILE_KEYS
 #: Each setting by its flag / `overrides` / `fitplan.plan()` name -> its path in the profile
 #: (`context` -> ("workload", "context")). Hardware is not a plain setting: see `_hardware_for`.
 SETTINGS = {g.key: (f.key, g.key) if f.kind == "section" else (f.key,)
@@ -110,7 +110,8 @@ def json_schema() -> dict:
                 "properties": {"name": {"type": "string", "pattern": r"\S", "description": "NVML name."},
                                "memory": {"$ref": "#/$defs/size"},
                                "compute_capability": {"$ref": "#/$defs/compute_capability"},
-                               "bandwidth_gbs": {"type": "number", "minimum": 1, "maximum": 100000},
+                               "bandwidth_gbs": {"type": "number", "minimum": BANDWIDTH_GBS_RANGE[0],
+                                                 "maximum": BANDWIDTH_GBS_RANGE[1]},
                                "free": {"$ref": "#/$defs/size"}, "count": count}},
            ]}
     return {
@@ -131,7 +132,9 @@ def _field_schema(f: Field) -> dict:
             {"const": "auto"},
             {"type": "object", "additionalProperties": False, "required": ["gpus"],
              "properties": {"gpus": {"type": "array", "maxItems": MAX_GPUS, "items": {"$ref": "#/$defs/gpu"}},
-                            "cpu_ram": {"$ref": "#/$defs/size"}}}]}
+                            "cpu_ram": {"$ref": "#/$defs/size"},
+                            "unified": {"type": "boolean", "description": "The CPU and GPU share cpu_ram "
+                                                                            "(Apple silicon)."}}}]}
     if f.kind == "section":
         return {**base, "type": "object", "additionalProperties": False, "minProperties": 1,
                 "properties": {g.key: _field_schema(g) for g in f.fields}}

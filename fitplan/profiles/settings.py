@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FitplanError, InputError
-from ..hardware.catalogue import MAX_CPU_RAM, parse_gpu_list
+from ..hardware.catalogue import read_hardware_map
 from ..hardware.machine import GPU, Hardware
 from ..options import PLAN_KEYS, PlanOptions, check_keys as check_keys_given
-from ..yamlsource import YamlMap, check_keys, load_yaml, require_list, require_map, get_size
+from ..yamlsource import YamlMap, check_keys, load_yaml, require_map
 from ..vocab.kinds import BadValue, describe
 from .schema import ENV_VARS, HARDWARE_KEYS, OVERRIDE_KEYS, SCHEMA, SETTINGS, Field, check_value, field_for, from_text
 
@@ -64,6 +64,7 @@ class HardwareSpec:
     auto: bool = True
     gpus: tuple[GPU, ...] = ()
     cpu_ram_bytes: int | None = None
+    unified: bool = False
 
     def resolve(self, source_name: str) -> Hardware:
         from ..hardware.probe import cpu_ram_bytes, probe
@@ -71,7 +72,7 @@ class HardwareSpec:
         if self.auto:
             return probe()
         ram = cpu_ram_bytes() if self.cpu_ram_bytes is None else self.cpu_ram_bytes
-        return Hardware(gpus=self.gpus, cpu_ram_bytes=ram, source="file",
+        return Hardware(gpus=self.gpus, cpu_ram_bytes=ram, source="file", unified=self.unified,
                         notes=(f"GPUs described in {source_name}, not probed",))
 
 
@@ -193,7 +194,7 @@ def _value(m: YamlMap, f: Field, section: str) -> Any:
 
 
 def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
-    """`hardware: auto`, or a mapping with the --hardware file's keys (`gpus:`, `cpu_ram:`)."""
+    """`hardware: auto`, or a mapping with the --hardware file's keys (`HARDWARE_KEYS`)."""
     value, where = doc[key], doc.where(key)
     if value == "auto":
         return HardwareSpec(auto=True)
@@ -203,14 +204,11 @@ def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
     if not isinstance(value, YamlMap):
         hint = (f"; for a catalogue GPU write 'hardware: {{gpus: [{value}]}}'" if isinstance(value, str) else "")
         raise InputError(f"{where}: hardware must be 'auto' or a mapping with 'gpus:', got {describe(value)}{hint}")
-    check_keys(value, HARDWARE_KEYS, what="hardware")
-    if value.get("gpus") is None:
+    if value.get("gpus") is None and set(value) <= set(HARDWARE_KEYS):
         raise InputError(f"{value.where('gpus')}: hardware needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
                          "machine), or write 'hardware: auto' to probe")
-    items = require_list(value["gpus"], where=value.where("gpus"), what="hardware.gpus")
-    gpus = parse_gpu_list(items, what="hardware.gpus")  # the --hardware file's own parser
-    ram = get_size(value, "cpu_ram", what="hardware", maximum=MAX_CPU_RAM)
-    return HardwareSpec(auto=False, gpus=tuple(gpus), cpu_ram_bytes=ram)
+    gpus, ram, unified = read_hardware_map(value, name=doc.source, what="hardware")  # the --hardware file's reader
+    return HardwareSpec(auto=False, gpus=gpus, cpu_ram_bytes=ram, unified=unified)
 
 
 # -- the environment and precedence ----------------------------------------------------------------
