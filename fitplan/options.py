@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import InputError, flag_of, ref
+from .errors import InputError, OptionError, flag_of, ref
 from .model import prequant
 from .model.inventory import AUTO_CLASSES
 from .planning import precision
@@ -57,13 +57,13 @@ def parse_headroom(value) -> float | int:
     if isinstance(value, float):
         if 0 <= value < 1:
             return value
-        raise InputError(f"headroom: a plain number is a share and must be below 1 (e.g. 0.1), got {value}; "
-                         "write sizes with a unit, e.g. '1.5GiB'")
+        raise OptionError(f"headroom: a plain number is a share and must be below 1 (e.g. 0.1), got {value}; "
+                         "write sizes with a unit, e.g. '1.5GiB'", option="headroom")
     frac, nbytes = parse_fraction_or_bytes(value, what="headroom")
     if frac is not None:
         return frac
     if nbytes is None:
-        raise InputError("headroom: write a share like '10%' or a size like '1.5GiB'")
+        raise OptionError("headroom: write a share like '10%' or a size like '1.5GiB'", option="headroom")
     return nbytes
 
 
@@ -101,14 +101,14 @@ class PlanOptions:
             if isinstance(v, bool) or not isinstance(v, int) or v < meta["minimum"]:
                 what = {"context": "a positive number of tokens", "batch": "a positive whole number",
                         "images": "a whole number, 0 or more"}[name]
-                raise InputError(f"{name} must be {what}, got {v!r}")
+                raise OptionError(f"{name} must be {what}, got {v!r}", option=name)
         if self.context > MAX_CONTEXT or self.batch > MAX_BATCH or self.images > MAX_IMAGES:
-            raise InputError("context, batch or images is absurdly large (limits: 16M tokens, 65536 sequences, "
-                             f"{MAX_IMAGES} images)")
+            raise OptionError("context, batch or images is absurdly large (limits: 16M tokens, 65536 sequences, "
+                             f"{MAX_IMAGES} images)", option=("context" if self.context > MAX_CONTEXT else "batch" if self.batch > MAX_BATCH else "images"))
         if self.auto_class is not None and self.auto_class not in AUTO_CLASSES:
             why = (" (encoder-decoder models are not planned: their encoder output and cross-attention cache are "
                    "not sized)" if "seq2seq" in str(self.auto_class) else "")
-            raise InputError(f"{ref('auto_class')} must be one of {', '.join(AUTO_CLASSES)}, got "
+            raise OptionError(f"{ref('auto_class')} must be one of {', '.join(AUTO_CLASSES)}, got "
                              f"{self.auto_class!r:.40}{why}", option="auto_class")
         for name in ("precision", "min_precision"):
             v = getattr(self, name)
@@ -117,12 +117,12 @@ class PlanOptions:
             try:
                 precision.get(v)  # one message for every bad precision
             except InputError as err:
-                raise InputError(f"{ref(name, repr(v))}: {err.message}", option=name) from None
+                raise OptionError(f"{ref(name, repr(v))}: {err.message}", option=name) from None
         if self.prefer not in PREFERENCES:
-            raise InputError(f"prefer must be one of {', '.join(PREFERENCES)}, got {self.prefer!r}")
+            raise OptionError(f"prefer must be one of {', '.join(PREFERENCES)}, got {self.prefer!r}", option="prefer")
         h = self.headroom
         if isinstance(h, bool) or not isinstance(h, (int, float)) or h < 0 or (isinstance(h, float) and h >= 1):
-            raise InputError(f"headroom must be a share below 1 (e.g. 0.1) or bytes, got {h!r}")
+            raise OptionError(f"headroom must be a share below 1 (e.g. 0.1) or bytes, got {h!r}", option="headroom")
 
     @classmethod
     def from_values(cls, **values) -> "PlanOptions":
@@ -130,7 +130,7 @@ class PlanOptions:
         Names are matched case-insensitively for enums; headroom is parsed from '10%' or '1.5GiB'."""
         unknown = set(values) - set(PLAN_KEYS)
         if unknown:
-            raise InputError(f"unknown option {', '.join(sorted(unknown))}; options are {', '.join(PLAN_KEYS)}")
+            raise OptionError(f"unknown option {', '.join(sorted(unknown))}; options are {', '.join(PLAN_KEYS)}", option=sorted(unknown)[0])
         kw = {}
         for f in fields(cls):
             v = values.get(f.name)
@@ -154,11 +154,11 @@ class PlanOptions:
         if not self.images:
             return Workload(self.context, self.batch)
         if inv.auto_class != "image-text-to-text":
-            raise InputError(f"{ref('images')}: {inv.model_id} is planned as {AUTO_CLASSES[inv.auto_class]}, which "
+            raise OptionError(f"{ref('images')}: {inv.model_id} is planned as {AUTO_CLASSES[inv.auto_class]}, which "
                              "takes no images; plan it as image-text-to-text or drop the images", option="images")
         per_image = inv.image_tokens_per_image
         if not per_image:
-            raise InputError(f"{ref('images')}: fitplan cannot tell how many tokens an image takes on {inv.model_id} "
+            raise OptionError(f"{ref('images')}: fitplan cannot tell how many tokens an image takes on {inv.model_id} "
                              f"(docs/models.md); add them to {ref('context')} instead", option="images")
         return Workload(self.context + self.images * per_image, self.batch)
 

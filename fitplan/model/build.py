@@ -18,11 +18,11 @@ import io
 import warnings
 from dataclasses import replace
 
-from ..errors import InputError, LibraryChangedError, UnsupportedModelError
+from ..errors import ConfigError, LibraryChangedError, OptionError, UnsupportedModelError
 from .inventory import AUTO_CLASSES, Inventory, TensorInfo, dtype_name
 from . import cacheprobe, fields, hf, vision
 from .prequant import mark_converted
-from .source import decode_special_floats
+from .sources import decode_special_floats
 from ..versions import lib_versions
 
 @contextlib.contextmanager
@@ -48,15 +48,15 @@ def _config_object(cfg: dict, trust_remote_code: bool):
         if cfg.get("auto_map"):
             raise UnsupportedModelError(
                 f"model_type {model_type!r:.80} needs the repo's own code (trust_remote_code); fitplan only "
-                "plans architectures built into transformers"
+                "plans architectures built into transformers", model_type=model_type
             )
         raise UnsupportedModelError(
-            f"model_type {model_type!r:.80} is unknown to transformers; upgrade transformers or check config.json"
+            f"model_type {model_type!r:.80} is unknown to transformers; upgrade transformers or check config.json", model_type=model_type
         )
     try:
         return CONFIG_MAPPING[model_type].from_dict(decode_special_floats(dict(cfg)))
     except Exception as exc:  # transformers' validation errors are of many types
-        raise InputError(f"config.json is not valid for {model_type!r:.80}: {fields.reason(exc)}") from None
+        raise ConfigError(f"config.json is not valid for {model_type!r:.80}: {fields.reason(exc)}", key=None) from None
 
 
 #: `fitplan.load()`'s names for the Auto classes fitplan plans for.
@@ -90,7 +90,7 @@ def _model_class(config, auto_class: str):
     if type(config) not in mapping:
         what = {"causal-lm": "causal-LM", "image-text-to-text": "image-text-to-text"}[auto_class]
         raise UnsupportedModelError(f"'{config.model_type}' has no {what} class in transformers "
-                                    f"({AUTO_CLASSES[auto_class]} cannot load it)")
+                                    f"({AUTO_CLASSES[auto_class]} cannot load it)", model_type=config.model_type)
     cls = hf.model_class(config, mapping)
     return cls, hf.auto_model_config(config, cls)
 
@@ -157,9 +157,9 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
     Raises `FitplanError`s for configs it cannot plan."""
     if auto_class == "seq2seq-lm":
         raise UnsupportedModelError("fitplan does not plan encoder-decoder models (seq2seq-lm): their encoder "
-                                    "output and cross-attention cache are not sized; plan a decoder-only model")
+                                    "output and cross-attention cache are not sized; plan a decoder-only model", model_type=cfg.get("model_type"))
     if auto_class is not None and auto_class not in AUTO_CLASSES:
-        raise InputError(f"auto_class must be one of {', '.join(AUTO_CLASSES)}, got {auto_class!r:.40}")
+        raise OptionError(f"auto_class must be one of {', '.join(AUTO_CLASSES)}, got {auto_class!r:.40}", option="auto_class")
     fields.check_config_fields(cfg)
     with _quiet():
         import torch
@@ -176,7 +176,7 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             raise
         except Exception as exc:
             raise UnsupportedModelError(
-                f"transformers {hf.version()} could not build {cls.__name__} from this config: {fields.reason(exc)}"
+                f"transformers {hf.version()} could not build {cls.__name__} from this config: {fields.reason(exc)}", model_type=cls.__name__
             ) from None
         text = model.config.get_text_config(decoder=True)
         notes: list[str] = []

@@ -192,7 +192,7 @@ class Plan:
         if not self.fits:
             from ..errors import DoesNotFitError
 
-            raise DoesNotFitError(self.summary_line())
+            raise DoesNotFitError(self.summary_line(), model_id=self.model_id)
         kw: dict = {"dtype": getattr(torch, self.load_dtype), "device_map": self.device_map()}
         q = self.quantization_kwargs()
         if q is not None:

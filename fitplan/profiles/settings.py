@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import FitplanError, InputError
+from ..errors import FileError, FitplanError, OptionError
 from ..hardware.catalogue import MAX_CPU_RAM, parse_gpu_list
 from ..hardware.machine import GPU, Hardware
 from ..options import PLAN_KEYS, PlanOptions
@@ -174,8 +174,8 @@ def _digest(doc: YamlMap) -> str:
 def _section(doc: YamlMap, f: Field) -> YamlMap:
     value = doc[f.key]
     if value is None:
-        raise InputError(f"{doc.where(f.key)}: '{f.key}' is empty; put its keys under it "
-                         f"({', '.join(g.key for g in f.fields)}) or delete the line")
+        raise FileError(f"{doc.where(f.key)}: '{f.key}' is empty; put its keys under it "
+                         f"({', '.join(g.key for g in f.fields)}) or delete the line", **doc.at(f.key))
     return require_map(value, where=doc.where(f.key), what=f.key)
 
 
@@ -184,11 +184,11 @@ def _value(m: YamlMap, f: Field, section: str) -> Any:
     where = m.where(f.key)
     value = m[f.key]
     if value is None:
-        raise InputError(f"{where}: {what} is empty; give it a value (default: {f.default}) or delete the line")
+        raise FileError(f"{where}: {what} is empty; give it a value (default: {f.default}) or delete the line", **m.at(f.key))
     try:
         return check_value(f, value)
     except _Bad as bad:
-        raise InputError(f"{where}: {what}{'' if str(bad).startswith(':') else ' '}{bad}") from None
+        raise FileError(f"{where}: {what}{'' if str(bad).startswith(':') else ' '}{bad}", **m.at(f.key)) from None
 
 
 def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
@@ -197,15 +197,15 @@ def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
     if value == "auto":
         return HardwareSpec(auto=True)
     if value is None:
-        raise InputError(f"{where}: hardware is empty; write 'hardware: auto' to probe the machine, or list "
-                         "GPUs: 'hardware: {gpus: [rtx4090]}'")
+        raise FileError(f"{where}: hardware is empty; write 'hardware: auto' to probe the machine, or list "
+                         "GPUs: 'hardware: {gpus: [rtx4090]}'", **doc.at(key))
     if not isinstance(value, YamlMap):
         hint = (f"; for a catalogue GPU write 'hardware: {{gpus: [{value}]}}'" if isinstance(value, str) else "")
-        raise InputError(f"{where}: hardware must be 'auto' or a mapping with 'gpus:', got {describe(value)}{hint}")
+        raise FileError(f"{where}: hardware must be 'auto' or a mapping with 'gpus:', got {describe(value)}{hint}", **doc.at(key))
     check_keys(value, HARDWARE_KEYS, what="hardware")
     if value.get("gpus") is None:
-        raise InputError(f"{value.where('gpus')}: hardware needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
-                         "machine), or write 'hardware: auto' to probe")
+        raise FileError(f"{value.where('gpus')}: hardware needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
+                         "machine), or write 'hardware: auto' to probe", **value.at("gpus"))
     items = require_list(value["gpus"], where=value.where("gpus"), what="hardware.gpus")
     gpus = parse_gpu_list(items, what="hardware.gpus")  # the --hardware file's own parser
     ram = get_size(value, "cpu_ram", what="hardware", maximum=MAX_CPU_RAM)
@@ -232,7 +232,7 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         try:
             out[name] = check_value(f, _from_text(f, text))
         except _Bad as bad:
-            raise InputError(f"environment variable {var}={raw!r}: the value {bad}; fix it or unset {var}") from None
+            raise OptionError(f"environment variable {var}={raw!r}: the value {bad}; fix it or unset {var}", option=name) from None
     return out
 
 
@@ -259,7 +259,7 @@ def merge_settings(profile: Profile, *, model: str | None, overrides: Mapping[st
     """flags > environment > profile > defaults, for every setting (hardware is handled apart)."""
     unknown = set(overrides) - set(OVERRIDE_KEYS)
     if unknown:
-        raise InputError(f"unknown override {', '.join(sorted(unknown))}; use: {', '.join(OVERRIDE_KEYS)}")
+        raise OptionError(f"unknown override {', '.join(sorted(unknown))}; use: {', '.join(OVERRIDE_KEYS)}", option=sorted(unknown)[0])
     flags = {k: v for k, v in overrides.items() if v is not None}
     if model:
         flags["model"] = model
@@ -276,8 +276,8 @@ def merge_settings(profile: Profile, *, model: str | None, overrides: Mapping[st
         if value is not None:
             origin.append((name, where))
     if not merged["model"]:
-        raise InputError(f"{profile.path}: no model: add 'model: org/name' to the profile, pass MODEL, "
-                         "or set FITPLAN_MODEL")
+        raise FileError(f"{profile.path}: no model: add 'model: org/name' to the profile, pass MODEL, "
+                         "or set FITPLAN_MODEL", path=str(profile.path), key="model")
     opts = PlanOptions.from_values(**{k: merged[k] for k in PLAN_KEYS})
     return Settings(model=merged["model"], revision=merged["revision"], options=opts, token=flags.get("token"),
                     offline=flags.get("offline"), origin=tuple(origin))
