@@ -130,7 +130,8 @@ class PlanOptions:
         Names are matched case-insensitively for enums; headroom is parsed from '10%' or '1.5GiB'."""
         unknown = set(values) - set(PLAN_KEYS)
         if unknown:
-            raise OptionError(f"unknown option {', '.join(sorted(unknown))}; options are {', '.join(PLAN_KEYS)}", option=sorted(unknown)[0])
+            raise OptionError(f"unknown option {', '.join(sorted(unknown))}; options are {', '.join(PLAN_KEYS)}",
+                              option=sorted(unknown)[0])
         kw = {}
         for f in fields(cls):
             v = values.get(f.name)

@@ -136,7 +136,8 @@ def plan_for_load(model: str | None = None, *, profile=None, hardware: Hardware 
     """
     if keywords.get("gpu") or not (hardware is None or isinstance(hardware, Hardware)):
         raise OptionError("load() plans for the GPUs of this machine; gpu names and hardware files are for "
-                         "fitplan.plan() and `fitplan check` (pass hardware= a fitplan Hardware to emulate a card)", option="gpu" if keywords.get("gpu") else "hardware")
+                         "fitplan.plan() and `fitplan check` (pass hardware= a fitplan Hardware to emulate a card)",
+                          option="gpu" if keywords.get("gpu") else "hardware")
     keywords.pop("gpu", None)
     if hardware is None:
         from .hardware.probe import probe

@@ -38,7 +38,8 @@ def parse_bytes(value: object, *, what: str = "size") -> int:
         raise OptionError(f"{what}: expected a size like '24GiB', got {type(value).__name__}", option=what)
     m = _SIZE.match(value)
     if not m or m.group(2).lower() not in _UNITS:
-        raise OptionError(f"{what}: cannot read {value!r} as a size; write e.g. '24GiB', '24GB' or '24000MiB'", option=what)
+        raise OptionError(f"{what}: cannot read {value!r} as a size; write e.g. '24GiB', '24GB' or '24000MiB'",
+                          option=what)
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 

@@ -105,6 +105,17 @@ def _constructions():
                 yield f"{path.relative_to(ROOT.parent)}:{node.lineno}", by_name[node.func.id], node
 
 
+def test_an_error_rebuilt_as_its_own_class_keeps_its_fields():
+    """`type(err)(new message, ...)` re-raises with more context: it must hand the fields on."""
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Call)
+                    and getattr(node.func.func, "id", None) == "type"):
+                spread = [k.value for k in node.keywords if k.arg is None]
+                assert any(isinstance(s, ast.Attribute) and s.attr == "data" for s in spread), \
+                    f"{path}:{node.lineno} rebuilds an error without its fields (**err.data)"
+
+
 def test_every_raise_site_gives_the_fields_its_class_requires():
     sites = list(_constructions())
     assert len(sites) > 200  # the walk really found the raise sites

@@ -105,7 +105,8 @@ def lock(profile_file, output, force, no_cache):
     prof, settings, p = resolve_profile(profile_file, use_cache=not no_cache)
     if not p.fits:
         hint = p.suggestions("profile")
-        raise DoesNotFitError(p.summary_line() + (f"; try: {hint[0]}" if hint else "") + "; no lock written", model_id=p.model_id)
+        raise DoesNotFitError(p.summary_line() + (f"; try: {hint[0]}" if hint else "") + "; no lock written",
+                              model_id=p.model_id)
     target = output or lock_path_for(profile_file)
     write_atomic(target, render_lock(p, prof, settings, profile_file), force=force)
     click.echo(f"locked {p.summary_line()} -> {target}")

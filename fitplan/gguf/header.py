@@ -173,7 +173,8 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
 
     alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise FileError(f"{bad}: general.alignment {alignment!r} is not a power of two; re-download it", path=where, key="general.alignment")
+        raise FileError(f"{bad}: general.alignment {alignment!r} is not a power of two; re-download it",
+                        path=where, key="general.alignment")
     data_start = -(-header_end // alignment) * alignment
     tensors = []
     end = 0
@@ -199,7 +200,8 @@ def _model(meta: dict, tensors: tuple[GGUFTensor, ...], *, where: str, header_by
            file_bytes: int) -> GGUFModel:
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
-        raise FileError(f"{where} has no general.architecture: it is not a llama.cpp model file; re-convert it", path=where, key="general.architecture")
+        raise FileError(f"{where} has no general.architecture: it is not a llama.cpp model file; re-convert it",
+                        path=where, key="general.architecture")
 
     def get(key: str, default=None):
         return meta.get(f"{arch}.{key}", default)
@@ -215,7 +217,8 @@ def _model(meta: dict, tensors: tuple[GGUFTensor, ...], *, where: str, header_by
     n_head = count("attention.head_count")
     if not n_layer or not n_embd or not n_head:
         raise FileError(f"{where} lacks {arch}.block_count, .embedding_length or .attention.head_count: "
-                         "fitplan plans decoder models with attention; this file is not one it can plan", path=where, key=f"{arch}.block_count")
+                         "fitplan plans decoder models with attention; this file is not one it can plan",
+                        path=where, key=f"{arch}.block_count")
     kv = get("attention.head_count_kv", n_head)
     n_head_kv = tuple(int(x) for x in kv) if isinstance(kv, list) else (int(kv),) * n_layer
     if len(n_head_kv) != n_layer:
@@ -316,5 +319,6 @@ def read_gguf_folder(folder: str | os.PathLike) -> tuple[GGUFModel, ...]:
     """Every model file in a folder holding several quantizations, in file name order."""
     files = gguf_files(folder)
     if not files:
-        raise FileError(f"{folder} holds no .gguf file: pass a folder with GGUF files, or a .gguf file", path=str(folder))
+        raise FileError(f"{folder} holds no .gguf file: pass a folder with GGUF files, or a .gguf file",
+                        path=str(folder))
     return tuple(read_gguf(p) for p in files)

@@ -19,7 +19,8 @@ def llama_kwargs(choice: GGUFChoice, row: GGUFRow | None = None, *, model_path: 
     the Hub. `model_path` replaces the row's file (a what-if row names the file to download)."""
     row = row or choice.recommended
     if row is None:
-        raise DoesNotFitError(f"no GGUF option for {choice.model} fits {choice.hardware}: see the plan's reasons", model_id=str(choice.model))
+        raise DoesNotFitError(f"no GGUF option for {choice.model} fits {choice.hardware}: see the plan's reasons",
+                              model_id=str(choice.model))
     kw = choice.llama_cpp_kwargs(row)
     if model_path is not None:
         kw["model_path"] = str(model_path)

@@ -221,7 +221,8 @@ def _models(model) -> tuple[tuple[GGUFModel, ...], str, tuple[str, ...]]:
     if isinstance(model, Sequence) and model and all(isinstance(m, GGUFModel) for m in model):
         ms = tuple(sorted(model, key=lambda m: (quality_rank(m.file_type or ""), -m.file_bytes)))
         return ms, ms[0].repo_id or ms[0].name, tuple(n for m in ms for n in m.notes)
-    raise OptionError("plan_gguf needs a GGUFModel (read_gguf/read_hub_gguf), a list of them, or an Inventory", option="model")
+    raise OptionError("plan_gguf needs a GGUFModel (read_gguf/read_hub_gguf), a list of them, or an Inventory",
+                      option="model")
 
 
 def plan_gguf(model, hardware: Hardware, *, context: int = 4096, n_parallel: int = 1, kv_type: str = "f16",

@@ -178,7 +178,8 @@ def placement(m: GGUFModel, run: RunConfig, n_gpu_layers: int, *, gpu: bool = Tr
     llama.cpp can offload, output layer included). `gpu=False`: a CPU-only build or host, where
     the whole graph runs in one CPU compute buffer (n_gpu_layers must be 0)."""
     if not 0 <= n_gpu_layers <= m.n_layer + 1:
-        raise OptionError(f"n_gpu_layers must be between 0 and {m.n_layer + 1} for this model, got {n_gpu_layers}", option="n_gpu_layers")
+        raise OptionError(f"n_gpu_layers must be between 0 and {m.n_layer + 1} for this model, got {n_gpu_layers}",
+                          option="n_gpu_layers")
     if not gpu and n_gpu_layers:
         raise OptionError("n_gpu_layers must be 0 without a GPU", option="n_gpu_layers")
     start = m.n_layer - min(n_gpu_layers, m.n_layer)

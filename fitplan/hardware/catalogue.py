@@ -102,7 +102,8 @@ def parse_gpu_catalogue(source: str | bytes | Path, *, source_name: str = _CATAL
     for key, entry in entries.items():
         where = entries.where(key)
         if not isinstance(key, str) or key != key.lower() or _norm(key) != key:
-            raise FileError(f"{where}: catalogue key {key!r} must be lowercase with '-' between words", **entries.at(key))
+            raise FileError(f"{where}: catalogue key {key!r} must be lowercase with '-' between words",
+                            **entries.at(key))
         entry = require_map(entry, where=where, what=f"gpus.{key}")
         what = f"gpus.{key}"
         check_keys(entry, ["name", "memory", "compute_capability", "bandwidth_gbs", "aliases", "reserved"], what=what)
@@ -115,7 +116,8 @@ def parse_gpu_catalogue(source: str | bytes | Path, *, source_name: str = _CATAL
             owner = claimed.setdefault(_norm(word), key)
             if owner != key:
                 line = where if word == key else entry.where("aliases")
-                raise FileError(f"{line}: name {word!r} of {what} is already taken by '{owner}'; names must be unique", **at(line, word))
+                raise FileError(f"{line}: name {word!r} of {what} is already taken by '{owner}'; names must be unique",
+                                **at(line, word))
         reserved = get_size(entry, "reserved", what=what, minimum=0, maximum=memory - 1)
         specs[key] = GPUSpec(key, name, memory, cc, bandwidth, aliases,
                              DRIVER_RESERVED_BYTES if reserved is None else reserved)
@@ -145,7 +147,8 @@ def find_gpu(word: str, catalogue: dict[str, GPUSpec] | None = None) -> GPUSpec:
     key = index.get(_norm(word))
     if key is not None:
         return catalogue[key]
-    raise HardwareError(f"unknown GPU {word.strip()!r}{_suggest(word, catalogue, index)}; {_HINT}", gpu=word.strip(), path=None)
+    raise HardwareError(f"unknown GPU {word.strip()!r}{_suggest(word, catalogue, index)}; {_HINT}",
+                        gpu=word.strip(), path=None)
 
 
 def _suggest(word: str, catalogue: dict[str, GPUSpec], index: dict[str, str]) -> str:
@@ -185,9 +188,11 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
     if not isinstance(cpu_ram_bytes, int) or isinstance(cpu_ram_bytes, bool) or cpu_ram_bytes < 0:
         raise OptionError(f"CPU RAM must be a non-negative number of bytes, got {cpu_ram_bytes!r}", option="cpu_ram")
     if not isinstance(text, str):
-        raise OptionError(f"--gpu must be text naming GPUs such as 'rtx4090' or '2x a100-80gb', got {text!r:.80}", option="gpu")
+        raise OptionError(f"--gpu must be text naming GPUs such as 'rtx4090' or '2x a100-80gb', got {text!r:.80}",
+                          option="gpu")
     if not text or not text.strip():
-        raise OptionError("--gpu is empty; name a GPU such as 'rtx4090' or '2x a100-80gb' (`fitplan gpus` lists them)", option="gpu")
+        raise OptionError("--gpu is empty; name a GPU such as 'rtx4090' or '2x a100-80gb' (`fitplan gpus` lists them)",
+                          option="gpu")
     catalogue = load_gpu_catalogue()
     gpus: list[GPU] = []
     for part in text.split(","):
@@ -207,17 +212,20 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
 def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) -> Hardware:
     """`--hardware FILE.yaml` -> Hardware. `cpu_ram_bytes` is used when the file has no `cpu_ram`."""
     if not isinstance(path, (str, os.PathLike)):
-        raise OptionError(f"hardware must be the path of a YAML file (or a fitplan Hardware), got {path!r:.80}", option="hardware")
+        raise OptionError(f"hardware must be the path of a YAML file (or a fitplan Hardware), got {path!r:.80}",
+                          option="hardware")
     path = Path(path)
     name = str(path)
     doc = load_yaml(path, source_name=name)
     doc = require_map(doc, where=f"{name}:1", what="a hardware file")
     check_keys(doc, ["gpus", "cpu_ram", "unified"], what="a hardware file")
     if "gpus" not in doc:
-        raise FileError(f"{name}:1: a hardware file needs a 'gpus:' list (write 'gpus: []' for a CPU-only machine)", path=name, line=1, key="gpus")
+        raise FileError(f"{name}:1: a hardware file needs a 'gpus:' list (write 'gpus: []' for a CPU-only machine)",
+                        path=name, line=1, key="gpus")
     items = doc["gpus"]
     if items is None:
-        raise FileError(f"{doc.where('gpus')}: 'gpus' is empty; list GPUs, or write 'gpus: []' for a CPU-only machine", **doc.at("gpus"))
+        raise FileError(f"{doc.where('gpus')}: 'gpus' is empty; list GPUs, or write 'gpus: []' for a CPU-only machine",
+                        **doc.at("gpus"))
     gpus = parse_gpu_list(require_list(items, where=doc.where("gpus"), what="gpus"))
     notes = [f"GPUs described in {name}, not probed"]
     ram = get_size(doc, "cpu_ram", what="", maximum=MAX_CPU_RAM)
@@ -271,7 +279,8 @@ def _file_gpus(items: YamlList, i: int, item: Any, catalogue: dict[str, GPUSpec]
                 )
         word = item["gpu"]
         if not isinstance(word, (str, int)) or isinstance(word, bool):
-            raise FileError(f"{item.where('gpu')}: {what}.gpu must be a catalogue name, got {describe(word)}", **item.at("gpu"))
+            raise FileError(f"{item.where('gpu')}: {what}.gpu must be a catalogue name, got {describe(word)}",
+                            **item.at("gpu"))
         try:
             spec = find_gpu(str(word), catalogue)
         except HardwareError as err:
@@ -312,7 +321,8 @@ def _cc_field(entry: YamlMap, what: str) -> tuple[int, int]:
     try:
         return parse_compute_capability(entry["compute_capability"])
     except ValueError as err:
-        raise FileError(f"{entry.where('compute_capability')}: {what}.compute_capability: {err}", **entry.at("compute_capability")) from None
+        raise FileError(f"{entry.where('compute_capability')}: {what}.compute_capability: {err}",
+                        **entry.at("compute_capability")) from None
 
 
 def _aliases(entry: YamlMap, what: str) -> tuple[str, ...]:
@@ -342,7 +352,8 @@ def _counted(part: str, catalogue: dict[str, GPUSpec], *, context: str) -> tuple
     try:
         return count, find_gpu(word, catalogue)
     except HardwareError as err:
-        raise HardwareError(f"{context}: {err}", gpu=err.gpu, path=at(context)["path"] if context != "--gpu" else None) from None
+        raise HardwareError(f"{context}: {err}",
+                            gpu=err.gpu, path=at(context)["path"] if context != "--gpu" else None) from None
 
 
 def _check_total(n: int, context: str) -> None:

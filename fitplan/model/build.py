@@ -51,7 +51,8 @@ def _config_object(cfg: dict, trust_remote_code: bool):
                 "plans architectures built into transformers", model_type=model_type
             )
         raise UnsupportedModelError(
-            f"model_type {model_type!r:.80} is unknown to transformers; upgrade transformers or check config.json", model_type=model_type
+            f"model_type {model_type!r:.80} is unknown to transformers; upgrade transformers or check config.json",
+            model_type=model_type
         )
     try:
         return CONFIG_MAPPING[model_type].from_dict(decode_special_floats(dict(cfg)))
@@ -157,9 +158,11 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
     Raises `FitplanError`s for configs it cannot plan."""
     if auto_class == "seq2seq-lm":
         raise UnsupportedModelError("fitplan does not plan encoder-decoder models (seq2seq-lm): their encoder "
-                                    "output and cross-attention cache are not sized; plan a decoder-only model", model_type=cfg.get("model_type"))
+                                    "output and cross-attention cache are not sized; plan a decoder-only model",
+                                    model_type=cfg.get("model_type"))
     if auto_class is not None and auto_class not in AUTO_CLASSES:
-        raise OptionError(f"auto_class must be one of {', '.join(AUTO_CLASSES)}, got {auto_class!r:.40}", option="auto_class")
+        raise OptionError(f"auto_class must be one of {', '.join(AUTO_CLASSES)}, got {auto_class!r:.40}",
+                          option="auto_class")
     fields.check_config_fields(cfg)
     with _quiet():
         import torch
@@ -176,7 +179,8 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             raise
         except Exception as exc:
             raise UnsupportedModelError(
-                f"transformers {hf.version()} could not build {cls.__name__} from this config: {fields.reason(exc)}", model_type=cls.__name__
+                f"transformers {hf.version()} could not build {cls.__name__} from this config: {fields.reason(exc)}",
+                model_type=cls.__name__
             ) from None
         text = model.config.get_text_config(decoder=True)
         notes: list[str] = []

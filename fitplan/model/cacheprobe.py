@@ -109,7 +109,8 @@ def refuse_unsized(model) -> None:
                                     "the image's keys and values; fitplan does not size that cache", model_type=name)
     if hf.config_value(text, "add_cross_attention"):
         raise UnsupportedModelError(f"{name} attends to an encoder's output through cross-attention layers whose "
-                                    "cache holds that output's keys and values; fitplan does not size that cache", model_type=name)
+                                    "cache holds that output's keys and values; fitplan does not size that cache",
+                                    model_type=name)
 
 
 def kv_layers_fallback(model, text, exc, build_dtype) -> tuple[tuple[KVLayer, ...], bool, str]:

@@ -58,7 +58,8 @@ def check_config_fields(cfg: dict) -> None:
         raise ConfigError("config.json must be a JSON object", key=None)
     mt = cfg.get("model_type")
     if not isinstance(mt, str) or not mt:
-        raise ConfigError("config.json has no 'model_type'; fitplan needs it to know the architecture", key="model_type")
+        raise ConfigError("config.json has no 'model_type'; fitplan needs it to know the architecture",
+                          key="model_type")
     _check_sizes(cfg, "")
 
 
@@ -105,7 +106,8 @@ def size_field(text_config, name: str, *, required: bool = True) -> int | None:
     if unset and required:
         raise UnsupportedModelError(
             f"{text_config.model_type!r} gives no whole-model '{name}': fitplan plans decoders described by "
-            "hidden_size, num_hidden_layers and vocab_size, which this architecture is not", model_type=text_config.model_type)
+            "hidden_size, num_hidden_layers and vocab_size, which this architecture is not",
+            model_type=text_config.model_type)
     if unset:
         return None
     raise ConfigError(f"config.json: '{name}' must be a positive whole number (or a list of them, one per layer), "

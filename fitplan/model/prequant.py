@@ -99,7 +99,8 @@ def _get(qc: dict, *keys, default=None):
 def _int(qc: dict, what: str, value, allowed: tuple[int, ...] | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or (allowed and value not in allowed):
         choice = f" (one of {', '.join(map(str, allowed))})" if allowed else ""
-        raise ConfigError(f"config.json: quantization_config.{what} must be a whole number{choice}, got {value!r:.40}", key=f"quantization_config.{what}")
+        raise ConfigError(f"config.json: quantization_config.{what} must be a whole number{choice}, got {value!r:.40}",
+                          key=f"quantization_config.{what}")
     return value
 
 
@@ -108,7 +109,8 @@ def _names(qc: dict, key: str) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"config.json: quantization_config.{key} must be a list of module names, got {value!r:.60}", key=f"quantization_config.{key}")
+        raise ConfigError(f"config.json: quantization_config.{key} must be a list of module names, got {value!r:.60}",
+                          key=f"quantization_config.{key}")
     return tuple(value)
 
 
@@ -117,7 +119,8 @@ def _group_size(qc: dict, value) -> int | None:
     if g == -1:
         return None
     if g <= 0:
-        raise ConfigError(f"config.json: quantization_config.group_size must be positive or -1, got {g}", key="quantization_config.group_size")
+        raise ConfigError(f"config.json: quantization_config.group_size must be positive or -1, got {g}",
+                          key="quantization_config.group_size")
     return g
 
 
@@ -170,12 +173,14 @@ def _bitsandbytes(qc: dict) -> Scheme:
     if qc.get("load_in_4bit"):
         kind = str(qc.get("bnb_4bit_quant_type") or "fp4")
         if kind not in ("nf4", "fp4"):
-            raise ConfigError(f"config.json: quantization_config.bnb_4bit_quant_type must be nf4 or fp4, got {kind!r:.20}", key="quantization_config.bnb_4bit_quant_type")
+            raise ConfigError(f"config.json: quantization_config.bnb_4bit_quant_type must be nf4 or fp4, got {kind!r:.20}",
+                              key="quantization_config.bnb_4bit_quant_type")
         name = kind + ("-dq" if qc.get("bnb_4bit_use_double_quant") else "")
     elif qc.get("load_in_8bit"):
         name = "int8"
     else:
-        raise ConfigError("config.json: a bitsandbytes quantization_config needs load_in_4bit or load_in_8bit", key="quantization_config.load_in_4bit")
+        raise ConfigError("config.json: a bitsandbytes quantization_config needs load_in_4bit or load_in_8bit",
+                          key="quantization_config.load_in_4bit")
     return Scheme("bitsandbytes", f"bnb-{name}", (Group(P.get(name).bits),),
                   skip=_names(qc, "llm_int8_skip_modules"))
 
@@ -216,7 +221,8 @@ def _ct_group(name: str, g: dict, default_fmt: str) -> Group | None:
 def _compressed_tensors(qc: dict) -> Scheme:
     groups = qc.get("config_groups") or {}
     if not isinstance(groups, dict):
-        raise ConfigError("config.json: quantization_config.config_groups must be an object", key="quantization_config.config_groups")
+        raise ConfigError("config.json: quantization_config.config_groups must be an object",
+                          key="quantization_config.config_groups")
     fmt = str(qc.get("format") or "dense")
     parsed = tuple(x for x in (_ct_group(k, v, fmt) for k, v in groups.items()) if x is not None)
     first = parsed[0] if parsed else Group(16)
@@ -551,7 +557,8 @@ METHODS: dict[str, Method] = {
 def _method_name(qc: dict) -> str:
     m = qc.get("quant_method")
     if not isinstance(m, str) or not m:
-        raise ConfigError("config.json: quantization_config has no 'quant_method'", key="quantization_config.quant_method")
+        raise ConfigError("config.json: quantization_config has no 'quant_method'",
+                          key="quantization_config.quant_method")
     return m.lower()
 
 
@@ -593,7 +600,8 @@ def mark_converted(model, quantization_config: dict, tensors: tuple[TensorInfo, 
         if stored_bytes is None:
             raise UnsupportedModelError(
                 f"pre-quantized with {scheme.method!r:.30}, whose layout fitplan does not know, and its safetensors "
-                f"headers are not available; plan it from a local folder or a Hub repo with safetensors files", model_type=None)
+                f"headers are not available; plan it from a local folder or a Hub repo with safetensors files",
+                model_type=None)
         return tensors
     converted = method.select(model, scheme)
     return tuple(replace(t, quantizable=True, out_features=converted[t.name]) if t.name in converted else t

@@ -264,7 +264,8 @@ def _prequantized_candidates(inv: Inventory, opts: PlanOptions, hw: Hardware,
     names = [p.name for p, _ in rows]
     if opts.precision and opts.precision not in names:
         raise OptionError(f"{inv.model_id} is pre-quantized ({names[0]}): it loads as stored, so precision "
-                         f"{opts.precision!r} does not apply; choose {' or '.join(names)} or drop it", option="precision")
+                         f"{opts.precision!r} does not apply; choose {' or '.join(names)} or drop it",
+                          option="precision")
     return [(p, why or (f"not asked for (precision {opts.precision} was)" if opts.precision and p.name != opts.precision
                         else None)) for p, why in rows]
 
@@ -316,7 +317,8 @@ def choose(inv: Inventory, hw: Hardware, opts: PlanOptions) -> Choice:
         candidates = _prequantized_candidates(inv, opts, hw, compute)
     elif opts.precision and prequant.is_label(opts.precision):
         raise OptionError(f"precision {opts.precision!r} names a pre-quantized checkpoint's stored form, and "
-                         f"{inv.model_id} is not pre-quantized; choose one of {', '.join(P.BY_NAME)}", option="precision")
+                         f"{inv.model_id} is not pre-quantized; choose one of {', '.join(P.BY_NAME)}",
+                          option="precision")
     else:
         candidates = _candidates(opts, hw, compute)
     decisions = [replace(_decide(inv, prec, opts, hw, compute), ruled_out=why) for prec, why in candidates]

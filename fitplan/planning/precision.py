@@ -47,8 +47,10 @@ def get(name: str) -> Precision:
     from ..errors import OptionError
 
     if not isinstance(name, str):
-        raise OptionError(f"precision must be a name such as 'bf16', got {name!r}; choose one of {', '.join(BY_NAME)}", option="precision")
+        raise OptionError(f"precision must be a name such as 'bf16', got {name!r}; choose one of {', '.join(BY_NAME)}",
+                          option="precision")
     try:
         return BY_NAME[name.lower()]
     except KeyError:
-        raise OptionError(f"unknown precision {name!r}; choose one of {', '.join(BY_NAME)}", option="precision") from None
+        raise OptionError(f"unknown precision {name!r}; choose one of {', '.join(BY_NAME)}",
+                          option="precision") from None

@@ -124,7 +124,8 @@ def read_lock(path: str | os.PathLike) -> Lock:
         plan = require_map(doc.get("plan"), where=doc.where("plan"), what="lock plan")
         precision = get_str(plan, "precision", what="plan", required=True)
         if precision not in P.BY_NAME and not prequant.is_label(precision):
-            raise FileError(f"{plan.where('precision')}: plan.precision: unknown precision {precision!r}", **plan.at("precision"))
+            raise FileError(f"{plan.where('precision')}: plan.precision: unknown precision {precision!r}",
+                            **plan.at("precision"))
         compute = get_str(plan, "compute_dtype", what="plan", required=True)
         device_map = _lock_device_map(plan)
         max_memory = _lock_max_memory(plan)
@@ -165,7 +166,8 @@ def _lock_max_memory(plan: YamlMap):
     for key, n in value.items():
         good_key = key == "cpu" or (isinstance(key, int) and not isinstance(key, bool) and key >= 0)
         if not good_key or isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise FileError(f"{value.where(key)}: plan.max_memory must map GPU indices (and 'cpu') to bytes", **value.at(key))
+            raise FileError(f"{value.where(key)}: plan.max_memory must map GPU indices (and 'cpu') to bytes",
+                            **value.at(key))
         out.append((key, n))
     return tuple(out)
 
@@ -177,7 +179,8 @@ def _lock_needs(plan: YamlMap) -> tuple[tuple[Any, int], ...]:
         d = require_map(d, where=items.where(i), what=f"plan.devices[{i}]")
         dev = d.get("device")
         if not (dev == "cpu" or (isinstance(dev, int) and not isinstance(dev, bool) and dev >= 0)):
-            raise FileError(f"{d.where('device')}: plan.devices[{i}].device must be a GPU index or 'cpu'", **d.at("device"))
+            raise FileError(f"{d.where('device')}: plan.devices[{i}].device must be a GPU index or 'cpu'",
+                            **d.at("device"))
         out.append((dev, get_int(d, "total_bytes", what=f"plan.devices[{i}]", required=True, minimum=0)))
     return tuple(out)
 
@@ -186,7 +189,8 @@ def check_lock(lock: Lock, profile: Profile, s: Settings, hw: Hardware) -> None:
     """Refuse to load when the profile, the model, the workload or this machine's GPUs left the lock."""
     fix = f"re-run `fitplan lock --force {profile.path}`"
     if lock.profile_sha256 != profile.digest:
-        raise FileError(f"{profile.path} changed since it was locked ({lock.path}); {fix} and commit the new lock", path=str(profile.path))
+        raise FileError(f"{profile.path} changed since it was locked ({lock.path}); {fix} and commit the new lock",
+                        path=str(profile.path))
     if s.model != lock.model:
         raise FileError(f"model {s.model!r} (from {s.source_of('model')}) is not the locked {lock.model!r} "
                          f"({lock.path}); drop the override or {fix}", path=str(lock.path), key="model")
@@ -237,7 +241,8 @@ def check_pin(plan: Plan) -> None:
     pin = plan.pin
     if plan.compute_dtype != pin.compute_dtype:
         raise HardwareError(f"this machine computes in {plan.compute_dtype}, the lock {pin.path} in "
-                            f"{pin.compute_dtype}; re-run `fitplan lock --force` on this hardware", gpu=None, path=str(pin.path))
+                            f"{pin.compute_dtype}; re-run `fitplan lock --force` on this hardware",
+                            gpu=None, path=str(pin.path))
     free = {g.index: g.free_bytes for g in plan.hardware.gpus}
     for dev, need in pin.needs:
         if dev != "cpu" and free.get(dev, 0) < need:

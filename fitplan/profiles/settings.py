@@ -184,7 +184,8 @@ def _value(m: YamlMap, f: Field, section: str) -> Any:
     where = m.where(f.key)
     value = m[f.key]
     if value is None:
-        raise FileError(f"{where}: {what} is empty; give it a value (default: {f.default}) or delete the line", **m.at(f.key))
+        raise FileError(f"{where}: {what} is empty; give it a value (default: {f.default}) or delete the line",
+                        **m.at(f.key))
     try:
         return check_value(f, value)
     except _Bad as bad:
@@ -201,7 +202,8 @@ def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
                          "GPUs: 'hardware: {gpus: [rtx4090]}'", **doc.at(key))
     if not isinstance(value, YamlMap):
         hint = (f"; for a catalogue GPU write 'hardware: {{gpus: [{value}]}}'" if isinstance(value, str) else "")
-        raise FileError(f"{where}: hardware must be 'auto' or a mapping with 'gpus:', got {describe(value)}{hint}", **doc.at(key))
+        raise FileError(f"{where}: hardware must be 'auto' or a mapping with 'gpus:', got {describe(value)}{hint}",
+                        **doc.at(key))
     check_keys(value, HARDWARE_KEYS, what="hardware")
     if value.get("gpus") is None:
         raise FileError(f"{value.where('gpus')}: hardware needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
@@ -232,7 +234,8 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         try:
             out[name] = check_value(f, _from_text(f, text))
         except _Bad as bad:
-            raise OptionError(f"environment variable {var}={raw!r}: the value {bad}; fix it or unset {var}", option=name) from None
+            raise OptionError(f"environment variable {var}={raw!r}: the value {bad}; fix it or unset {var}",
+                              option=name) from None
     return out
 
 
@@ -259,7 +262,8 @@ def merge_settings(profile: Profile, *, model: str | None, overrides: Mapping[st
     """flags > environment > profile > defaults, for every setting (hardware is handled apart)."""
     unknown = set(overrides) - set(OVERRIDE_KEYS)
     if unknown:
-        raise OptionError(f"unknown override {', '.join(sorted(unknown))}; use: {', '.join(OVERRIDE_KEYS)}", option=sorted(unknown)[0])
+        raise OptionError(f"unknown override {', '.join(sorted(unknown))}; use: {', '.join(OVERRIDE_KEYS)}",
+                          option=sorted(unknown)[0])
     flags = {k: v for k, v in overrides.items() if v is not None}
     if model:
         flags["model"] = model
@@ -298,7 +302,7 @@ def profile_hardware(profile: Profile, overrides: Mapping[str, Any], env: Mappin
             return hardware_from_gpu_flag(env["gpu"], cpu_ram_bytes())
         except FitplanError as err:
             raise type(err)(f"environment variable {ENV_VARS['gpu']}={env['gpu']!r}: "
-                            f"{str(err).removeprefix('--gpu: ')}") from None
+                            f"{str(err).removeprefix('--gpu: ')}", **err.data) from None
     if profile.hardware is not None:
         return profile.hardware.resolve(profile.path)
     return resolve_hardware(None, None)

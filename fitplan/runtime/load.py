@@ -79,7 +79,8 @@ def _recheck(plan: Plan, replan) -> Plan:
         return plan
     new = replan(now)
     if not new.fits:
-        raise DoesNotFitError(f"free GPU memory dropped since planning (another process?): {new.summary_line()}", model_id=new.model_id)
+        raise DoesNotFitError(f"free GPU memory dropped since planning (another process?): {new.summary_line()}",
+                              model_id=new.model_id)
     log.warning("fitplan: free GPU memory changed since planning; re-planned: %s", new.summary_line())
     return new
 
@@ -132,7 +133,8 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
         kwargs["auto_class"] = _auto_class_name(kwargs["auto_class"])
     options = {k: kwargs.pop(k) for k in list(kwargs) if k in OPTION_KEYS}
     if "torch_dtype" in kwargs:
-        raise OptionError("fitplan.load() takes dtype=, not torch_dtype= (renamed in transformers 5)", option="torch_dtype")
+        raise OptionError("fitplan.load() takes dtype=, not torch_dtype= (renamed in transformers 5)",
+                          option="torch_dtype")
     user = dict(kwargs)
     merge_kwargs({}, user)  # unknown names are refused here, before anything is planned or loaded
     for key in ("revision", "token"):

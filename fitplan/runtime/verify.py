@@ -48,7 +48,8 @@ def verify(model: str, *, max_new_tokens: int = 32, **options) -> VerifyReport:
     context = options.get("context") or defaults.context
     batch = options.get("batch") or defaults.batch
     if max_new_tokens >= context:
-        raise OptionError(f"{ref('max_new_tokens')} ({max_new_tokens}) must be below {ref('context')} ({context})", option="max_new_tokens")
+        raise OptionError(f"{ref('max_new_tokens')} ({max_new_tokens}) must be below {ref('context')} ({context})",
+                          option="max_new_tokens")
     base = {i: torch.cuda.mem_get_info(i) for i in range(torch.cuda.device_count())}
     m = load(model, tokenizer=False, **options)
     plan = m.fitplan.plan

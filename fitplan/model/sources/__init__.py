@@ -39,7 +39,8 @@ def resolve(model: str, *, revision: str | None = None, token: str | bool | None
     try:
         path = Path(model).expanduser()
     except RuntimeError:  # `~name/...` naming no user of this machine
-        raise ModelNotFoundError(f"no such folder: {shown(model)} ('~' names no user here; check the path)", repo_id=None,
+        raise ModelNotFoundError(f"no such folder: {shown(model)} ('~' names no user here; check the path)",
+                                 repo_id=None,
                                  path=model) from None
     if path.is_dir():
         return from_folder(model, path, with_tensors)

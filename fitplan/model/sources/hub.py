@@ -212,7 +212,8 @@ def from_hub(repo_id: str, revision: str | None, token, with_tensors: bool, time
             except (AttributeError, TypeError, KeyError) as e:  # huggingface_hub choking on a non-object header
                 raise HubError(f"a safetensors header in '{repo_id}' at {sha[:12]} is not a valid header "
                                f"({type(e).__name__}: {one_line(e)[:120]}): the checkpoint looks corrupt; pick "
-                               f"another {ref('revision')} or tell the repo owner", repo_id=repo_id, status=None) from None
+                               f"another {ref('revision')} or tell the repo owner",
+                               repo_id=repo_id, status=None) from None
             else:
                 tensors, files = _hub_tensors(st, repo_id, sha)
     except FitplanError:
@@ -317,11 +318,13 @@ class _Explainer:
         kind = _transient_kind(e)
         if kind == "timeout":
             return HubError(f"the Hub ({self.endpoint}) did not answer within {self.timeout:g} s for '{self.repo_id}' "
-                            f"({tries}): check your connection, or allow more time with HF_HUB_ETAG_TIMEOUT=<seconds>", repo_id=self.repo_id, revision=self.revision, status=None, url=self.endpoint)
+                            f"({tries}): check your connection, or allow more time with HF_HUB_ETAG_TIMEOUT=<seconds>",
+                            repo_id=self.repo_id, revision=self.revision, status=None, url=self.endpoint)
         if kind == "network":
             return HubError(f"cannot reach the Hub at {self.endpoint} ({one_line(e) or type(e).__name__}, {tries}): "
                             f"check your connection and HF_ENDPOINT, or use {ref('offline', True)} with a cached model or a "
-                            "local folder", repo_id=self.repo_id, revision=self.revision, status=None, url=self.endpoint)
+                            "local folder",
+                            repo_id=self.repo_id, revision=self.revision, status=None, url=self.endpoint)
         status = e.response.status_code
         if status == 429:
             if g.retry_after is not None and g.retry_after > MAX_RETRY_AFTER_S:
@@ -329,10 +332,12 @@ class _Explainer:
             else:
                 wait = tries
             return HubError(f"the Hub is rate-limiting requests for '{self.repo_id}' (429, {wait}): retry in a few "
-                            f"minutes, or pass a token (HF_TOKEN or {ref('token')}): logged-in users get higher limits", repo_id=self.repo_id, revision=self.revision, status=429, url=self.endpoint, retry_after=g.retry_after)
+                            f"minutes, or pass a token (HF_TOKEN or {ref('token')}): logged-in users get higher limits",
+                            repo_id=self.repo_id, revision=self.revision, status=429, url=self.endpoint, retry_after=g.retry_after)
         return HubError(f"the Hub answered {status} for '{self.repo_id}' ({tries}): it may be down "
                         f"(https://status.huggingface.co); retry later, or use {ref('offline', True)} with a cached model or a "
-                        "local folder", repo_id=self.repo_id, revision=self.revision, status=status, url=self.endpoint, retry_after=g.retry_after)
+                        "local folder",
+                        repo_id=self.repo_id, revision=self.revision, status=status, url=self.endpoint, retry_after=g.retry_after)
 
     def error(self, e: BaseException) -> FitplanError:
         from huggingface_hub import errors as hf
@@ -342,50 +347,63 @@ class _Explainer:
             if self._tokened:
                 return GatedModelError(f"'{repo}' is gated and your token has no access to it yet: accept its terms "
                                        f"at {page} with the account of that token (approval can take a while), or "
-                                       f"set HF_TOKEN / {ref('token')} to a token of an account that has access", repo_id=repo, revision=self.revision, status=_status(e))
+                                       f"set HF_TOKEN / {ref('token')} to a token of an account that has access",
+                                       repo_id=repo, revision=self.revision, status=_status(e))
             return GatedModelError(f"'{repo}' is gated: accept its terms at {page} while logged in, then set HF_TOKEN "
-                                   f"or pass {ref('token')} with a token of that account", repo_id=repo, revision=self.revision, status=_status(e))
+                                   f"or pass {ref('token')} with a token of that account",
+                                   repo_id=repo, revision=self.revision, status=_status(e))
         if isinstance(e, hf.RevisionNotFoundError):
             return ModelNotFoundError(f"revision '{self.revision or 'main'}' does not exist in '{repo}': pass an "
-                                      f"existing branch, tag or commit sha to {ref('revision')}", repo_id=repo, revision=self.revision, path=None, status=_status(e))
+                                      f"existing branch, tag or commit sha to {ref('revision')}",
+                                      repo_id=repo, revision=self.revision, path=None, status=_status(e))
         if isinstance(e, hf.DisabledRepoError):
-            return ModelNotFoundError(f"'{repo}' has been disabled on the Hub: pick another model", repo_id=repo, revision=self.revision, path=None, status=_status(e))
+            return ModelNotFoundError(f"'{repo}' has been disabled on the Hub: pick another model",
+                                      repo_id=repo, revision=self.revision, path=None, status=_status(e))
         if isinstance(e, hf.RepositoryNotFoundError) or (
                 _status(e) == 404 and not isinstance(e, hf.RemoteEntryNotFoundError)):
             fix = ("check the spelling, and that your token can read it if it is private" if self._tokened else
                    f"check the spelling, or pass a token (HF_TOKEN or {ref('token')}) if it is private")
             return ModelNotFoundError(f"no model '{repo}' on the Hub ({self.endpoint}) nor a local folder of that "
-                                      f"name: {fix}", repo_id=repo, revision=self.revision, path=None, status=_status(e))
+                                      f"name: {fix}",
+                                      repo_id=repo, revision=self.revision, path=None, status=_status(e))
         if isinstance(e, hf.RemoteEntryNotFoundError):
             return UnsupportedModelError(f"'{repo}' has no config.json at revision '{self.revision or 'main'}', so "
                                          "it is not a transformers model (GGUF-only, diffusers and adapter repos are "
-                                         "not supported): pass the base model's repo id, or a local folder", model_type=None)
+                                         "not supported): pass the base model's repo id, or a local folder",
+                                         model_type=None)
         if _status(e) in (401, 403):
             return GatedModelError(f"the Hub refused access to '{repo}' ({_status(e)}): if it is gated or private, "
                                    f"accept its terms at {page} and set HF_TOKEN or pass {ref('token')} with a token "
                                    "that can read it", repo_id=repo, revision=self.revision, status=_status(e))
         if isinstance(e, hf.OfflineModeIsEnabled):
             return HubError("huggingface_hub is in offline mode (HF_HUB_OFFLINE was set when it was imported): "
-                            f"unset HF_HUB_OFFLINE, or use {ref('offline', True)} with a cached model or a local folder", repo_id=repo, revision=self.revision, status=None)
+                            f"unset HF_HUB_OFFLINE, or use {ref('offline', True)} with a cached model or a local folder",
+                            repo_id=repo, revision=self.revision, status=None)
         if isinstance(e, hf.SafetensorsParsingError):
             return HubError(f"a safetensors header in '{repo}' is invalid ({one_line(e)}): the checkpoint looks "
-                            f"corrupt; pick another {ref('revision')} or tell the repo owner", repo_id=repo, revision=self.revision, status=_status(e))
+                            f"corrupt; pick another {ref('revision')} or tell the repo owner",
+                            repo_id=repo, revision=self.revision, status=_status(e))
         if isinstance(e, hf.FileMetadataError):
             return HubError(f"{self.endpoint} did not answer like the Hugging Face Hub ({one_line(e)[:200]}): "
-                            "check HF_ENDPOINT and your proxy settings", repo_id=repo, revision=self.revision, status=_status(e), url=self.endpoint)
+                            "check HF_ENDPOINT and your proxy settings",
+                            repo_id=repo, revision=self.revision, status=_status(e), url=self.endpoint)
         if isinstance(e, hf.LocalEntryNotFoundError):
             return HubError(f"could not fetch config.json of '{repo}' from the Hub and it is not in the local cache "
-                            "(connection or Hub problem): retry later, or pass a local folder", repo_id=repo, revision=self.revision, status=_status(e))
+                            "(connection or Hub problem): retry later, or pass a local folder",
+                            repo_id=repo, revision=self.revision, status=_status(e))
         if _transient_kind(e) is not None:
             return self.transient(_GaveUp(e, 1))
         if isinstance(e, hf.HfHubHTTPError):
             return HubError(f"the Hub refused the request for '{repo}' ({_status(e)}: "
-                            f"{one_line(e.server_message or e)[:200]})", repo_id=repo, revision=self.revision, status=_status(e))
+                            f"{one_line(e.server_message or e)[:200]})",
+                            repo_id=repo, revision=self.revision, status=_status(e))
         if isinstance(e, OSError):
             return HubError(f"fetching '{repo}' from the Hub failed ({type(e).__name__}: {one_line(e)[:200]}): "
-                            "retry; if it persists, check your disk space and HF_HOME", repo_id=repo, revision=self.revision, status=_status(e))
+                            "retry; if it persists, check your disk space and HF_HOME",
+                            repo_id=repo, revision=self.revision, status=_status(e))
         return HubError(f"fetching '{repo}' from the Hub failed unexpectedly ({type(e).__name__}: "
-                        f"{one_line(e)[:200]}): retry, or pass a local folder", repo_id=repo, revision=self.revision, status=_status(e))
+                        f"{one_line(e)[:200]}): retry, or pass a local folder",
+                        repo_id=repo, revision=self.revision, status=_status(e))
 
 
 def _status(e: BaseException) -> int | None:
