@@ -66,7 +66,7 @@ class FitplanError(Exception):
 
     A subclass declares its fields as annotations (`repo_id: str | None`): without a class-level
     default a field is a required keyword argument (None is a value, given on purpose), with one it
-    is optional. `fields()` lists them, required first, in declaration order."""
+    is optional. `fields()` lists them, base classes' first, in the order written."""
 
     def __init__(self, message: str, **fields: Any):
         if type(self) in _ABSTRACT:
