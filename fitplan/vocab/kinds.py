@@ -18,7 +18,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from .precision import LABEL_PATTERN, NAMES as PRECISION_NAMES, is_label
 from .units import parse_fraction_or_bytes
 
@@ -77,13 +77,13 @@ def parse_headroom(value) -> float | int:
     if isinstance(value, float):
         if 0 <= value < 1:
             return value
-        raise InputError(f"headroom: a plain number is a share and must be below 1 (e.g. 0.1), got {value}; "
-                         "write sizes with a unit, e.g. '1.5GiB'")
+        raise OptionError(f"headroom: a plain number is a share and must be below 1 (e.g. 0.1), got {value}; "
+                          "write sizes with a unit, e.g. '1.5GiB'", option="headroom")
     frac, nbytes = parse_fraction_or_bytes(value, what="headroom")
     if frac is not None:
         return frac
     if nbytes is None:
-        raise InputError("headroom: write a share like '10%' or a size like '1.5GiB'")
+        raise OptionError("headroom: write a share like '10%' or a size like '1.5GiB'", option="headroom")
     return nbytes
 
 
