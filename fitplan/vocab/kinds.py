@@ -142,6 +142,9 @@ class Enum(Kind):
     name = "enum"
     what = "value"
 
+    def example(self, decl) -> str:
+        return decl["choices"][0]
+
     def check(self, value, decl):
         return self.from_file(value.lower() if isinstance(value, str) else value, decl)
 
@@ -149,9 +152,11 @@ class Enum(Kind):
         # a file says exactly what it means (its JSON Schema lists the choices as written)
         if isinstance(value, str) and value in decl["choices"]:
             return value
-        hint = did_you_mean(value, decl["choices"]) if isinstance(value, str) else ""
-        shown = repr(value) if isinstance(value, str) else describe(value)
-        raise BadValue(f"has unknown {self.what} {shown}{hint}; choose one of {', '.join(decl['choices'])}")
+        if not isinstance(value, str):
+            raise BadValue(f"must be a name such as {self.example(decl)!r}, got {value!r}; choose one of "
+                           f"{', '.join(decl['choices'])}")
+        raise BadValue(f"has unknown {self.what} {value!r}{did_you_mean(value, decl['choices'])}; choose one of "
+                       f"{', '.join(decl['choices'])}")
 
     def click(self, decl):
         import click
@@ -167,6 +172,9 @@ class PrecisionName(Enum):
 
     name = "precision"
     what = "precision"
+
+    def example(self, decl) -> str:
+        return "bf16"
 
     def from_file(self, value, decl):
         if decl.get("stored_rows") and is_label(value):
