@@ -28,6 +28,21 @@ LOAD_FRAGMENTATION = {"float": 0.01, "4bit": 0.06, "int8": 0.22, "fused_experts"
 #: Fixed part of the reserve: cuBLAS/cuBLASLt workspaces and the allocator's 2 MiB small-block pool.
 ALLOCATOR_RESERVE_FIXED_BYTES = 64 << 20
 
+#: The two settings of PyTorch's CUDA caching allocator that fitplan plans for: "expandable" (expandable
+#: segments, which `fitplan.load()` turns on before the weights are allocated unless the user's own
+#: PYTORCH_CUDA_ALLOC_CONF says otherwise) and "caching" (torch's default: fixed-size segments). The
+#: reserve above is the default allocator's; the one below is the expandable allocator's.
+ALLOCATORS = ("expandable", "caching")
+#: With expandable segments the allocator maps 2 MiB pages into one growing virtual segment per
+#: stream and, when an allocation would fail, unmaps the free pages inside it before retrying, so the
+#: holes a load leaves and the blocks generation frees are given back under pressure instead of
+#: staying reserved. What it holds beyond its allocated peak at headroom 0 is then a small share of
+#: the dynamic memory (measured on an H200; docs/accuracy.md, "Expandable segments").
+EXPANDABLE_RESERVE_FRACTION = 0.08
+#: Fixed part of that reserve: cuBLAS workspaces, the small-block pool and the page rounding of the
+#: segments, measured on the same H200 runs.
+EXPANDABLE_RESERVE_FIXED_BYTES = 192 << 20
+
 #: Each allocation is rounded up to this many bytes by the CUDA caching allocator.
 CUDA_ALLOCATION_ALIGNMENT = 512
 
@@ -55,6 +70,12 @@ ACT_MOE_MLP_COPIES = 3
 #: copies of those weight columns: up to this many fp16 copies of the largest packed layer were
 #: live at once (Llama-3.1-8B shape, first generation after load).
 INT8_OUTLIER_WEIGHT_COPIES = 3.5
+
+#: LLM.int8()'s matmul returns int32 products (4 bytes per output element) and dequantizes them into
+#: a fp16 result (2 bytes) while the int32 buffer is still alive: bytes per output element at its
+#: peak, on top of the int8 copy of the input (Mistral-7B at 32768 tokens allocated 1.05 GiB more
+#: than int32 alone accounts for: one fp16 copy of the gate/up output).
+INT8_MATMUL_OUT_BYTES = 6
 
 #: generate() keeps fp32 logits of the last position for each sequence, plus the processed copy.
 LOGITS_COPIES = 2

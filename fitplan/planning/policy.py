@@ -183,7 +183,7 @@ def _offload(sz: Sizes, est: Estimate, opts: PlanOptions, hw: Hardware, gpus, wh
 def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, hw: Hardware, compute: str) -> Decision:
     """Whether `prec` fits in memory on `hw` (offloading only if `opts.offload`), where, and why."""
     device = "cuda" if hw.gpus else "cpu"
-    sz = sizes(inv, prec, opts.workload(inv), compute, device)
+    sz = sizes(inv, prec, opts.workload(inv), compute, device, hw.allocator)
     est = sz.estimate()
     if not hw.gpus:
         budget = cpu_budget(hw, opts)
