@@ -203,6 +203,7 @@ def activation_bytes(inv: Inventory, work: Workload, compute_dtype: str, precisi
     if inv.experts_per_token:
         mlp += tokens * inv.experts_per_token * eb * (
             C.ACT_MOE_HIDDEN_COPIES * inv.hidden_size + C.ACT_MOE_MLP_COPIES * inv.expert_intermediate_size)
+        mlp += tokens * eb * C.ACT_MOE_TOKEN_HIDDEN_COPIES * inv.hidden_size
     if precision is not None:
         mlp += workspace_bytes(inv, precision, work, compute_dtype)
     scan = tokens * inv.prefill_scratch_per_token  # a state-space layer's torch path, in place of attention
