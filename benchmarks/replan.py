@@ -22,10 +22,10 @@ GiB = 1 << 30
 
 def replan(rows: list[dict], any_version: bool = False):
     from fitplan.model import hf
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
     from fitplan.pipeline import get_inventory
     from fitplan.planning.estimate import Workload, estimate
-    from fitplan.planning.precision import get
+    from fitplan.vocab.precision import get
 
     here = ".".join(hf.version().split(".")[:2])
     invs: dict = {}

@@ -12,10 +12,11 @@ import pytest
 from fitplan.hardware.machine import GPU, Hardware, allocator_planned
 from fitplan.model.build import build_inventory
 from fitplan.options import PlanOptions
-from fitplan.planning import calibration as C
+from fitplan import calibration as C
 from fitplan.planning.estimate import Workload, estimate, overhead_bytes
 from fitplan.planning.plan import Plan
 from fitplan.planning.policy import choose
+from fitplan.planning.workload import workload_of
 from fitplan.runtime import load as loader
 from tiny_models import config_dict
 
@@ -93,7 +94,8 @@ def inv():
 def _plan(inv, allocator="expandable"):
     hw = Hardware((GPU(0, "A", 24 * G, 20 * G, (8, 9)),), 64 * G, "probe", allocator=allocator)
     opts = PlanOptions.from_values(context=1024)
-    return Plan("tiny", None, "local", inv, hw, opts, choose(inv, hw, opts))
+    work = workload_of(opts, inv)
+    return Plan("tiny", None, "local", inv, hw, opts, work, choose(inv, hw, opts, work))
 
 
 def test_plans_budget_the_reserve_of_their_allocator(inv):
@@ -104,7 +106,7 @@ def test_plans_budget_the_reserve_of_their_allocator(inv):
 
 
 def _get(name):
-    from fitplan.planning.precision import get
+    from fitplan.vocab.precision import get
 
     return get(name)
 
@@ -140,7 +142,8 @@ def test_a_cpu_plan_leaves_the_allocator_alone(inv, restore_allocator):
     torch._C._accelerator_setAllocatorSettings("expandable_segments:False")
     hw = Hardware((), 64 * G, "probe")
     opts = PlanOptions.from_values(context=1024)
-    plan = Plan("tiny", None, "local", inv, hw, opts, choose(inv, hw, opts))
+    work = workload_of(opts, inv)
+    plan = Plan("tiny", None, "local", inv, hw, opts, work, choose(inv, hw, opts, work))
     assert loader.configure_allocator(plan, environ={}) == ""
     assert "expandable_segments:True" not in torch._C._accelerator_getAllocatorSettings()
 
@@ -173,7 +176,7 @@ def test_load_sets_the_allocator_before_from_pretrained(tmp_path, monkeypatch, r
 
 
 def test_the_printed_snippet_sets_the_allocator_the_plan_budgets(inv):
-    from fitplan.cli.render import _kwargs_code
+    from fitplan.render import _kwargs_code
 
     assert any("expandable_segments:True" in line for line in _kwargs_code(_plan(inv)))
     assert not any("expandable_segments" in line for line in _kwargs_code(_plan(inv, "caching")))
