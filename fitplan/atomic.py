@@ -20,12 +20,26 @@ from .errors import InputError, ref
 
 
 def write_atomic(path: str | os.PathLike, text: str, *, force: bool = False) -> Path:
-    """Write `text` (UTF-8) to `path` atomically; without `force` an existing file is an `InputError`."""
+    """Write `text` (UTF-8) to `path` atomically; without `force` an existing file is an `InputError`.
+    With `force`, only a regular file is replaced: through a symlink, its target is written and the
+    link kept; a FIFO, a device or a socket (`/dev/stdout`, even through a link) is refused."""
+    if not str(path):
+        raise InputError("the output path is empty; give a file name")
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a directory; give a file name")
     if not force and os.path.lexists(path):
         raise InputError(f"{path} exists; use {ref('force', True)} to overwrite")
+    if force and os.path.lexists(path):
+        from .errors import NotRegularFileError
+        from .safeio import kind_of
+
+        target = Path(os.path.realpath(path))
+        if target.exists():
+            kind = kind_of(os.stat(target).st_mode)
+            if kind is not None:
+                raise NotRegularFileError(path=str(path), kind=kind)
+        path = target  # a link stays a link: its target is what gets replaced
     directory = path.parent if str(path.parent) else Path(".")
     data = text.encode("utf-8")
     tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"

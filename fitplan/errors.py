@@ -103,3 +103,64 @@ class LibraryChangedError(UnsupportedModelError):
         super().__init__(f"{library} {version}: {what}; fitplan is tested with the versions in its "
                          f"docs/compatibility.md: install one of those, or report this with the model id",
                          library=library, version=version, what=what)
+
+
+# -- hostile input (issue 21): typed errors whose fields say what was wrong where --------------------------
+
+def _rebuild(cls, data: dict):
+    return cls(**data)
+
+
+class _Declared:
+    """Errors built from declared keyword fields (`FIELDS`); picklable (pickle calls `cls(**fields)`)."""
+
+    FIELDS: tuple[str, ...] = ()
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), {k: getattr(self, k) for k in self.FIELDS}))
+
+
+class NotRegularFileError(_Declared, InputError, OSError):
+    """A path fitplan reads is a FIFO, a device, a socket or a directory: refused before opening it for
+    reading (a FIFO would block for ever, a device read until memory runs out). Carries `path`, `kind`."""
+
+    FIELDS = ("path", "kind")
+
+    def __init__(self, *, path: str, kind: str):
+        super().__init__(f"{path} is {kind}, not a regular file: pass the path of a file", path=path, kind=kind)
+
+
+class FileTooLargeError(_Declared, InputError, OSError):
+    """A file is larger than its kind can be (`what`: "config.json", "a profile", ...). Carries `path`,
+    `size`, `limit`, `what`."""
+
+    FIELDS = ("path", "size", "limit", "what")
+
+    def __init__(self, *, path: str, size: int, limit: int, what: str):
+        cap = f"{limit >> 10} KiB" if limit < 4 << 20 else f"{limit >> 20} MiB"
+        super().__init__(f"{path}: larger than {cap} ({size:,} bytes), too large for {what}; is it the right file?",
+                         path=path, size=size, limit=limit, what=what)
+
+
+class HeaderValueError(_Declared, InputError, ValueError):
+    """A value in a model file's header (GGUF metadata) has the wrong type or an impossible value.
+    Carries `path`, `key`, `value` (its repr, shortened) and `expected`."""
+
+    FIELDS = ("path", "key", "value", "expected")
+
+    def __init__(self, *, path: str, key: str, value: str, expected: str):
+        super().__init__(f"{path}: {key} = {value} is not {expected}; the file is corrupt or not a real model, "
+                         "re-download or re-convert it", path=path, key=key, value=value, expected=expected)
+
+
+class ModelChangedError(_Declared, InputError):
+    """A local model folder no longer holds what was locked or planned (config.json or safetensors headers
+    changed). Carries `path`, `since` ("locked", "planned"), `expected` and `found` (content digests) and
+    `fix`."""
+
+    FIELDS = ("path", "since", "expected", "found", "fix")
+
+    def __init__(self, *, path: str, since: str, expected: str, found: str, fix: str):
+        super().__init__(f"the model folder {path} changed since it was {since} (its config.json or safetensors "
+                         f"headers differ: {expected[:12]} then, {found[:12]} now); {fix}",
+                         path=path, since=since, expected=expected, found=found, fix=fix)

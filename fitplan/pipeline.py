@@ -37,6 +37,7 @@ class Request:
     offline: bool | None = None
     pin: Pin | None = None
     notes: tuple[str, ...] = ()
+    model_sha256: str | None = None  # a lock's digest of the local folder: it must still hold that
 
 
 def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str], None] | None = None) -> Plan:
@@ -45,6 +46,16 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
     from .model.source import resolve
 
     src = resolve(req.model, revision=req.revision, token=req.token, offline=req.offline)
+    digest = None
+    if src.origin == "local":
+        from .model.digest import folder_digest
+
+        digest = folder_digest(src.local_path)
+        if req.model_sha256 and digest != req.model_sha256:
+            from .errors import ModelChangedError
+
+            raise ModelChangedError(path=src.local_path, since="locked", expected=req.model_sha256, found=digest,
+                                    fix="check the folder, or re-run `fitplan lock --force` on the profile")
     stored = None
     if src.tensors is not None and src.config.get("quantization_config"):
         stored = sum(t.nbytes for t in src.tensors)
@@ -56,6 +67,8 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
                         auto_class=req.options.auto_class, use_cache=use_cache, on_build=on_build)
     plan = decide(inv, req.hardware, req.options, model_id=src.model_id, origin=src.origin, revision=src.revision,
                   pin=req.pin, notes=req.notes)
+    if digest is not None:
+        plan = replace(plan, model_digest=digest)
     if not req.hardware.gpus or not plan.fits:
         plan = replace(plan, gguf=_gguf_rows(inv, req))
     if plan.pin is not None:
@@ -159,5 +172,5 @@ def plan_for_load(model: str | None = None, *, profile=None, hardware: Hardware 
         lock = read_lock(lock_file)
         check_lock(lock, prof, s, hardware)
         req = replace(req, options=replace(s.options, precision=lock.precision), revision=lock.revision,
-                      pin=pin_of(lock))
+                      pin=pin_of(lock), model_sha256=lock.model_sha256)
     return make_plan(req, use_cache=use_cache)

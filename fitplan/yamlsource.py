@@ -260,20 +260,23 @@ def _check_range(m: YamlMap, key: str, what: str, value: float, lo: float | None
 
 
 def _read(path: Path, name: str) -> bytes:
+    from .errors import FileTooLargeError, NotRegularFileError
+    from .safeio import read_capped
+
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        return read_capped(path, limit=MAX_FILE_BYTES, what="a YAML config file")
     except FileNotFoundError:
         raise InputError(f"{name}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise InputError(f"{name}: is a directory, not a YAML file") from None
+    except NotRegularFileError as err:
+        if err.kind == "a directory":
+            raise InputError(f"{name}: is a directory, not a YAML file") from None
+        raise NotRegularFileError(path=name, kind=err.kind) from None
+    except FileTooLargeError as err:
+        raise FileTooLargeError(path=name, size=err.size, limit=err.limit, what=err.what) from None
     except PermissionError:
         raise InputError(f"{name}: permission denied; make the file readable") from None
     except OSError as err:
         raise InputError(f"{name}: cannot read the file ({err.strerror or err})") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise InputError(f"{name}: larger than {MAX_FILE_BYTES // 1024} KiB; is this really a YAML config file?")
-    return data
 
 
 def _decode(data: bytes, name: str) -> str:

@@ -25,7 +25,7 @@ from typing import Callable
 
 from gguf import GGUF_MAGIC, GGUFValueType
 
-from ..errors import InputError
+from ..errors import HeaderValueError, InputError
 from .model import DEFAULT_ALIGNMENT, GGUFModel, GGUFTensor
 from .ggml_types import file_type_name, ggml_type, tensor_bytes
 
@@ -33,6 +33,27 @@ from .ggml_types import file_type_name, ggml_type, tensor_bytes
 MAX_HEADER_BYTES = 64 << 20
 #: ggml's GGML_MAX_DIMS.
 MAX_DIMS = 4
+#: Bounds of what a real model file holds, so that the work and memory a header costs stay bounded
+#: whatever it claims. Tensors: DeepSeek-V3 with every expert a tensor of its own has ~47,000.
+MAX_TENSORS = 100_000
+#: Metadata keys: real files have 30-60 (tokenizer arrays are one key each).
+MAX_KV = 65_536
+#: Strings and arrays inside metadata arrays, all arrays together: Llama 3's 128,256 tokens plus
+#: 280,147 merges are ~410,000; Gemma 3's 262,144 tokens fewer.
+MAX_ITEMS = 1_000_000
+#: Arrays inside arrays: real files nest none; gguf-py can write a few levels.
+MAX_NESTING = 8
+#: Model sizes no real model reaches (the deepest have ~130 layers, the widest a 25,600 hidden size, the
+#: most experts 512); a value past them is a corrupt or hostile file, and would cost memory per layer.
+MAX_LAYERS = 512
+MAX_WIDTH = 1 << 17
+MAX_HEADS = 2048
+MAX_HEAD_DIM = 1 << 14
+MAX_FF = 1 << 20
+MAX_VOCAB = 1 << 23
+MAX_CONTEXT = 1 << 27
+MAX_EXPERTS = 4096
+MAX_TENSOR_DIM = 1 << 40
 #: Sliding-window layer patterns llama.cpp hard-codes per architecture when the file carries no
 #: `{arch}.attention.sliding_window_pattern` array (src/llama-model.cpp `hparams.set_swa_pattern(n)`:
 #: of every n layers, the first n-1 use the window and the last one is global).
@@ -56,13 +77,14 @@ class _Truncated(Exception):
 
 
 class _Cursor:
-    """Reads forward through the header, asking `read(offset, size)` for more bytes as needed."""
+    """Reads forward through the header, asking `read(offset, size)` for more bytes as needed. Counts
+    what it walks (`items`): strings and arrays inside arrays, bounded by MAX_ITEMS."""
 
     def __init__(self, read: Callable[[int, int], bytes], first_chunk: int):
         self._read, self._buf, self._chunk, self.pos = read, b"", first_chunk, 0
+        self.items = 0
 
-    def take(self, n: int) -> bytes:
-        end = self.pos + n
+    def _ensure(self, end: int) -> None:
         if end > MAX_HEADER_BYTES:
             raise InputError(f"header longer than {MAX_HEADER_BYTES >> 20} MiB")
         while end > len(self._buf):
@@ -72,9 +94,17 @@ class _Cursor:
                 raise _Truncated()
             self._buf += more
             self._chunk *= 2  # geometric growth: few requests for a large header
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        self._ensure(end)
         out = self._buf[self.pos:end]
         self.pos = end
         return out
+
+    def skip(self, n: int) -> None:
+        self._ensure(self.pos + n)
+        self.pos += n
 
     def unpack(self, fmt: str):
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
@@ -89,9 +119,28 @@ class _Cursor:
         n = self.unpack("<Q")
         if n > MAX_HEADER_BYTES:
             raise InputError(f"a string claims {n:,} bytes")
-        self.take(n)
+        self.skip(n)
 
-    def value(self, vtype: int, keep: bool):
+    def skip_strings(self, n: int) -> None:
+        """Walk `n` length-prefixed strings in the buffer itself: one step per string, no copies."""
+        pos, unpack_from = self.pos, struct.unpack_from
+        for _ in range(n):
+            if pos + 8 > len(self._buf):
+                self._ensure(pos + 8)
+            length = unpack_from("<Q", self._buf, pos)[0]
+            if length > MAX_HEADER_BYTES:
+                raise InputError(f"a string claims {length:,} bytes")
+            pos += 8 + length
+        self._ensure(pos)
+        self.pos = pos
+
+    def count(self, n: int) -> None:
+        self.items += n
+        if self.items > MAX_ITEMS:
+            raise InputError(f"its metadata arrays hold more than {MAX_ITEMS:,} strings and arrays, more than "
+                             "any real model's tokenizer")
+
+    def value(self, vtype: int, keep: bool, depth: int = 0):
         try:
             t = GGUFValueType(vtype)
         except ValueError:
@@ -101,12 +150,23 @@ class _Cursor:
         if t == GGUFValueType.STRING:
             return self.string() if keep else self.skip_string()
         if t == GGUFValueType.ARRAY:
+            if depth >= MAX_NESTING:
+                raise InputError(f"its metadata holds arrays nested more than {MAX_NESTING} deep")
             itype, n = self.unpack("<I"), self.unpack("<Q")
             if n > MAX_HEADER_BYTES:
                 raise InputError(f"an array claims {n:,} elements")
             keep_items = keep and n <= _KEEP_ARRAY
-            items = [self.value(itype, keep_items) for _ in range(n)] if itype in (
-                GGUFValueType.STRING, GGUFValueType.ARRAY) else self._scalar_array(itype, n, keep_items)
+            if itype == GGUFValueType.STRING:
+                self.count(n)
+                if not keep_items:
+                    self.skip_strings(n)
+                    return _ArrayLen(n)
+                return [self.string() for _ in range(n)]
+            if itype == GGUFValueType.ARRAY:
+                self.count(n)
+                items = [self.value(itype, keep_items, depth + 1) for _ in range(n)]
+            else:
+                items = self._scalar_array(itype, n, keep_items)
             return items if keep_items else _ArrayLen(n)
         raise InputError(f"unknown metadata value type {vtype}")
 
@@ -115,8 +175,11 @@ class _Cursor:
             fmt = _SCALARS[GGUFValueType(itype)]
         except (ValueError, KeyError):
             raise InputError(f"unknown array element type {itype}") from None
-        raw = self.take(n * struct.calcsize(fmt))
-        return list(struct.unpack("<" + fmt[1:] * n, raw)) if keep else None
+        size = n * struct.calcsize(fmt)
+        if not keep:
+            self.skip(size)
+            return None
+        return list(struct.unpack("<" + fmt[1:] * n, self.take(size)))
 
 
 class _ArrayLen(int):
@@ -142,7 +205,7 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
             raise InputError(f"{where} is GGUF version {version}; fitplan reads versions 2 and 3: re-convert it "
                              "with a current llama.cpp")
         n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
-        if n_tensors > 1_000_000 or n_kv > 1_000_000:
+        if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
             raise InputError(f"{bad}: its header claims {n_tensors:,} tensors and {n_kv:,} metadata keys; "
                              "the file is corrupt, re-download it")
         meta: dict = {}
@@ -156,8 +219,12 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
             if not 1 <= n_dims <= MAX_DIMS:
                 raise InputError(f"tensor {name!r} has {n_dims} dimensions")
             shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
+            if any(d > MAX_TENSOR_DIM for d in shape):
+                raise InputError(f"tensor {name!r} claims a dimension of {max(shape):,} elements")
             t = ggml_type(cur.unpack("<I"))
             offset = cur.unpack("<Q")
+            if offset > MAX_TENSOR_DIM * 1024:
+                raise InputError(f"tensor {name!r} claims an offset of {offset:,} bytes")
             infos.append((name, shape, t, offset))
         header_end = cur.pos
     except _Truncated:
@@ -171,7 +238,8 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
         raise InputError(f"{bad}: its header cannot be decoded ({e}); re-download it") from None
 
     alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+    if (not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0
+            or alignment & (alignment - 1) or alignment > 1 << 20):
         raise InputError(f"{bad}: general.alignment {alignment!r} is not a power of two; re-download it")
     data_start = -(-header_end // alignment) * alignment
     tensors = []
@@ -203,30 +271,59 @@ def _model(meta: dict, tensors: tuple[GGUFTensor, ...], *, where: str, header_by
     def get(key: str, default=None):
         return meta.get(f"{arch}.{key}", default)
 
-    def count(key: str, default=None) -> int | None:
-        v = get(key, default)
-        if isinstance(v, list):
-            v = max(v) if v else default
-        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
+    def bad(key: str, v, expected: str):
+        shown = f"an array of {int(v):,}" if isinstance(v, _ArrayLen) else repr(v)
+        return HeaderValueError(path=where, key=key, value=shown[:60], expected=expected)
 
-    n_layer = count("block_count")
-    n_embd = count("embedding_length")
-    n_head = count("attention.head_count")
+    def whole(full: str, v, lo: int, hi: int) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or isinstance(v, _ArrayLen) or not lo <= v <= hi:
+            raise bad(full, v, f"a whole number from {lo:,} to {hi:,}")
+        return v
+
+    def count(key: str, lo: int, hi: int, default=None, *, per_layer: bool = False):
+        """`{arch}.{key}` as a whole number in [lo, hi] (a per-layer list of them: its largest, or with
+        `per_layer` the tuple), `default` when absent; anything else is a HeaderValueError."""
+        full = f"{arch}.{key}"
+        v = meta.get(full)
+        if v is None:
+            return default
+        if isinstance(v, list):
+            if not v:
+                raise bad(full, v, "a whole number or a non-empty list of them")
+            items = tuple(whole(full, x, lo, hi) for x in v)
+            return items if per_layer else max(items)
+        return whole(full, v, lo, hi)
+
+    n_layer = count("block_count", 1, MAX_LAYERS)
+    if isinstance(meta.get(f"{arch}.block_count"), list):
+        raise bad(f"{arch}.block_count", meta[f"{arch}.block_count"], "one whole number")
+    n_embd = count("embedding_length", 1, MAX_WIDTH)
+    n_head = count("attention.head_count", 1, MAX_HEADS)
     if not n_layer or not n_embd or not n_head:
         raise InputError(f"{where} lacks {arch}.block_count, .embedding_length or .attention.head_count: "
                          "fitplan plans decoder models with attention; this file is not one it can plan")
-    kv = get("attention.head_count_kv", n_head)
-    n_head_kv = tuple(int(x) for x in kv) if isinstance(kv, list) else (int(kv),) * n_layer
+    kv = count("attention.head_count_kv", 0, MAX_HEADS, n_head, per_layer=True)
+    n_head_kv = kv if isinstance(kv, tuple) else (kv,) * n_layer
     if len(n_head_kv) != n_layer:
         raise InputError(f"{where}: {arch}.attention.head_count_kv has {len(n_head_kv)} entries for {n_layer} "
                          "layers; re-convert the file")
-    head_k = count("attention.key_length", n_embd // n_head)
-    head_v = count("attention.value_length", n_embd // n_head)
+    head_k = count("attention.key_length", 1, MAX_HEAD_DIM, max(n_embd // n_head, 1))
+    head_v = count("attention.value_length", 1, MAX_HEAD_DIM, max(n_embd // n_head, 1))
     tokens = meta.get("tokenizer.ggml.tokens")
     embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
-    n_vocab = count("vocab_size") or (int(tokens) if isinstance(tokens, int) else len(tokens or ())) or (
+    n_vocab = count("vocab_size", 1, MAX_VOCAB) or (int(tokens) if isinstance(tokens, int) else len(
+        tokens if isinstance(tokens, list) else ())) or (
         embd.shape[1] if embd is not None and len(embd.shape) > 1 else 0)
-    window = count("attention.sliding_window")
+    if n_vocab > MAX_VOCAB:
+        raise bad("tokenizer.ggml.tokens", tokens, f"a vocabulary of at most {MAX_VOCAB:,} tokens")
+    window = count("attention.sliding_window", 0, MAX_CONTEXT)
+    context = count("context_length", 1, MAX_CONTEXT)
+    n_ff = count("feed_forward_length", 0, MAX_FF, 0)
+    n_expert = count("expert_count", 0, MAX_EXPERTS, 0)
+    n_expert_used = count("expert_used_count", 0, max(n_expert, 1) if n_expert else MAX_EXPERTS, 0)
+    ftype = meta.get("general.file_type")
+    if ftype is not None:
+        whole("general.file_type", ftype, 0, 1 << 16)
     pattern = get("attention.sliding_window_pattern")
     notes = []
     if window and isinstance(pattern, list) and len(pattern) == n_layer:
@@ -241,21 +338,24 @@ def _model(meta: dict, tensors: tuple[GGUFTensor, ...], *, where: str, header_by
                          "planned as full attention (an upper bound)")
     return GGUFModel(
         name=Path(where).name, origin="local", architecture=arch,
-        file_type=file_type_name(meta.get("general.file_type")),
+        file_type=file_type_name(ftype),
         tensors=tensors, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
-        head_dim_k=head_k, head_dim_v=head_v, n_vocab=n_vocab, context_length=count("context_length"),
-        header_bytes=header_bytes, file_bytes=file_bytes, alignment=alignment, n_ff=count("feed_forward_length", 0),
+        head_dim_k=head_k, head_dim_v=head_v, n_vocab=n_vocab, context_length=context,
+        header_bytes=header_bytes, file_bytes=file_bytes, alignment=alignment, n_ff=n_ff,
         sliding_window=window if any(swa) else None, swa_layers=swa,
-        n_expert=count("expert_count", 0), n_expert_used=count("expert_used_count", 0), notes=tuple(notes))
+        n_expert=n_expert, n_expert_used=n_expert_used, notes=tuple(notes))
 
 
 # -- local files (the side effects) ---------------------------------------------------------------
 
 def read_gguf(path: str | os.PathLike) -> GGUFModel:
     """The header of a local `.gguf` file (or of every shard of a `-0000i-of-0000n.gguf` split set)."""
+    from ..safeio import check_regular
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise InputError(f"no such file: {p} (pass a .gguf file or a folder holding .gguf files)")
+    check_regular(p)  # a FIFO or a device is refused before it is opened
     parts = split_parts(p.name)
     if parts:
         shards = [p.with_name(n) for n in parts]
@@ -293,15 +393,14 @@ def merge_shards(parts: list[GGUFModel], *, where: str) -> GGUFModel:
 def is_model_file(name: str) -> bool:
     """Whether a file name (no folder) names a GGUF model to plan: a `.gguf`, split sets by their
     first part, vision projectors (`mmproj*`) left out since they are not language models."""
-    m = _SPLIT.match(name)
     return (name.lower().endswith(".gguf") and not name.lower().startswith("mmproj")
-            and not (m and int(m["i"]) != 1))
+            and (split_parts(name) is None or _SPLIT.match(name)["i"].lstrip("0") == "1"))
 
 
 def split_parts(name: str) -> list[str] | None:
     """All part names of the split GGUF `name` belongs to (`x-00001-of-00003.gguf`), None if not split."""
     m = _SPLIT.match(name)
-    if not m:
+    if not m or not 1 <= int(m["i"]) <= int(m["n"]):  # `-00000-of-00000`, `-00002-of-00001`: no split set
         return None
     return [f"{m['stem']}-{i:05d}-of-{m['n']}.gguf" for i in range(1, int(m["n"]) + 1)]
 
@@ -316,4 +415,16 @@ def read_gguf_folder(folder: str | os.PathLike) -> tuple[GGUFModel, ...]:
     files = gguf_files(folder)
     if not files:
         raise InputError(f"{folder} holds no .gguf file: pass a folder with GGUF files, or a .gguf file")
-    return tuple(read_gguf(p) for p in files)
+    models, skipped = [], []
+    for p in files:
+        try:
+            models.append(read_gguf(p))
+        except InputError as err:  # one bad file leaves the others planned, with a note naming it
+            if len(files) == 1:
+                raise
+            skipped.append(f"{p.name} left out: {err}")
+    if not models:
+        raise InputError(f"no .gguf file in {folder} can be read; the first: {skipped[0]}")
+    from dataclasses import replace
+
+    return (replace(models[0], notes=models[0].notes + tuple(skipped)), *models[1:])

@@ -40,6 +40,9 @@ from ..errors import (ref, FitplanError, GatedModelError, HubError, InputError, 
 
 #: safetensors' own loader refuses headers above 100 MB (MAX_HEADER_SIZE in the safetensors crate).
 MAX_HEADER_BYTES = 100_000_000
+#: config.json is a few KB (a few hundred KB with a long label map); a bigger one is the wrong file, and one
+#: from the Hub is refused by the size its HEAD gives, before it is downloaded.
+MAX_CONFIG_BYTES = 8 << 20
 #: Attempts per Hub request we retry (429, 5xx, timeouts, connection errors), first one included.
 ATTEMPTS = 3
 #: Sleep before the 2nd attempt, doubled before each next one (not after timeouts: they waited already).
@@ -166,10 +169,10 @@ def _looks_like_path(model: str) -> bool:
 
 def _from_folder(model: str, folder: Path, with_tensors: bool) -> ModelSource:
     cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
+    if not os.path.lexists(cfg_path) or cfg_path.is_dir():
         raise InputError(f"{folder} has no config.json, so it is not a transformers model folder: pass the folder "
                          "that contains config.json, or a Hub repo id")
-    config = _load_config(cfg_path.read_bytes(), str(cfg_path), InputError, "fix or re-download it")
+    config = _load_config(_read_config(cfg_path, str(cfg_path)), str(cfg_path), InputError, "fix or re-download it")
     tensors, files = _folder_tensors(folder, cache=False) if with_tensors else (None, ())
     return ModelSource(model_id=model, origin="local", config=config, revision=None, tensors=tensors,
                        local_path=str(folder.resolve()), weight_files=files)
@@ -268,11 +271,27 @@ def _all_nonneg_ints(xs: list) -> bool:
     return all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs)
 
 
+def _read_config(path: Path, where: str) -> bytes:
+    """config.json's bytes: a regular file of at most MAX_CONFIG_BYTES (else one line)."""
+    from ..safeio import read_capped
+
+    try:
+        return read_capped(path, limit=MAX_CONFIG_BYTES, what="a config.json")
+    except FileNotFoundError:
+        raise InputError(f"{where} is a broken link or vanished: fix or re-download it") from None
+    except FitplanError:
+        raise
+    except OSError as e:
+        raise InputError(f"cannot read {where} ({e.strerror or e}): fix its permissions or re-download it") from None
+
+
 def _load_config(raw: bytes, where: str, error: type[FitplanError], fix: str) -> dict:
     try:
         config = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise error(f"{where} is not valid JSON ({_reason(e)}): {fix}") from None
+    except RecursionError:
+        raise error(f"{where} is nested too deeply to be a model config: {fix}") from None
     if not isinstance(config, dict):
         raise error(f"{where} must hold a JSON object, not a {type(config).__name__}: {fix}")
     return decode_special_floats(config)
@@ -456,7 +475,7 @@ def _hub_source(repo_id: str, cfg_path: Path, tensors: tuple[TensorHeader, ...] 
     """A "hub" source around a config.json in the HF cache (`.../snapshots/<commit sha>/config.json`)."""
     snapshot = cfg_path.parent
     sha = snapshot.name
-    config = _load_config(cfg_path.read_bytes(), f"config.json of '{repo_id}' at {sha[:12]}", HubError,
+    config = _load_config(_read_config(cfg_path, str(cfg_path)), f"config.json of '{repo_id}' at {sha[:12]}", HubError,
                           f"the repo's file is broken; pick another {ref('revision')}, or pass a local folder")
     return ModelSource(model_id=repo_id, origin="hub", config=config, revision=sha, tensors=tensors,
                        repo_id=repo_id, local_path=str(snapshot), weight_files=files, from_cache=from_cache)
@@ -497,6 +516,11 @@ def _from_hub(repo_id: str, revision: str | None, token, with_tensors: bool, tim
         if not meta.commit_hash:
             raise HubError(f"{api.endpoint} does not answer like the Hugging Face Hub (no X-Repo-Commit header): "
                            "check HF_ENDPOINT")
+        if isinstance(meta.size, int) and meta.size > MAX_CONFIG_BYTES:  # refused before it is downloaded
+            from ..errors import FileTooLargeError
+
+            raise FileTooLargeError(path=f"config.json of '{repo_id}'", size=meta.size, limit=MAX_CONFIG_BYTES,
+                                    what="a config.json")
         # With the caller's revision, not the sha, so the cache records refs/<revision> for offline use;
         # the returned path (.../snapshots/<sha>/config.json) names the commit the file came from.
         cfg_path = Path(api.hf_hub_download(repo_id, "config.json", revision=revision, token=token,
@@ -626,11 +650,11 @@ class _Explainer:
         status = e.response.status_code
         if status == 429:
             if g.retry_after is not None and g.retry_after > MAX_RETRY_AFTER_S:
-                wait = f"it asks to wait {g.retry_after:g} s"
+                wait, when = f"it asks to wait {g.retry_after:g} s", f"in {_duration(g.retry_after)}"
             else:
-                wait = tries
-            return HubError(f"the Hub is rate-limiting requests for '{self.repo_id}' (429, {wait}): retry in a few "
-                            f"minutes, or pass a token (HF_TOKEN or {ref('token')}): logged-in users get higher limits")
+                wait, when = tries, "in a few minutes"
+            return HubError(f"the Hub is rate-limiting requests for '{self.repo_id}' (429, {wait}): retry {when}"
+                            f", or pass a token (HF_TOKEN or {ref('token')}): logged-in users get higher limits")
         return HubError(f"the Hub answered {status} for '{self.repo_id}' ({tries}): it may be down "
                         f"(https://status.huggingface.co); retry later, or use {ref('offline', True)} with a cached model or a "
                         "local folder")
@@ -691,6 +715,15 @@ class _Explainer:
                             "retry; if it persists, check your disk space and HF_HOME")
         return self._data(e, HubError, f"fetching '{repo}' from the Hub failed unexpectedly ({type(e).__name__}: "
                         f"{_one_line(e)[:200]}): retry, or pass a local folder")
+
+
+def _duration(seconds: float) -> str:
+    """A wait in words: `about 1 h`, `about 5 min`, `30 s`."""
+    if seconds >= 3600:
+        return f"about {seconds / 3600:.0f} h"
+    if seconds >= 90:
+        return f"about {seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
 
 
 def _status(e: BaseException) -> int | None:

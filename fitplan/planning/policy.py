@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..model import prequant
 from ..options import PlanOptions
 from ..model.inventory import Inventory
+from .headroom import headroom_bytes
 from .layout import float_dtype_for
 from .precision import BNB_MIN_CC, DTYPE_BYTES, Precision
 from .speed import Speed, decode_speed, pcie_seconds
@@ -88,8 +89,6 @@ def compute_dtype_for(hw: Hardware) -> str:
     return "bfloat16"
 
 
-def headroom_bytes(total: int, headroom: float | int) -> int:
-    return int(total * headroom) if isinstance(headroom, float) else int(headroom)
 
 
 def cpu_budget(hw: Hardware, opts: PlanOptions) -> int:

@@ -158,11 +158,25 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
 
     cls = getattr(transformers, AUTO_CLASSES[plan.inventory.auto_class])
     vlm = plan.inventory.auto_class == "image-text-to-text"
+    if plan.origin == "local":
+        from .localcheck import require_weights
+
+        require_weights(model, user.get("subfolder"))
     tok = _tokenizer(model, user, processor=vlm) if tokenizer else None  # before any weight is read or allocated
     import torch
 
+    if plan.origin == "local":
+        from .localcheck import require_unchanged
+
+        require_unchanged(plan)  # the folder still holds what was planned: checked before any weight is read
     before = _allocated()
-    loaded = cls.from_pretrained(model, **kwargs)
+    if plan.origin == "local":
+        from .localcheck import local_load_errors
+
+        with local_load_errors(model):
+            loaded = cls.from_pretrained(model, **kwargs)
+    else:
+        loaded = cls.from_pretrained(model, **kwargs)
     loaded.eval()
     loaded.requires_grad_(False)
     report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed)
