@@ -136,7 +136,7 @@ def gguf_cases(draw) -> Case:
                   for i in range(n))
     files = tuple(dict(files).items())  # one content per name
     target = "{D}/g" if n > 1 or draw(st.booleans()) else "{D}/" + files[0][0]
-    gpu = draw(st.sampled_from(["--gpu=rtx4090", "--gpu=a100-80gb", "--gpu=rtx4090:2"]))
+    gpu = draw(st.sampled_from(["--gpu=rtx4090", "--gpu=t4", "--gpu=rtx4090:2"]))
     return Case("gguf", files, ("check", target, gpu, *draw(st.sampled_from([(), ("--json",)]))))
 
 

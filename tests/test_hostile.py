@@ -454,3 +454,23 @@ def test_429_with_a_long_retry_after_says_how_long(fake_hub):
     with pytest.raises(HubError) as err:
         resolve("org/tiny")
     assert "few minutes" not in str(err.value) and "1 h" in str(err.value), str(err.value)
+
+
+# -- the typed errors these checks raise -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("err, base", [
+    ("NotRegularFileError(path='p', kind='a FIFO (named pipe)')", OSError),
+    ("FileTooLargeError(path='p', size=10, limit=4, what='a config.json')", OSError),
+    ("HeaderValueError(path='p.gguf', key='llama.block_count', value='-1', expected='a whole number')", ValueError),
+    ("ModelChangedError(path='/m', since='locked', expected='a' * 64, found='b' * 64, fix='re-lock')", InputError),
+])
+def test_typed_errors_carry_fields_pickle_and_are_one_line(err, base):
+    import pickle
+
+    from fitplan import errors
+
+    e = eval(err, vars(errors))
+    assert isinstance(e, base) and isinstance(e, InputError) and e.exit_code == 2
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is type(e) and str(back) == str(e) and "\n" not in str(e)
+    assert all(getattr(back, f) == getattr(e, f) for f in type(e).FIELDS)
