@@ -47,7 +47,8 @@ def gguf_value(draw, depth: int = 0):
         v = draw(st.sampled_from(_INTS) | st.integers(-2 ** 63, 2 ** 64 - 1))
         return (vtype, v) if _fits(vtype, v) else (V.UINT64, abs(v) % 2 ** 64)
     if kind == "float":
-        return draw(st.sampled_from([V.FLOAT32, V.FLOAT64])), draw(st.sampled_from(_FLOATS) | st.floats())
+        vtype, v = draw(st.sampled_from([V.FLOAT32, V.FLOAT64])), draw(st.sampled_from(_FLOATS) | st.floats())
+        return (vtype, v) if _fits(vtype, v) else (V.FLOAT64, v)
     if kind == "string":
         return V.STRING, draw(st.sampled_from(["Q4_K_M", "4096", "", "llama", "\x00\xff"]) | st.text(max_size=20))
     if kind == "bool":
@@ -74,7 +75,8 @@ def gguf_bytes(draw) -> bytes:
     """One GGUF file: a valid small llama with one to three changes, or a structural attack."""
     kind = draw(st.sampled_from(["values", "values", "values", "structure", "bytes", "valid"]))
     meta_over, raw, n_kv, n_tensors, version = {}, b"", None, None, 3
-    tensors = gb.llama_tensors()
+    # small tensors: the data section (zeros) stays ~25 KB, since hypothesis keeps what it draws
+    tensors = gb.llama_tensors(n_embd=32, n_vocab=64)
     if kind == "values":
         for _ in range(draw(st.integers(1, 3))):
             key = draw(st.sampled_from(KEYS))
@@ -110,7 +112,7 @@ def gguf_bytes(draw) -> bytes:
     except (struct.error, OverflowError, MemoryError):
         data = gb.header(meta, [], raw_meta=raw, n_kv=n_kv, version=version)
     if kind == "bytes":
-        data = gb.gguf_file()
+        data = gb.gguf_file(tensors=gb.llama_tensors(n_embd=32, n_vocab=64))
         cut = draw(st.integers(0, len(data)))
         if draw(st.booleans()):
             data = data[:cut]
@@ -136,7 +138,7 @@ def gguf_cases(draw) -> Case:
                   for i in range(n))
     files = tuple(dict(files).items())  # one content per name
     target = "{D}/g" if n > 1 or draw(st.booleans()) else "{D}/" + files[0][0]
-    gpu = draw(st.sampled_from(["--gpu=rtx4090", "--gpu=t4", "--gpu=rtx4090:2"]))
+    gpu = draw(st.sampled_from(["--gpu=rtx4090", "--gpu=t4", "--gpu=2xrtx4090"]))
     return Case("gguf", files, ("check", target, gpu, *draw(st.sampled_from([(), ("--json",)]))))
 
 
