@@ -474,3 +474,23 @@ def test_typed_errors_carry_fields_pickle_and_are_one_line(err, base):
     back = pickle.loads(pickle.dumps(e))
     assert type(back) is type(e) and str(back) == str(e) and "\n" not in str(e)
     assert all(getattr(back, f) == getattr(e, f) for f in type(e).FIELDS)
+
+
+# -- 8. no test depends on how fast the machine is -------------------------------------------------------------
+
+def test_fuzz_tests_limit_hangs_not_speed():
+    """tests/test_fuzz.py stopped a 256-layer MoE input at 60 s when the machine was busy. The limit
+    must sit far above the slowest input measured (7.1 s idle, docs/robustness.md), catching only
+    a real hang; the work an input costs is checked by count instead."""
+    import ast
+
+    src = (ROOT / "tests" / "test_fuzz.py").read_text()
+    limits = [kw.value for node in ast.walk(ast.parse(src)) if isinstance(node, ast.Call)
+              for kw in node.keywords if kw.arg == "hard_limit"]
+    assert limits, "test_fuzz.py runs cases without a hang limit"
+    import test_fuzz
+
+    for value in limits:
+        seconds = value.value if isinstance(value, ast.Constant) else getattr(test_fuzz, value.id)
+        assert seconds >= 300, f"hard_limit={seconds} s: a busy machine reaches it"
+    assert test_fuzz.MAX_BUILDS_PER_INPUT == 1  # work counted: one meta build per input at most

@@ -314,16 +314,17 @@ def read_gguf_folder(folder: str | os.PathLike) -> tuple[GGUFModel, ...]:
     files = gguf_files(folder)
     if not files:
         raise InputError(f"{folder} holds no .gguf file: pass a folder with GGUF files, or a .gguf file")
-    models, skipped = [], []
+    models, skipped, first = [], [], None
     for p in files:
         try:
             models.append(read_gguf(p))
         except InputError as err:  # one bad file leaves the others planned, with a note naming it
             if len(files) == 1:
                 raise
+            first = first or err
             skipped.append(f"{p.name} left out: {err}")
     if not models:
-        raise InputError(f"no .gguf file in {folder} can be read; the first: {skipped[0]}")
+        raise InputError(f"none of the {len(files)} .gguf files in {folder} can be read; the first: {first}")
     from dataclasses import replace
 
     return (replace(models[0], notes=models[0].notes + tuple(skipped)), *models[1:])
