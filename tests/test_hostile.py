@@ -58,7 +58,7 @@ def one_line(r) -> str:
 def run_process(args, tmp_path, timeout=None):
     """A real `python -m fitplan` process: a read that blocks for ever shows as a timeout (a limit far
     above any run, so machine load never reaches it)."""
-    timeout = timeout or int(os.environ.get("FITPLAN_TEST_BLOCK_S", "300"))
+    timeout = timeout or int(os.environ.get("HOSTILE_BLOCK_S", "300"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FITPLAN_")}
     env.update(FITPLAN_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
