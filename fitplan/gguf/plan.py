@@ -231,7 +231,7 @@ def plan_gguf(model, hardware: Hardware, *, context: int = 4096, n_parallel: int
 
     `context`: tokens per sequence; `n_parallel`: sequences at once (llama-server slots);
     `kv_type`: KV cache type (`f16`, `q8_0`, `q4_0`; quantized types need flash attention, which
-    the commands turn on); `headroom`: the share (`0.1`, `"10%"`) or size (`"1GiB"`) of each pool
+    the commands turn on); `headroom`: the share (`0.1`, `"10%"`) of each pool's total memory, or a size (`"1GiB"`),
     left free; `unified`: the GPU and CPU share one memory (Apple silicon), `hardware.cpu_ram_bytes`.
     """
     run = RunConfig(context=context, n_parallel=n_parallel, kv_type=kv_type)
