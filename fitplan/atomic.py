@@ -16,7 +16,7 @@ import os
 import secrets
 from pathlib import Path
 
-from .errors import InputError, ref
+from .errors import FileError, ref
 
 
 def write_atomic(path: str | os.PathLike, text: str, *, force: bool = False) -> Path:
@@ -24,21 +24,20 @@ def write_atomic(path: str | os.PathLike, text: str, *, force: bool = False) -> 
     With `force`, only a regular file is replaced: through a symlink, its target is written and the
     link kept; a FIFO, a device or a socket (`/dev/stdout`, even through a link) is refused."""
     if not str(path):
-        raise InputError("the output path is empty; give a file name")
+        raise FileError("the output path is empty; give a file name", path="")
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{path} is a directory; give a file name")
+        raise FileError(f"{path} is a directory; give a file name", path=str(path))
     if not force and os.path.lexists(path):
-        raise InputError(f"{path} exists; use {ref('force', True)} to overwrite")
+        raise FileError(f"{path} exists; use {ref('force', True)} to overwrite", path=str(path))
     if force and os.path.lexists(path):
-        from .errors import NotRegularFileError
-        from .safeio import kind_of
+        from .safeio import kind_of, not_regular
 
         target = Path(os.path.realpath(path))
         if target.exists():
             kind = kind_of(os.stat(target).st_mode)
             if kind is not None:
-                raise NotRegularFileError(path=str(path), kind=kind)
+                raise not_regular(str(path), kind)
         path = target  # a link stays a link: its target is what gets replaced
     directory = path.parent if str(path.parent) else Path(".")
     data = text.encode("utf-8")
@@ -51,15 +50,15 @@ def write_atomic(path: str | os.PathLike, text: str, *, force: bool = False) -> 
             _link_new(tmp, path, data)
         _fsync_dir(directory)
     except FileNotFoundError:
-        raise InputError(f"cannot write {path}: the directory {directory} does not exist") from None
+        raise FileError(f"cannot write {path}: the directory {directory} does not exist", path=str(path)) from None
     except PermissionError:
-        raise InputError(f"cannot write {path}: permission denied") from None
+        raise FileError(f"cannot write {path}: permission denied", path=str(path)) from None
     except IsADirectoryError:
-        raise InputError(f"{path} is a directory; give a file name") from None
+        raise FileError(f"{path} is a directory; give a file name", path=str(path)) from None
     except OSError as err:
         if isinstance(err, FileExistsError):
-            raise InputError(f"{path} exists; use {ref('force', True)} to overwrite") from None
-        raise InputError(f"cannot write {path}: {err.strerror or err}") from None
+            raise FileError(f"{path} exists; use {ref('force', True)} to overwrite", path=str(path)) from None
+        raise FileError(f"cannot write {path}: {err.strerror or err}", path=str(path)) from None
     finally:
         try:
             os.unlink(tmp)

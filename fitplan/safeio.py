@@ -25,13 +25,23 @@ def kind_of(mode: int) -> str | None:
     return next((name for test, name in _KINDS if test(mode)), "not a file")
 
 
+def not_regular(path: str, kind: str) -> NotRegularFileError:
+    return NotRegularFileError(f"{path} is {kind}, not a regular file: pass the path of a file", path=path, kind=kind)
+
+
+def too_large(path: str, size: int, limit: int, what: str) -> FileTooLargeError:
+    cap = f"{limit >> 10} KiB" if limit < 4 << 20 else f"{limit >> 20} MiB"
+    return FileTooLargeError(f"{path}: larger than {cap} ({size:,} bytes), too large for {what}; is it the right "
+                             "file?", path=path, size=size, limit=limit, what=what)
+
+
 def check_regular(path: str | os.PathLike) -> os.stat_result:
     """`os.stat(path)` (links followed) when it is a regular file, else `NotRegularFileError`.
     OSErrors of the stat itself (missing, permission) propagate for the caller to word."""
     st = os.stat(path)
     kind = kind_of(st.st_mode)
     if kind is not None:
-        raise NotRegularFileError(path=str(path), kind=kind)
+        raise not_regular(str(path), kind)
     return st
 
 
@@ -39,12 +49,12 @@ def read_capped(path: str | os.PathLike, *, limit: int, what: str) -> bytes:
     """The bytes of the regular file `path`, at most `limit` of them (else `FileTooLargeError`)."""
     st = check_regular(path)
     if st.st_size > limit:
-        raise FileTooLargeError(path=str(path), size=st.st_size, limit=limit, what=what)
+        raise too_large(str(path), st.st_size, limit, what)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         kind = kind_of(os.fstat(fd).st_mode)
         if kind is not None:  # swapped for a FIFO or a device after the stat
-            raise NotRegularFileError(path=str(path), kind=kind)
+            raise not_regular(str(path), kind)
         chunks, got = [], 0
         while got <= limit:
             chunk = os.read(fd, min(1 << 20, limit + 1 - got))
@@ -55,5 +65,5 @@ def read_capped(path: str | os.PathLike, *, limit: int, what: str) -> bytes:
     finally:
         os.close(fd)
     if got > limit:
-        raise FileTooLargeError(path=str(path), size=got, limit=limit, what=what)
+        raise too_large(str(path), got, limit, what)
     return b"".join(chunks)

@@ -29,7 +29,7 @@ from typing import Callable
 
 from gguf import GGUF_MAGIC, GGUFValueType
 
-from ..errors import InputError
+from ..errors import FileError, InputError
 from .hparams import ArrayLen as _ArrayLen, model_of
 from .model import DEFAULT_ALIGNMENT, GGUFModel, GGUFTensor
 from .ggml_types import ggml_type, tensor_bytes
@@ -67,13 +67,14 @@ class _Cursor:
     """Reads forward through the header, asking `read(offset, size)` for more bytes as needed. Counts
     what it walks (`items`): strings and arrays inside arrays, bounded by MAX_ITEMS."""
 
-    def __init__(self, read: Callable[[int, int], bytes], first_chunk: int):
+    def __init__(self, read: Callable[[int, int], bytes], first_chunk: int, where: str):
         self._read, self._buf, self._chunk, self.pos = read, b"", first_chunk, 0
         self.items = 0
+        self.where = where  # the file, named in errors
 
     def _ensure(self, end: int) -> None:
         if end > MAX_HEADER_BYTES:
-            raise InputError(f"header longer than {MAX_HEADER_BYTES >> 20} MiB")
+            raise FileError(f"header longer than {MAX_HEADER_BYTES >> 20} MiB", path=self.where)
         while end > len(self._buf):
             want = max(self._chunk, end - len(self._buf))
             more = self._read(len(self._buf), want)
@@ -99,13 +100,13 @@ class _Cursor:
     def string(self) -> str:
         n = self.unpack("<Q")
         if n > MAX_HEADER_BYTES:
-            raise InputError(f"a string claims {n:,} bytes")
+            raise FileError(f"a string claims {n:,} bytes", path=self.where)
         return self.take(n).decode("utf-8", errors="replace")
 
     def skip_string(self) -> None:
         n = self.unpack("<Q")
         if n > MAX_HEADER_BYTES:
-            raise InputError(f"a string claims {n:,} bytes")
+            raise FileError(f"a string claims {n:,} bytes", path=self.where)
         self.skip(n)
 
     def skip_strings(self, n: int) -> None:
@@ -116,7 +117,7 @@ class _Cursor:
                 self._ensure(pos + 8)
             length = unpack_from("<Q", self._buf, pos)[0]
             if length > MAX_HEADER_BYTES:
-                raise InputError(f"a string claims {length:,} bytes")
+                raise FileError(f"a string claims {length:,} bytes", path=self.where)
             pos += 8 + length
         self._ensure(pos)
         self.pos = pos
@@ -124,24 +125,24 @@ class _Cursor:
     def count(self, n: int) -> None:
         self.items += n
         if self.items > MAX_ITEMS:
-            raise InputError(f"its metadata arrays hold more than {MAX_ITEMS:,} strings and arrays, more than "
-                             "any real model's tokenizer")
+            raise FileError(f"its metadata arrays hold more than {MAX_ITEMS:,} strings and arrays, more than "
+                             "any real model's tokenizer", path=self.where)
 
     def value(self, vtype: int, keep: bool, depth: int = 0):
         try:
             t = GGUFValueType(vtype)
         except ValueError:
-            raise InputError(f"unknown metadata value type {vtype}") from None
+            raise FileError(f"unknown metadata value type {vtype}", path=self.where) from None
         if t in _SCALARS:
             return self.unpack(_SCALARS[t])
         if t == GGUFValueType.STRING:
             return self.string() if keep else self.skip_string()
         if t == GGUFValueType.ARRAY:
             if depth >= MAX_NESTING:
-                raise InputError(f"its metadata holds arrays nested more than {MAX_NESTING} deep")
+                raise FileError(f"its metadata holds arrays nested more than {MAX_NESTING} deep", path=self.where)
             itype, n = self.unpack("<I"), self.unpack("<Q")
             if n > MAX_HEADER_BYTES:
-                raise InputError(f"an array claims {n:,} elements")
+                raise FileError(f"an array claims {n:,} elements", path=self.where)
             keep_items = keep and n <= _KEEP_ARRAY
             if itype == GGUFValueType.STRING:
                 self.count(n)
@@ -155,13 +156,13 @@ class _Cursor:
             else:
                 items = self._scalar_array(itype, n, keep_items)
             return items if keep_items else _ArrayLen(n)
-        raise InputError(f"unknown metadata value type {vtype}")
+        raise FileError(f"unknown metadata value type {vtype}", path=self.where)
 
     def _scalar_array(self, itype: int, n: int, keep: bool):
         try:
             fmt = _SCALARS[GGUFValueType(itype)]
         except (ValueError, KeyError):
-            raise InputError(f"unknown array element type {itype}") from None
+            raise FileError(f"unknown array element type {itype}", path=self.where) from None
         size = n * struct.calcsize(fmt)
         if not keep:
             self.skip(size)
@@ -176,21 +177,21 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
     `where` names the file in errors. With `file_size`, a file too short for its tensors is an error.
     Errors are `InputError`s with one line: what is wrong with which file, and what to do.
     """
-    cur = _Cursor(read, first_chunk)
+    cur = _Cursor(read, first_chunk, where)
     bad = f"{where} is not a valid GGUF file"
     try:
         magic = cur.unpack("<I")
         if magic != GGUF_MAGIC:
-            raise InputError(f"{where} is not a GGUF file (it does not start with 'GGUF'): pass a .gguf file "
-                             "made by llama.cpp's convert script or llama-quantize")
+            raise FileError(f"{where} is not a GGUF file (it does not start with 'GGUF'): pass a .gguf file "
+                             "made by llama.cpp's convert script or llama-quantize", path=where)
         version = cur.unpack("<I")
         if version not in (2, 3):
-            raise InputError(f"{where} is GGUF version {version}; fitplan reads versions 2 and 3: re-convert it "
-                             "with a current llama.cpp")
+            raise FileError(f"{where} is GGUF version {version}; fitplan reads versions 2 and 3: re-convert it "
+                             "with a current llama.cpp", path=where)
         n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
         if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
-            raise InputError(f"{bad}: its header claims {n_tensors:,} tensors and {n_kv:,} metadata keys; "
-                             "the file is corrupt, re-download it")
+            raise FileError(f"{bad}: its header claims {n_tensors:,} tensors and {n_kv:,} metadata keys; "
+                             "the file is corrupt, re-download it", path=where)
         meta: dict = {}
         for _ in range(n_kv):
             key = cur.string()
@@ -200,30 +201,31 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
             name = cur.string()
             n_dims = cur.unpack("<I")
             if not 1 <= n_dims <= MAX_DIMS:
-                raise InputError(f"tensor {name!r} has {n_dims} dimensions")
+                raise FileError(f"tensor {name!r} has {n_dims} dimensions", path=where)
             shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
             if any(d > MAX_TENSOR_DIM for d in shape):
-                raise InputError(f"tensor {name!r} claims a dimension of {max(shape):,} elements")
-            t = ggml_type(cur.unpack("<I"))
+                raise FileError(f"tensor {name!r} claims a dimension of {max(shape):,} elements", path=where)
+            t = ggml_type(cur.unpack("<I"), path=where)
             offset = cur.unpack("<Q")
             if offset > MAX_TENSOR_DIM * 1024:
-                raise InputError(f"tensor {name!r} claims an offset of {offset:,} bytes")
+                raise FileError(f"tensor {name!r} claims an offset of {offset:,} bytes", path=where)
             infos.append((name, shape, t, offset))
         header_end = cur.pos
     except _Truncated:
-        raise InputError(f"{bad}: it ends inside its header (truncated after {cur.pos:,} bytes); "
-                         "re-download it") from None
+        raise FileError(f"{bad}: it ends inside its header (truncated after {cur.pos:,} bytes); "
+                         "re-download it", path=where) from None
     except InputError as e:
         if str(e).startswith(where):
             raise
-        raise InputError(f"{bad}: {e}; re-download it") from None
+        raise FileError(f"{bad}: {e}; re-download it", path=where) from None
     except (struct.error, UnicodeDecodeError) as e:
-        raise InputError(f"{bad}: its header cannot be decoded ({e}); re-download it") from None
+        raise FileError(f"{bad}: its header cannot be decoded ({e}); re-download it", path=where) from None
 
     alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
     if (not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0
             or alignment & (alignment - 1) or alignment > 1 << 20):
-        raise InputError(f"{bad}: general.alignment {alignment!r} is not a power of two; re-download it")
+        raise FileError(f"{bad}: general.alignment {alignment!r} is not a power of two; re-download it",
+                        path=where, key="general.alignment")
     data_start = -(-header_end // alignment) * alignment
     tensors = []
     end = 0
@@ -231,16 +233,16 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
         try:
             tensor = GGUFTensor(name, shape, int(t))
             nbytes = tensor_bytes(t, shape)
-        except InputError as e:
-            raise InputError(f"{bad}: tensor {name!r}: {e}; re-download it") from None
+        except ValueError as e:  # a FileError, or row_bytes refusing the shape
+            raise FileError(f"{bad}: tensor {name!r}: {e}; re-download it", path=where) from None
         if offset % alignment:
-            raise InputError(f"{bad}: tensor {name!r} starts at offset {offset}, not a multiple of the "
-                             f"alignment {alignment}; re-download it")
+            raise FileError(f"{bad}: tensor {name!r} starts at offset {offset}, not a multiple of the "
+                             f"alignment {alignment}; re-download it", path=where)
         tensors.append(tensor)
         end = max(end, offset + nbytes)
     if file_size is not None and data_start + end > file_size:
-        raise InputError(f"{bad}: its tensors need {data_start + end:,} bytes but the file has {file_size:,}; "
-                         "it is truncated, re-download it")
+        raise FileError(f"{bad}: its tensors need {data_start + end:,} bytes but the file has {file_size:,}; "
+                        "it is truncated, re-download it", path=where)
     return model_of(meta, tuple(tensors), where=where, header_bytes=data_start, alignment=alignment,
                   file_bytes=file_size if file_size is not None else data_start + end)
 
@@ -253,15 +255,15 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
 
     p = Path(path)
     if not p.exists():
-        raise InputError(f"no such file: {p} (pass a .gguf file or a folder holding .gguf files)")
+        raise FileError(f"no such file: {p} (pass a .gguf file or a folder holding .gguf files)", path=str(p))
     check_regular(p)  # a FIFO or a device is refused before it is opened
     parts = split_parts(p.name)
     if parts:
         shards = [p.with_name(n) for n in parts]
         missing = [s.name for s in shards if not s.is_file()]
         if missing:
-            raise InputError(f"{p.name} is part of a {len(parts)}-file split GGUF but {missing[0]} is "
-                             "missing: download every part")
+            raise FileError(f"{p.name} is part of a {len(parts)}-file split GGUF but {missing[0]} is "
+                             "missing: download every part", path=str(p))
         return merge_shards([_read_one(s) for s in shards], where=str(shards[0]))
     return _read_one(p)
 
@@ -313,7 +315,7 @@ def read_gguf_folder(folder: str | os.PathLike) -> tuple[GGUFModel, ...]:
     """Every model file in a folder holding several quantizations, in file name order."""
     files = gguf_files(folder)
     if not files:
-        raise InputError(f"{folder} holds no .gguf file: pass a folder with GGUF files, or a .gguf file")
+        raise FileError(f"{folder} holds no .gguf file: pass a folder with GGUF files, or a .gguf file", path=str(folder))
     models, skipped, first = [], [], None
     for p in files:
         try:
@@ -324,7 +326,7 @@ def read_gguf_folder(folder: str | os.PathLike) -> tuple[GGUFModel, ...]:
             first = first or err
             skipped.append(f"{p.name} left out: {err}")
     if not models:
-        raise InputError(f"none of the {len(files)} .gguf files in {folder} can be read; the first: {first}")
+        raise FileError(f"none of the {len(files)} .gguf files in {folder} can be read; the first: {first}", path=str(folder))
     from dataclasses import replace
 
     return (replace(models[0], notes=models[0].notes + tuple(skipped)), *models[1:])

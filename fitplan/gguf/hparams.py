@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import HeaderValueError, InputError
+from ..errors import FileError, HeaderValueError
 from .ggml_types import file_type_name
 from .model import GGUFModel, GGUFTensor
 
@@ -41,14 +41,17 @@ def model_of(meta: dict, tensors: tuple[GGUFTensor, ...], *, where: str, header_
            file_bytes: int) -> GGUFModel:
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
-        raise InputError(f"{where} has no general.architecture: it is not a llama.cpp model file; re-convert it")
+        raise FileError(f"{where} has no general.architecture: it is not a llama.cpp model file; re-convert it",
+                        path=where, key="general.architecture")
 
     def get(key: str, default=None):
         return meta.get(f"{arch}.{key}", default)
 
     def bad(key: str, v, expected: str):
         shown = f"an array of {int(v):,}" if isinstance(v, ArrayLen) else repr(v)
-        return HeaderValueError(path=where, key=key, value=shown[:60], expected=expected)
+        return HeaderValueError(f"{where}: {key} = {shown[:60]} is not {expected}; the file is corrupt or not a "
+                                "real model, re-download or re-convert it", path=where, key=key, value=shown[:60],
+                                expected=expected)
 
     def whole(full: str, v, lo: int, hi: int) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or isinstance(v, ArrayLen) or not lo <= v <= hi:
@@ -75,13 +78,13 @@ def model_of(meta: dict, tensors: tuple[GGUFTensor, ...], *, where: str, header_
     n_embd = count("embedding_length", 1, MAX_WIDTH)
     n_head = count("attention.head_count", 1, MAX_HEADS)
     if not n_layer or not n_embd or not n_head:
-        raise InputError(f"{where} lacks {arch}.block_count, .embedding_length or .attention.head_count: "
-                         "fitplan plans decoder models with attention; this file is not one it can plan")
+        raise FileError(f"{where} lacks {arch}.block_count, .embedding_length or .attention.head_count: "
+                        "fitplan plans decoder models with attention; this file is not one it can plan", path=where)
     kv = count("attention.head_count_kv", 0, MAX_HEADS, n_head, per_layer=True)
     n_head_kv = kv if isinstance(kv, tuple) else (kv,) * n_layer
     if len(n_head_kv) != n_layer:
-        raise InputError(f"{where}: {arch}.attention.head_count_kv has {len(n_head_kv)} entries for {n_layer} "
-                         "layers; re-convert the file")
+        raise FileError(f"{where}: {arch}.attention.head_count_kv has {len(n_head_kv)} entries for {n_layer} "
+                        "layers; re-convert the file", path=where, key=f"{arch}.attention.head_count_kv")
     head_k = count("attention.key_length", 1, MAX_HEAD_DIM, max(n_embd // n_head, 1))
     head_v = count("attention.value_length", 1, MAX_HEAD_DIM, max(n_embd // n_head, 1))
     tokens = meta.get("tokenizer.ggml.tokens")

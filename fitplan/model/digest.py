@@ -12,7 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import FileError, ModelChangedError
 
 #: safetensors' own header limit (as `source.MAX_HEADER_BYTES`).
 _MAX_HEADER = 100_000_000
@@ -28,7 +28,7 @@ def folder_digest(folder: str | os.PathLike) -> str:
     try:
         names = sorted(p.name for p in folder.iterdir())
     except OSError as err:
-        raise InputError(f"cannot list {folder} ({err.strerror or err})") from None
+        raise FileError(f"cannot list {folder} ({err.strerror or err})", path=str(folder)) from None
     for name in names:
         p = folder / name
         if name in ("config.json", "model.safetensors.index.json"):
@@ -43,3 +43,10 @@ def folder_digest(folder: str | os.PathLike) -> str:
             continue
         h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
     return h.hexdigest()
+
+
+def changed(path: str, since: str, expected: str, found: str, fix: str) -> ModelChangedError:
+    """The error for a folder whose digest is no longer the one it was `since` ("locked", "planned")."""
+    return ModelChangedError(f"the model folder {path} changed since it was {since} (its config.json or safetensors "
+                             f"headers differ: {expected[:12]} then, {found[:12]} now); {fix}",
+                             path=path, since=since, expected=expected, found=found)

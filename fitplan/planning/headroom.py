@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from ..options import PlanOptions, parse_headroom
+from ..options import PlanOptions
+from ..vocab.kinds import parse_headroom
 
 
 def default() -> float | int:

@@ -14,7 +14,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import FileError, InputError
 
 #: What transformers loads weights from (safetensors, PyTorch, TF, Flax, GGUF; sharded or not).
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.ckpt.index", "*.gguf")
@@ -23,21 +23,19 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack
 def require_weights(model: str, subfolder: str | None = None) -> None:
     folder = Path(model).expanduser() / (subfolder or "")
     if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
-        raise InputError(f"{folder} has a config.json but no weights (no *.safetensors or *.bin file): "
-                         "finish the download, or pass the folder that holds the weights", model=model)
+        raise FileError(f"{folder} has a config.json but no weights (no *.safetensors or *.bin file): "
+                        "finish the download, or pass the folder that holds the weights", path=str(folder))
 
 
 def require_unchanged(plan) -> None:
     if not plan.model_digest:
         return
-    from ..errors import ModelChangedError
-    from ..model.digest import folder_digest
+    from ..model.digest import changed, folder_digest
 
     now = folder_digest(plan.model_id)
     if now != plan.model_digest:
-        raise ModelChangedError(path=str(Path(plan.model_id).expanduser()), since="planned",
-                                expected=plan.model_digest, found=now,
-                                fix="make sure nothing rewrites the folder while it loads, then load again")
+        raise changed(str(Path(plan.model_id).expanduser()), "planned", plan.model_digest, now,
+                      "make sure nothing rewrites the folder while it loads, then load again")
 
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
@@ -58,5 +56,5 @@ def local_load_errors(model: str):
         if isinstance(exc, InputError):
             raise
         reason = " ".join(str(exc).split())[:240] or type(exc).__name__
-        raise InputError(f"transformers could not load the weights in {model} ({type(exc).__name__}: {reason}); "
-                         "re-download the model files", model=model) from None
+        raise FileError(f"transformers could not load the weights in {model} ({type(exc).__name__}: {reason}); "
+                        "re-download the model files", path=str(model)) from None
