@@ -15,7 +15,14 @@ model type of the installed transformers, from a config.json holding only its `m
   `fitplan check --profile FILE --gpu ...` (plus fuzzed FITPLAN_* variables) with generated YAML:
   mutated valid profiles, wrong types, unknown keys, alias bombs, deep nesting, tags, non-UTF-8,
   truncation, random bytes, empty and oversized files;
-- `hardware`: `fitplan check FOLDER --hardware FILE` with generated hardware YAML.
+- `hardware`: `fitplan check FOLDER --hardware FILE` with generated hardware YAML;
+- `gguf` (only with `--only gguf`): `fitplan check FILE.gguf` / a folder of them, with mutated GGUF
+  headers (values of every type where counts belong, huge claimed counts, deep nesting, bad tensor
+  infos, truncation, flipped bytes, impossible split names; tests/fuzz_files.py);
+- `cache` (only with `--only cache`): a real inventory cache entry damaged (fields edited, the
+  envelope changed, bytes cut or flipped, deep JSON, a FIFO, a directory, links to /dev/zero, a
+  sparse file past the cap, a forger's re-sealed digest) and read back: the inventory returned must
+  be the true one (a re-sealed entry: only values of the right types and ranges get through).
 
 The property (`Outcome.ok`): exit 0 or 1; or exit 2 with exactly one stderr line starting
 `fitplan: error:`; from the API a `Plan` or a one-line `FitplanError`. Never a traceback, never
@@ -40,6 +47,7 @@ import shutil  # noqa: E402
 
 from hypothesis import strategies as st  # noqa: E402
 
+import fuzz_files as ff  # noqa: E402
 from fuzzing import (TARGETS, Case, Outcome, Sandbox, _model_types, count_builds, default_config_case,  # noqa: E402
                      isolate_environment, message_class, rss_bytes, run_case, settle)
 
@@ -54,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--deadline", type=float, default=10.0, help="seconds; a slower input counts as a hang")
     ap.add_argument("--json", type=Path, default=None, help="also write the summary as JSON here")
-    ap.add_argument("--only", choices=sorted([*TARGETS, "defaults"]), action="append", help="run only these targets (all n inputs)")
+    ap.add_argument("--only", choices=sorted([*TARGETS, *FILE_TARGETS, "defaults"]), action="append",
+                    help="run only these targets (all n inputs); gguf and cache run only when named")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="fitplan-fuzz-"))
@@ -115,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         # Every causal-LM architecture transformers ships, from its default config: a sweep, not random.
         for model_type in _model_types()[0]:
             record("defaults", default_config_case(model_type))
-    chosen = {t: TARGETS[t] for t in (args.only or TARGETS) if t in TARGETS}
-    weight = sum(share for share, _ in chosen.values())
+    if args.only and "cache" in args.only:
+        _run_cache(args, stats, failures, record_seconds=slowest)
+    chosen = {t: {**TARGETS, **FILE_TARGETS}[t] for t in (args.only or TARGETS) if t in TARGETS or t == "gguf"}
+    weight = sum(share for share, _ in chosen.values()) + (FILE_TARGETS["cache"][0] if args.only and "cache" in args.only
+                                                          else 0)
     for target, (share, strategy) in chosen.items():
         runner(target, strategy, max(1, round(args.n * share / weight)))()
 
@@ -127,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         total.update(c)
     summary = {
         "inputs": total["total"], "ok": total["ok"], "rejected": total["rejected"],
-        "tracebacks": total["traceback"], "hangs": total["hang"],
+        "tracebacks": total["traceback"], "hangs": total["hang"], "wrong_answers": total["wrong-answer"],
         "bad_exit": total["bad-exit"], "bad_stderr": total["bad-stderr"],
         "meta_builds": builds["builds"], "rss_growth_mib": round(growth / 2**20, 1),
         "largest_single_input_rss_jump_mib": round(jump[0] / 2**20, 1),
@@ -142,8 +154,59 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
-    bad = total["traceback"] + total["hang"] + total["bad-exit"] + total["bad-stderr"]
+    bad = total["traceback"] + total["hang"] + total["bad-exit"] + total["bad-stderr"] + total["wrong-answer"]
     return 1 if bad or growth > (1 << 30) else 0
+
+
+FILE_TARGETS = {"gguf": (0.5, ff.gguf_cases()), "cache": (0.5, None)}
+
+
+def _run_cache(args, stats: dict, failures: list, record_seconds: list) -> None:
+    """Damage a real cache entry and read it back, `n * share` times: the inventory must be the true one."""
+    from hypothesis import HealthCheck, Phase, given, seed, settings
+
+    from fitplan.model import build, cache
+
+    tiny = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 512}
+    true = cache.get_inventory(tiny, model_id="fuzz/tiny")
+    path = next(cache._cache_dir().glob("*.json"))
+    raw = path.read_bytes()
+    original = build.build_inventory
+    build.build_inventory = lambda *a, **k: true
+    count = stats.setdefault("cache", Counter())
+    named = [x for x in args.only if x != "defaults"]
+    n = max(1, round(args.n / len(named)))  # `--n` shared evenly among the named targets
+
+    @seed(args.seed)
+    @settings(max_examples=n, database=None, deadline=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(damage=ff.entry_damage())
+    def run(damage):
+        ff.restore_entry(path, raw)
+        ff.damage_entry(path, damage, huge=cache.MAX_ENTRY_BYTES + 1)
+        t = time.perf_counter()
+        try:
+            got = cache.get_inventory(tiny, model_id="fuzz/tiny")
+            good = ff.same_inventory(got, true) or (damage[0] == "resealed" and min(
+                got.hidden_size, got.num_layers, got.vocab_size) >= 0)
+            status = "ok" if good else "wrong-answer"
+            msg = "" if good else f"a different inventory came back for {damage!r}"
+        except Exception as exc:  # noqa: BLE001 - any exception is the bug looked for
+            status, msg = "traceback", f"{type(exc).__name__}: {exc}"[:300]
+        count["total"] += 1
+        count[status] += 1
+        record_seconds.append((time.perf_counter() - t, "cache", None))
+        record_seconds.sort(key=lambda s: -s[0])
+        del record_seconds[5:]
+        if status != "ok" and len(failures) < 50:
+            failures.append((Outcome(status, None, msg, 0.0), Case("cache", (), (repr(damage),))))
+
+    try:
+        run()
+    finally:
+        build.build_inventory = original
+        ff.restore_entry(path, raw)
 
 
 def _print_summary(s: dict, failures: list[tuple[Outcome, Case]]) -> None:
@@ -153,6 +216,7 @@ def _print_summary(s: dict, failures: list[tuple[Outcome, Case]]) -> None:
     p(f"rejected (exit 2) {s['rejected']}  (one 'fitplan: error:' line each)")
     p(f"tracebacks        {s['tracebacks']}")
     p(f"hangs             {s['hangs']}")
+    p(f"wrong answers     {s['wrong_answers']}  (cache entries: an inventory other than the true one)")
     p(f"other bad exits   {s['bad_exit'] + s['bad_stderr']}")
     p(f"meta builds       {s['meta_builds']}  ({100 * s['meta_builds'] / max(s['inputs'], 1):.1f}% of inputs)")
     p(f"max RSS growth    {s['rss_growth_mib']} MiB  (largest single input: {s['largest_single_input_rss_jump_mib']} MiB)")

@@ -20,12 +20,25 @@ from .errors import FileError, ref
 
 
 def write_atomic(path: str | os.PathLike, text: str, *, force: bool = False) -> Path:
-    """Write `text` (UTF-8) to `path` atomically; without `force` an existing file is an `InputError`."""
+    """Write `text` (UTF-8) to `path` atomically; without `force` an existing file is an `InputError`.
+    With `force`, only a regular file is replaced: through a symlink, its target is written and the
+    link kept; a FIFO, a device or a socket (`/dev/stdout`, even through a link) is refused."""
+    if not str(path):
+        raise FileError("the output path is empty; give a file name", path="")
     path = Path(path)
     if path.is_dir():
         raise FileError(f"{path} is a directory; give a file name", path=str(path))
     if not force and os.path.lexists(path):
         raise FileError(f"{path} exists; use {ref('force', True)} to overwrite", path=str(path))
+    if force and os.path.lexists(path):
+        from .safeio import kind_of, not_regular
+
+        target = Path(os.path.realpath(path))
+        if target.exists():
+            kind = kind_of(os.stat(target).st_mode)
+            if kind is not None:
+                raise not_regular(str(path), kind)
+        path = target  # a link stays a link: its target is what gets replaced
     directory = path.parent if str(path.parent) else Path(".")
     data = text.encode("utf-8")
     tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"

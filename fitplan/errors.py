@@ -261,3 +261,39 @@ def error_classes() -> tuple[type[FitplanError], ...]:
             out.append(cls)
         todo.extend(cls.__subclasses__())
     return tuple(out)
+
+
+# -- hostile input (issue 21): files refused by kind, size or content --------------------------------------
+
+class NotRegularFileError(FileError):
+    """A path fitplan reads is a FIFO, a device, a socket or a directory: refused before it is opened for
+    reading (a FIFO would block for ever, a device read until memory runs out). `kind` says which."""
+
+    kind: str
+
+
+class FileTooLargeError(FileError):
+    """A file is larger than its kind can be: `size` bytes over the `limit`; `what` names the kind
+    ("a config.json", "a YAML config file", "an inventory cache entry")."""
+
+    size: int
+    limit: int
+    what: str
+
+
+class HeaderValueError(FileError):
+    """A model file's header (GGUF metadata) holds a value of the wrong type or an impossible one:
+    `key` (required here) holds `value` (its repr, shortened), which is not `expected`."""
+
+    key: str
+    value: str
+    expected: str
+
+
+class ModelChangedError(FileError):
+    """A local model folder (`path`) no longer holds what was locked or planned (`since`): its content
+    digest (`fitplan.model.digest`) was `expected` and is `found` now."""
+
+    since: str
+    expected: str
+    found: str

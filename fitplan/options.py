@@ -106,7 +106,7 @@ class PlanOptions(_Checked):
                                        profile=("constraints", "min_precision"))
     prefer: str = option("quality", "What to favour among precisions that fit.", kind="enum", choices=PREFERENCES,
                          profile=("constraints", "prefer"))
-    headroom: float | int = option(0.10, "Memory left unplanned per GPU: a share ('10%') or a size ('1.5GiB').",
+    headroom: float | int = option(0.10, "Memory left unplanned on each GPU (and RAM): a share of its total ('10%') or a size ('1.5GiB').",
                                    kind="headroom", profile=("constraints", "headroom"), default_text="10%")
     offload: bool = option(False, "Allow CPU offload when nothing fits on the GPUs (slow).", kind="bool",
                            profile=("constraints", "offload"))

@@ -37,6 +37,7 @@ class Request:
     offline: bool | None = None
     pin: Pin | None = None
     notes: tuple[str, ...] = ()
+    model_sha256: str | None = None  # a lock's digest of the local folder: it must still hold that
 
 
 def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str], None] | None = None) -> Plan:
@@ -45,6 +46,16 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
     from .model.sources import resolve
 
     src = resolve(req.model, revision=req.revision, token=req.token, offline=req.offline)
+    digest = None
+    if src.origin == "local":
+        from .model.digest import folder_digest
+
+        digest = folder_digest(src.local_path)
+        if req.model_sha256 and digest != req.model_sha256:
+            from .model.digest import changed
+
+            raise changed(src.local_path, "locked", req.model_sha256, digest,
+                          "check the folder, or re-run `fitplan lock --force` on the profile")
     stored = None
     if src.tensors is not None and src.config.get("quantization_config"):
         stored = sum(t.nbytes for t in src.tensors)
@@ -58,6 +69,8 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
     hardware = replace(req.hardware, allocator=allocator_planned(os.environ))
     plan = decide(inv, hardware, req.options, model_id=src.model_id, origin=src.origin, revision=src.revision,
                   pin=req.pin, notes=req.notes)
+    if digest is not None:
+        plan = replace(plan, model_digest=digest)
     if not hardware.gpus or not plan.fits:
         plan = replace(plan, gguf=_gguf_rows(plan))
     if plan.pin is not None:
@@ -159,5 +172,5 @@ def plan_for_load(model: str | None = None, *, profile=None, hardware: Hardware 
         lock = read_lock(lock_file)
         check_lock(lock, prof, s, hardware)
         req = replace(req, options=replace(s.options, precision=lock.precision), revision=lock.revision,
-                      pin=pin_of(lock))
+                      pin=pin_of(lock), model_sha256=lock.model_sha256)
     return make_plan(req, use_cache=use_cache)

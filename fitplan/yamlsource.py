@@ -257,20 +257,23 @@ def _check_range(m: YamlMap, key: str, what: str, value: float, lo: float | None
 
 
 def _read(path: Path, name: str) -> bytes:
+    from .errors import FileTooLargeError, NotRegularFileError
+    from .safeio import not_regular, read_capped, too_large
+
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        return read_capped(path, limit=MAX_FILE_BYTES, what="a YAML config file")
     except FileNotFoundError:
         raise FileError(f"{name}: no such file; check the path", path=name) from None
-    except IsADirectoryError:
-        raise FileError(f"{name}: is a directory, not a YAML file", path=name) from None
+    except NotRegularFileError as err:
+        if err.kind == "a directory":
+            raise FileError(f"{name}: is a directory, not a YAML file", path=name) from None
+        raise not_regular(name, err.kind) from None
+    except FileTooLargeError as err:
+        raise too_large(name, err.size, err.limit, err.what) from None
     except PermissionError:
         raise FileError(f"{name}: permission denied; make the file readable", path=name) from None
     except OSError as err:
         raise FileError(f"{name}: cannot read the file ({err.strerror or err})", path=name) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise FileError(f"{name}: larger than {MAX_FILE_BYTES // 1024} KiB; is this really a YAML config file?", path=name)
-    return data
 
 
 def _decode(data: bytes, name: str) -> str:

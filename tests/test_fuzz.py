@@ -2,9 +2,10 @@
 
 The generators live in tests/fuzzing.py; benchmarks/fuzz.py runs the same properties over 10,000
 inputs and reports their times (docs/robustness.md). Here each CLI/API entry point gets a share of
-FITPLAN_FUZZ_EXAMPLES examples (default 150 in all), with peak RSS growth checked after each. No
-example is timed: a hang is caught by the harness's hard limit (60 s; a real hang never ends),
-while speed, which depends on the machine and its load, is the benchmark's business.
+FITPLAN_FUZZ_EXAMPLES examples (default 150 in all), with peak RSS growth and the number of meta
+builds (work, counted) checked after each. No example is timed: a hang is caught by the harness's
+hard limit (600 s, far past any input; a real hang never ends), while speed, which depends on the
+machine and its load, is the benchmark's business.
 The fixed cases below pin the bugs the fuzzer found, with the messages users now get.
 """
 from __future__ import annotations
@@ -55,14 +56,29 @@ def box(tmp_path_factory):
         warm = fuzz.run_case(Case("hardware", (), ("check", "{M}", "--gpu=rtx4090")), sandbox, deadline=math.inf)
         assert warm.status == "ok", warm
         fuzz.settle()  # freezes the warm-up state out of the cyclic GC, as in a fresh process
-        yield sandbox, fuzz.rss_bytes()
+        from fitplan.model import hf
+
+        original = hf.build_meta_model
+        builds = fuzz.count_builds()
+        yield sandbox, fuzz.rss_bytes(), builds
+        hf.build_meta_model = original
         gc.unfreeze()
 
 
+#: Only a real hang (an input that never returns) reaches this; slowness never does, however busy the
+#: machine: the slowest input measured ~7 s idle (a 256-layer MoE build), so this is ~80x that.
+HANG_S = 600
+#: The work an input may cost, counted rather than timed: meta-device builds (each at most 256 layers,
+#: the build's own bound). One is the plan's; a second would be a build repeated.
+MAX_BUILDS_PER_INPUT = 1
+
+
 def holds(case, box) -> fuzz.Outcome:
-    sandbox, rss0 = box
-    out = fuzz.run_case(case, sandbox, deadline=math.inf, hard_limit=60)  # a hang, not slowness, fails
+    sandbox, rss0, builds = box
+    before = builds["builds"]
+    out = fuzz.run_case(case, sandbox, deadline=math.inf, hard_limit=HANG_S)  # a hang, not slowness, fails
     assert out.ok, f"[{out.status}] {out.message}\n{out.detail}"
+    assert builds["builds"] - before <= MAX_BUILDS_PER_INPUT, f"{builds['builds'] - before} meta builds for one input"
     grew = fuzz.rss_bytes() - rss0
     assert grew < RSS_LIMIT, f"peak RSS grew {grew / 2**20:.0f} MiB during the fuzz tests"
     return out
@@ -173,7 +189,7 @@ def test_yaml_values_their_tag_cannot_read_are_one_line(box, value, shown):
     ({"hardware": 12}, "hardware must be the path of a YAML file"),
 ])
 def test_python_api_wrong_types_are_input_errors(box, kwargs, error):
-    sandbox, _ = box
+    sandbox, _, _ = box
     folder = sandbox.model  # a valid model: the argument alone is at fault
     with pytest.raises(InputError) as info:
         fitplan.plan(str(folder), **kwargs)

@@ -37,7 +37,7 @@ def init(model, output, force, no_cache, **kw):
     p = plan_model(model, use_cache=not no_cache, **given)
     text = render_profile(p, given=given)
     profile_from_text(text, output or "<profile init>")  # what we write must read back
-    if output:
+    if output is not None:
         write_atomic(output, text, force=force)
         click.echo(f"wrote {output}: {p.summary_line()}", err=True)
     else:
@@ -78,7 +78,7 @@ def schema(output, force):
     from ..atomic import write_atomic
     from ..profiles.schema import schema_text
 
-    if output:
+    if output is not None:
         write_atomic(output, schema_text(), force=force)
         click.echo(f"wrote {output}", err=True)
     else:
@@ -107,6 +107,6 @@ def lock(profile_file, output, force, no_cache):
         hint = p.suggestions("profile")
         raise DoesNotFitError(p.summary_line() + (f"; try: {hint[0]}" if hint else "") + "; no lock written",
                               model_id=p.model_id)
-    target = output or lock_path_for(profile_file)
+    target = lock_path_for(profile_file) if output is None else output
     write_atomic(target, render_lock(p, prof, settings, profile_file), force=force)
     click.echo(f"locked {p.summary_line()} -> {target}")

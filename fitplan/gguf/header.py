@@ -12,6 +12,10 @@ file and walks every array element in Python (the 128k-token vocabularies of cur
 that seconds per header), and because it cannot work on a byte range of a remote file; the tests
 check that this parser and `GGUFReader` agree on every file they write.
 
+What the metadata means (hyperparameters, each checked for type and range) is `hparams.py`; here the
+work a header costs is bounded: at most MAX_TENSORS tensors, MAX_KV keys, MAX_ITEMS strings and arrays
+inside arrays, MAX_NESTING levels of arrays, MAX_HEADER_BYTES in all, long arrays skipped in place.
+
 Side effects are confined to `read_gguf` / `read_gguf_folder` (file reads); `parse_header` is pure
 given its `read` function.
 """
@@ -26,21 +30,25 @@ from typing import Callable
 from gguf import GGUF_MAGIC, GGUFValueType
 
 from ..errors import FileError, InputError
+from .hparams import ArrayLen as _ArrayLen, model_of
 from .model import DEFAULT_ALIGNMENT, GGUFModel, GGUFTensor
-from .ggml_types import file_type_name, ggml_type, tensor_bytes
+from .ggml_types import ggml_type, tensor_bytes
 
 #: Refuse headers past this size: a real one is a few MB (tokenizer), 64 MiB is far beyond any seen.
 MAX_HEADER_BYTES = 64 << 20
 #: ggml's GGML_MAX_DIMS.
 MAX_DIMS = 4
-#: Sliding-window layer patterns llama.cpp hard-codes per architecture when the file carries no
-#: `{arch}.attention.sliding_window_pattern` array (src/llama-model.cpp `hparams.set_swa_pattern(n)`:
-#: of every n layers, the first n-1 use the window and the last one is global).
-SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "cohere2": 4}
-#: Architectures whose sliding window llama.cpp does not implement: their layers attend to the whole
-#: context, so a window in the file does not shrink the KV cache.
-SWA_IGNORED = {"llama", "mistral"}
-
+#: Bounds of what a real model file holds, so that the work and memory a header costs stay bounded
+#: whatever it claims. Tensors: DeepSeek-V3 with every expert a tensor of its own has ~47,000.
+MAX_TENSORS = 100_000
+#: Metadata keys: real files have 30-60 (tokenizer arrays are one key each).
+MAX_KV = 65_536
+#: Strings and arrays inside metadata arrays, all arrays together: Llama 3's 128,256 tokens plus
+#: 280,147 merges are ~410,000; Gemma 3's 262,144 tokens fewer.
+MAX_ITEMS = 1_000_000
+#: Arrays inside arrays: real files nest none; gguf-py can write a few levels.
+MAX_NESTING = 8
+MAX_TENSOR_DIM = 1 << 40
 _SCALARS = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
     GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
@@ -56,14 +64,15 @@ class _Truncated(Exception):
 
 
 class _Cursor:
-    """Reads forward through the header, asking `read(offset, size)` for more bytes as needed."""
+    """Reads forward through the header, asking `read(offset, size)` for more bytes as needed. Counts
+    what it walks (`items`): strings and arrays inside arrays, bounded by MAX_ITEMS."""
 
     def __init__(self, read: Callable[[int, int], bytes], first_chunk: int, where: str):
         self._read, self._buf, self._chunk, self.pos = read, b"", first_chunk, 0
+        self.items = 0
         self.where = where  # the file, named in errors
 
-    def take(self, n: int) -> bytes:
-        end = self.pos + n
+    def _ensure(self, end: int) -> None:
         if end > MAX_HEADER_BYTES:
             raise FileError(f"header longer than {MAX_HEADER_BYTES >> 20} MiB", path=self.where)
         while end > len(self._buf):
@@ -73,9 +82,17 @@ class _Cursor:
                 raise _Truncated()
             self._buf += more
             self._chunk *= 2  # geometric growth: few requests for a large header
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        self._ensure(end)
         out = self._buf[self.pos:end]
         self.pos = end
         return out
+
+    def skip(self, n: int) -> None:
+        self._ensure(self.pos + n)
+        self.pos += n
 
     def unpack(self, fmt: str):
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
@@ -90,9 +107,28 @@ class _Cursor:
         n = self.unpack("<Q")
         if n > MAX_HEADER_BYTES:
             raise FileError(f"a string claims {n:,} bytes", path=self.where)
-        self.take(n)
+        self.skip(n)
 
-    def value(self, vtype: int, keep: bool):
+    def skip_strings(self, n: int) -> None:
+        """Walk `n` length-prefixed strings in the buffer itself: one step per string, no copies."""
+        pos, unpack_from = self.pos, struct.unpack_from
+        for _ in range(n):
+            if pos + 8 > len(self._buf):
+                self._ensure(pos + 8)
+            length = unpack_from("<Q", self._buf, pos)[0]
+            if length > MAX_HEADER_BYTES:
+                raise FileError(f"a string claims {length:,} bytes", path=self.where)
+            pos += 8 + length
+        self._ensure(pos)
+        self.pos = pos
+
+    def count(self, n: int) -> None:
+        self.items += n
+        if self.items > MAX_ITEMS:
+            raise FileError(f"its metadata arrays hold more than {MAX_ITEMS:,} strings and arrays, more than "
+                             "any real model's tokenizer", path=self.where)
+
+    def value(self, vtype: int, keep: bool, depth: int = 0):
         try:
             t = GGUFValueType(vtype)
         except ValueError:
@@ -102,12 +138,23 @@ class _Cursor:
         if t == GGUFValueType.STRING:
             return self.string() if keep else self.skip_string()
         if t == GGUFValueType.ARRAY:
+            if depth >= MAX_NESTING:
+                raise FileError(f"its metadata holds arrays nested more than {MAX_NESTING} deep", path=self.where)
             itype, n = self.unpack("<I"), self.unpack("<Q")
             if n > MAX_HEADER_BYTES:
                 raise FileError(f"an array claims {n:,} elements", path=self.where)
             keep_items = keep and n <= _KEEP_ARRAY
-            items = [self.value(itype, keep_items) for _ in range(n)] if itype in (
-                GGUFValueType.STRING, GGUFValueType.ARRAY) else self._scalar_array(itype, n, keep_items)
+            if itype == GGUFValueType.STRING:
+                self.count(n)
+                if not keep_items:
+                    self.skip_strings(n)
+                    return _ArrayLen(n)
+                return [self.string() for _ in range(n)]
+            if itype == GGUFValueType.ARRAY:
+                self.count(n)
+                items = [self.value(itype, keep_items, depth + 1) for _ in range(n)]
+            else:
+                items = self._scalar_array(itype, n, keep_items)
             return items if keep_items else _ArrayLen(n)
         raise FileError(f"unknown metadata value type {vtype}", path=self.where)
 
@@ -116,12 +163,11 @@ class _Cursor:
             fmt = _SCALARS[GGUFValueType(itype)]
         except (ValueError, KeyError):
             raise FileError(f"unknown array element type {itype}", path=self.where) from None
-        raw = self.take(n * struct.calcsize(fmt))
-        return list(struct.unpack("<" + fmt[1:] * n, raw)) if keep else None
-
-
-class _ArrayLen(int):
-    """A long array's length, standing in for the array (only its length is needed)."""
+        size = n * struct.calcsize(fmt)
+        if not keep:
+            self.skip(size)
+            return None
+        return list(struct.unpack("<" + fmt[1:] * n, self.take(size)))
 
 
 def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: int | None = None,
@@ -143,7 +189,7 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
             raise FileError(f"{where} is GGUF version {version}; fitplan reads versions 2 and 3: re-convert it "
                              "with a current llama.cpp", path=where)
         n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
-        if n_tensors > 1_000_000 or n_kv > 1_000_000:
+        if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
             raise FileError(f"{bad}: its header claims {n_tensors:,} tensors and {n_kv:,} metadata keys; "
                              "the file is corrupt, re-download it", path=where)
         meta: dict = {}
@@ -157,8 +203,12 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
             if not 1 <= n_dims <= MAX_DIMS:
                 raise FileError(f"tensor {name!r} has {n_dims} dimensions", path=where)
             shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
+            if any(d > MAX_TENSOR_DIM for d in shape):
+                raise FileError(f"tensor {name!r} claims a dimension of {max(shape):,} elements", path=where)
             t = ggml_type(cur.unpack("<I"), path=where)
             offset = cur.unpack("<Q")
+            if offset > MAX_TENSOR_DIM * 1024:
+                raise FileError(f"tensor {name!r} claims an offset of {offset:,} bytes", path=where)
             infos.append((name, shape, t, offset))
         header_end = cur.pos
     except _Truncated:
@@ -172,7 +222,8 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
         raise FileError(f"{bad}: its header cannot be decoded ({e}); re-download it", path=where) from None
 
     alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+    if (not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0
+            or alignment & (alignment - 1) or alignment > 1 << 20):
         raise FileError(f"{bad}: general.alignment {alignment!r} is not a power of two; re-download it",
                         path=where, key="general.alignment")
     data_start = -(-header_end // alignment) * alignment
@@ -191,75 +242,21 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
         end = max(end, offset + nbytes)
     if file_size is not None and data_start + end > file_size:
         raise FileError(f"{bad}: its tensors need {data_start + end:,} bytes but the file has {file_size:,}; "
-                         "it is truncated, re-download it", path=where)
-    return _model(meta, tuple(tensors), where=where, header_bytes=data_start, alignment=alignment,
+                        "it is truncated, re-download it", path=where)
+    return model_of(meta, tuple(tensors), where=where, header_bytes=data_start, alignment=alignment,
                   file_bytes=file_size if file_size is not None else data_start + end)
-
-
-def _model(meta: dict, tensors: tuple[GGUFTensor, ...], *, where: str, header_bytes: int, alignment: int,
-           file_bytes: int) -> GGUFModel:
-    arch = meta.get("general.architecture")
-    if not isinstance(arch, str) or not arch:
-        raise FileError(f"{where} has no general.architecture: it is not a llama.cpp model file; re-convert it",
-                        path=where, key="general.architecture")
-
-    def get(key: str, default=None):
-        return meta.get(f"{arch}.{key}", default)
-
-    def count(key: str, default=None) -> int | None:
-        v = get(key, default)
-        if isinstance(v, list):
-            v = max(v) if v else default
-        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
-
-    n_layer = count("block_count")
-    n_embd = count("embedding_length")
-    n_head = count("attention.head_count")
-    if not n_layer or not n_embd or not n_head:
-        raise FileError(f"{where} lacks {arch}.block_count, .embedding_length or .attention.head_count: "
-                         "fitplan plans decoder models with attention; this file is not one it can plan",
-                        path=where, key=f"{arch}.block_count")
-    kv = get("attention.head_count_kv", n_head)
-    n_head_kv = tuple(int(x) for x in kv) if isinstance(kv, list) else (int(kv),) * n_layer
-    if len(n_head_kv) != n_layer:
-        raise FileError(f"{where}: {arch}.attention.head_count_kv has {len(n_head_kv)} entries for {n_layer} "
-                         "layers; re-convert the file", path=where, key=f"{arch}.attention.head_count_kv")
-    head_k = count("attention.key_length", n_embd // n_head)
-    head_v = count("attention.value_length", n_embd // n_head)
-    tokens = meta.get("tokenizer.ggml.tokens")
-    embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
-    n_vocab = count("vocab_size") or (int(tokens) if isinstance(tokens, int) else len(tokens or ())) or (
-        embd.shape[1] if embd is not None and len(embd.shape) > 1 else 0)
-    window = count("attention.sliding_window")
-    pattern = get("attention.sliding_window_pattern")
-    notes = []
-    if window and isinstance(pattern, list) and len(pattern) == n_layer:
-        swa = tuple(bool(x) for x in pattern)
-    elif window and arch in SWA_PATTERNS:
-        n = SWA_PATTERNS[arch]
-        swa = tuple(i % n < n - 1 for i in range(n_layer))
-    else:
-        swa = (False,) * n_layer
-        if window and arch not in SWA_IGNORED:
-            notes.append(f"{arch} declares a {window}-token sliding window without a layer pattern fitplan knows: "
-                         "planned as full attention (an upper bound)")
-    return GGUFModel(
-        name=Path(where).name, origin="local", architecture=arch,
-        file_type=file_type_name(meta.get("general.file_type")),
-        tensors=tensors, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
-        head_dim_k=head_k, head_dim_v=head_v, n_vocab=n_vocab, context_length=count("context_length"),
-        header_bytes=header_bytes, file_bytes=file_bytes, alignment=alignment, n_ff=count("feed_forward_length", 0),
-        sliding_window=window if any(swa) else None, swa_layers=swa,
-        n_expert=count("expert_count", 0), n_expert_used=count("expert_used_count", 0), notes=tuple(notes))
 
 
 # -- local files (the side effects) ---------------------------------------------------------------
 
 def read_gguf(path: str | os.PathLike) -> GGUFModel:
     """The header of a local `.gguf` file (or of every shard of a `-0000i-of-0000n.gguf` split set)."""
+    from ..safeio import check_regular
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise FileError(f"no such file: {p} (pass a .gguf file or a folder holding .gguf files)", path=str(p))
+    check_regular(p)  # a FIFO or a device is refused before it is opened
     parts = split_parts(p.name)
     if parts:
         shards = [p.with_name(n) for n in parts]
@@ -297,15 +294,14 @@ def merge_shards(parts: list[GGUFModel], *, where: str) -> GGUFModel:
 def is_model_file(name: str) -> bool:
     """Whether a file name (no folder) names a GGUF model to plan: a `.gguf`, split sets by their
     first part, vision projectors (`mmproj*`) left out since they are not language models."""
-    m = _SPLIT.match(name)
     return (name.lower().endswith(".gguf") and not name.lower().startswith("mmproj")
-            and not (m and int(m["i"]) != 1))
+            and (split_parts(name) is None or _SPLIT.match(name)["i"].lstrip("0") == "1"))
 
 
 def split_parts(name: str) -> list[str] | None:
     """All part names of the split GGUF `name` belongs to (`x-00001-of-00003.gguf`), None if not split."""
     m = _SPLIT.match(name)
-    if not m:
+    if not m or not 1 <= int(m["i"]) <= int(m["n"]):  # `-00000-of-00000`, `-00002-of-00001`: no split set
         return None
     return [f"{m['stem']}-{i:05d}-of-{m['n']}.gguf" for i in range(1, int(m["n"]) + 1)]
 
@@ -319,6 +315,18 @@ def read_gguf_folder(folder: str | os.PathLike) -> tuple[GGUFModel, ...]:
     """Every model file in a folder holding several quantizations, in file name order."""
     files = gguf_files(folder)
     if not files:
-        raise FileError(f"{folder} holds no .gguf file: pass a folder with GGUF files, or a .gguf file",
-                        path=str(folder))
-    return tuple(read_gguf(p) for p in files)
+        raise FileError(f"{folder} holds no .gguf file: pass a folder with GGUF files, or a .gguf file", path=str(folder))
+    models, skipped, first = [], [], None
+    for p in files:
+        try:
+            models.append(read_gguf(p))
+        except InputError as err:  # one bad file leaves the others planned, with a note naming it
+            if len(files) == 1:
+                raise
+            first = first or err
+            skipped.append(f"{p.name} left out: {err}")
+    if not models:
+        raise FileError(f"none of the {len(files)} .gguf files in {folder} can be read; the first: {first}", path=str(folder))
+    from dataclasses import replace
+
+    return (replace(models[0], notes=models[0].notes + tuple(skipped)), *models[1:])

@@ -7,7 +7,8 @@ transformers `Inventory` (one row per `types.COMMON` file type, estimated). Poli
 
 * no GPU (or `unified=True`): everything in one pool, host RAM or the unified memory, `-ngl 0`
   on a CPU host and everything offloaded on a unified-memory host (Metal);
-* a GPU: the largest `-ngl` whose GPU share fits the first GPU's free memory minus headroom and
+* a GPU: the largest `-ngl` whose GPU share fits the first GPU's free memory minus headroom (a share
+  of its total memory, as everywhere: `fitplan.planning.headroom`) and
   the CUDA context, the rest in RAM; fits when the RAM share fits too;
 * recommended: the best quality (order of `types.FILE_TYPES`) among rows that fit with every
   layer offloaded; if none, the best among rows that fit partially (or on the CPU).
@@ -22,15 +23,12 @@ from .. import calibration as C
 from ..errors import OptionError
 from ..hardware.machine import Hardware
 from ..model.inventory import Inventory
-from ..vocab.units import fmt_bytes, parse_fraction_or_bytes
+from ..planning import headroom as room
+from ..vocab.units import fmt_bytes
 from .estimate import estimate_gguf
 from .model import GGUFModel
 from .runtime import Placement, RunConfig, kv_type_id, needs_flash_attention, placement
 from .ggml_types import COMMON, quality_rank
-
-#: Headroom when none is given: the share of each memory pool left free (fitplan's CLI default).
-DEFAULT_HEADROOM = 0.10
-
 
 @dataclass(frozen=True)
 class GGUFRow:
@@ -203,11 +201,14 @@ def _wrap(cmd: str, width: int = 97) -> list[str]:
     return lines
 
 
-def _headroom(value, pool: int) -> tuple[int, str]:
-    frac, absolute = parse_fraction_or_bytes(DEFAULT_HEADROOM if value is None else value, what="headroom")
-    if frac is not None:
-        return int(pool * frac), f"{frac:.0%}"
-    return absolute, fmt_bytes(absolute)
+def _headroom_text(h: float | int) -> str:
+    return f"{h:.0%}" if isinstance(h, float) else fmt_bytes(h)
+
+
+def gpu_budget(gpu, headroom) -> int:
+    """What llama.cpp may use of `gpu`: its free memory less the headroom (of its total) and the CUDA context."""
+    h = room.parse(headroom)
+    return gpu.free_bytes - room.headroom_bytes(gpu.total_bytes, h) - C.CUDA_CONTEXT_BYTES
 
 
 def _models(model) -> tuple[tuple[GGUFModel, ...], str, tuple[str, ...]]:
@@ -231,7 +232,7 @@ def plan_gguf(model, hardware: Hardware, *, context: int = 4096, n_parallel: int
 
     `context`: tokens per sequence; `n_parallel`: sequences at once (llama-server slots);
     `kv_type`: KV cache type (`f16`, `q8_0`, `q4_0`; quantized types need flash attention, which
-    the commands turn on); `headroom`: the share (`0.1`, `"10%"`) or size (`"1GiB"`) of each pool
+    the commands turn on); `headroom`: the share (`0.1`, `"10%"`) of each pool's total memory, or a size (`"1GiB"`),
     left free; `unified`: the GPU and CPU share one memory (Apple silicon), `hardware.cpu_ram_bytes`.
     """
     run = RunConfig(context=context, n_parallel=n_parallel, kv_type=kv_type)
@@ -243,16 +244,16 @@ def plan_gguf(model, hardware: Hardware, *, context: int = 4096, n_parallel: int
                      "several GPUs (--tensor-split), which fitplan does not plan yet")
     if needs_flash_attention(run):
         notes.append(f"a {kv_type} V cache needs flash attention: the commands turn it on (-fa on)")
-    ram_room, room_text = _headroom(headroom, hardware.cpu_ram_bytes)
-    ram_budget = hardware.cpu_ram_bytes - ram_room
+    h = room.parse(headroom)
+    room_text = _headroom_text(h)
+    ram_budget = hardware.cpu_ram_bytes - room.headroom_bytes(hardware.cpu_ram_bytes, h)
     if gpu is not None:
-        gpu_room, _ = _headroom(headroom, gpu.free_bytes)
-        gpu_budget = gpu.free_bytes - gpu_room - C.CUDA_CONTEXT_BYTES
+        budget_gpu = gpu_budget(gpu, h)
         device = "gpu"
     else:
-        gpu_budget = 0
+        budget_gpu = 0
         device = "unified" if unified else "cpu"
-    rows = tuple(_row(m, run, device, gpu_budget, ram_budget) for m in models)
+    rows = tuple(_row(m, run, device, budget_gpu, ram_budget) for m in models)
     best = _recommend(rows)
     hw = hardware.describe() + (" (unified memory)" if unified else "")
     return GGUFChoice(model=name, hardware=hw, device=device, context=context, n_parallel=n_parallel,

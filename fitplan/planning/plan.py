@@ -62,6 +62,7 @@ class Plan:
     pin: Pin | None = None
     extra_notes: tuple[str, ...] = ()  # notes from the request (e.g. a stale lock beside a profile)
     gguf: Any = None  # llama.cpp rows (fitplan.gguf.GGUFChoice) when no GPU is present or nothing fits
+    model_digest: str | None = None  # a local folder's content when planned (fitplan.model.digest)
 
     @property
     def fits(self) -> bool:

@@ -20,6 +20,7 @@ from . import prequant
 from ..options import PlanOptions
 from ..model.inventory import Inventory
 from ..model.prequant import scheme
+from .headroom import headroom_bytes
 from .layout import float_dtype_for
 from ..vocab.precision import BF16_MIN_CC, BNB_MIN_CC, DTYPE_BYTES, Precision, cc_text
 from .speed import Speed, decode_speed, pcie_seconds
@@ -81,8 +82,6 @@ def compute_dtype_for(hw: Hardware) -> str:
     return "bfloat16"
 
 
-def headroom_bytes(total: int, headroom: float | int) -> int:
-    return int(total * headroom) if isinstance(headroom, float) else int(headroom)
 
 
 def cpu_budget(hw: Hardware, opts: PlanOptions) -> int:

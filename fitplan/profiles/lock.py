@@ -55,6 +55,7 @@ class Lock:
     max_memory: tuple[tuple[Any, int], ...] | None
     gpus: tuple[tuple[str, int], ...]  # (name, total bytes) in CUDA order
     needs: tuple[tuple[Any, int], ...]  # (device, bytes planned there) per device of the placement
+    model_sha256: str | None = None  # a local folder's content (fitplan.model.digest); None for Hub models
 
 
 def render_lock(plan: Plan, profile: Profile, settings: Settings, profile_path: str | os.PathLike) -> str:
@@ -71,6 +72,7 @@ def render_lock(plan: Plan, profile: Profile, settings: Settings, profile_path: 
         "model": plan.model_id,
         "revision": plan.revision or settings.revision,
         "origin": plan.origin,
+        **({"model_sha256": plan.model_digest} if plan.model_digest else {}),
         "auto_class": plan.inventory.auto_class,
         "workload": {"context": plan.options.context, "batch": plan.options.batch, "images": plan.options.images},
         "plan": {
@@ -116,6 +118,7 @@ def read_lock(path: str | os.PathLike) -> Lock:
         digest = get_str(doc, "profile_sha256", what="lock", required=True)
         model = get_str(doc, "model", what="lock", required=True)
         revision = get_str(doc, "revision", what="lock")
+        model_sha256 = get_str(doc, "model_sha256", what="lock")  # local folders only
         work = require_map(doc.get("workload"), where=doc.where("workload"), what="lock workload")
         context = get_int(work, "context", what="workload", required=True, minimum=1)
         batch = get_int(work, "batch", what="workload", required=True, minimum=1)
@@ -140,7 +143,7 @@ def read_lock(path: str | os.PathLike) -> Lock:
     except InputError as err:
         raise FileError(f"{err}; this lock cannot be used: {fix}", **FileError.fields_of(err, name)) from None
     return Lock(name, digest, model, revision, context, batch, images, auto_class, precision, compute, device_map,
-                max_memory, tuple(gpus), needs)
+                max_memory, tuple(gpus), needs, model_sha256)
 
 
 def _lock_device_map(plan: YamlMap):
@@ -263,6 +266,9 @@ def lock_notes(lock_file: Path, profile: Profile, plan: Plan) -> tuple[str, ...]
     if lock.profile_sha256 != profile.digest:
         return (f"lock {lock_file} is stale: {profile.path} changed since it was locked, so "
                 f"fitplan.load(profile=...) will refuse it; {fix}",)
+    if lock.model_sha256 and plan.model_digest and lock.model_sha256 != plan.model_digest:
+        return (f"lock {lock_file} is stale: the model folder {plan.model_id} changed since it was locked (its "
+                f"config.json or safetensors headers differ), so fitplan.load(profile=...) will refuse it; {fix}",)
     if plan.fits and (plan.precision != lock.precision or plan.model_id != lock.model):
         return (f"lock {lock_file} pins {lock.model} at {lock.precision}, this check plans {plan.model_id} at "
                 f"{plan.precision} (flags or FITPLAN_* variables?)",)

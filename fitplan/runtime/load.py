@@ -5,6 +5,7 @@ measured after loading is attached to the model as `model.fitplan`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -12,6 +13,7 @@ from ..errors import DoesNotFitError, LibraryChangedError, OptionError
 from ..vocab.classes import AUTO_CLASSES
 from ..options import OPTION_KEYS
 from ..planning.plan import Plan
+from . import localcheck
 
 log = logging.getLogger("fitplan")
 
@@ -222,12 +224,18 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
 
     cls = getattr(transformers, AUTO_CLASSES[plan.inventory.auto_class])
     vlm = plan.inventory.auto_class == "image-text-to-text"
+    local = plan.origin == "local"
+    if local:
+        localcheck.require_weights(model, user.get("subfolder"))
     tok = _tokenizer(model, user, processor=vlm) if tokenizer else None  # before any weight is read or allocated
     import torch
 
+    if local:
+        localcheck.require_unchanged(plan)  # the folder still holds what was planned, before any weight is read
     allocator = configure_allocator(plan)  # before the first weight is allocated
     before = _allocated()
-    loaded = cls.from_pretrained(model, **kwargs)
+    with localcheck.local_load_errors(model) if local else contextlib.nullcontext():
+        loaded = cls.from_pretrained(model, **kwargs)
     loaded.eval()
     loaded.requires_grad_(False)
     if allocator.startswith("allocator: expandable") and expandable_in_use() is False:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from math import prod
+from pathlib import Path
 from typing import Any, Callable
 
 from ...errors import FitplanError
@@ -97,6 +98,27 @@ def all_nonneg_ints(xs: list) -> bool:
     return all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs)
 
 
+#: config.json is a few KB (a few hundred KB with a long label map); a bigger one is the wrong file, and one
+#: from the Hub is refused by the size its HEAD gives, before it is downloaded.
+MAX_CONFIG_BYTES = 8 << 20
+
+
+def read_config(path: Path, where: str) -> bytes:
+    """config.json's bytes: a regular file of at most MAX_CONFIG_BYTES (else one line)."""
+    from ...errors import FileError
+    from ...safeio import read_capped
+
+    try:
+        return read_capped(path, limit=MAX_CONFIG_BYTES, what="a config.json")
+    except FileNotFoundError:
+        raise FileError(f"{where} is a broken link or vanished: fix or re-download it", path=str(path)) from None
+    except FitplanError:
+        raise
+    except OSError as e:
+        raise FileError(f"cannot read {where} ({e.strerror or e}): fix its permissions or re-download it",
+                        path=str(path)) from None
+
+
 def load_config(raw: bytes, where: str, error: Callable[[str], FitplanError], fix: str) -> dict:
     """config.json's object, transformers' tagged floats decoded; `error(message)` makes the error of
     a file that is not one JSON object."""
@@ -104,6 +126,8 @@ def load_config(raw: bytes, where: str, error: Callable[[str], FitplanError], fi
         config = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise error(f"{where} is not valid JSON ({reason(e)}): {fix}") from None
+    except RecursionError:
+        raise error(f"{where} is nested too deeply to be a model config: {fix}") from None
     if not isinstance(config, dict):
         raise error(f"{where} must hold a JSON object, not a {type(config).__name__}: {fix}")
     return decode_special_floats(config)
@@ -139,3 +163,11 @@ def reason(e: Exception) -> str:
 
 def one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+def duration(seconds: float) -> str:
+    """A wait in words: `about 1 h`, `about 5 min`, `30 s`."""
+    if seconds >= 3600:
+        return f"about {seconds / 3600:.0f} h"
+    if seconds >= 90:
+        return f"about {seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"

@@ -24,7 +24,8 @@ from typing import Any, Callable, TypeVar
 
 from ...errors import (ref, FileError, FitplanError, GatedModelError, HubError, LibraryChangedError, ModelNotFoundError,
                        OptionError, UnsupportedModelError)
-from .base import ModelSource, TensorHeader, load_config, one_line, shown, tensor_headers
+from .base import (MAX_CONFIG_BYTES, ModelSource, TensorHeader, duration, load_config, one_line, read_config, shown,
+                   tensor_headers)
 from .local import folder_tensors
 
 #: Attempts per Hub request we retry (429, 5xx, timeouts, connection errors), first one included.
@@ -155,7 +156,7 @@ def _hub_source(repo_id: str, cfg_path: Path, tensors: tuple[TensorHeader, ...] 
     """A "hub" source around a config.json in the HF cache (`.../snapshots/<commit sha>/config.json`)."""
     snapshot = cfg_path.parent
     sha = snapshot.name
-    config = load_config(cfg_path.read_bytes(), f"config.json of '{repo_id}' at {sha[:12]}",
+    config = load_config(read_config(cfg_path, str(cfg_path)), f"config.json of '{repo_id}' at {sha[:12]}",
                          lambda m: HubError(m, repo_id=repo_id, status=None),
                          f"the repo's file is broken; pick another {ref('revision')}, or pass a local folder")
     return ModelSource(model_id=repo_id, origin="hub", config=config, revision=sha, tensors=tensors,
@@ -195,6 +196,10 @@ def from_hub(repo_id: str, revision: str | None, token, with_tensors: bool, time
         if not meta.commit_hash:
             raise HubError(f"{api.endpoint} does not answer like the Hugging Face Hub (no X-Repo-Commit header): "
                            "check HF_ENDPOINT", repo_id=repo_id, status=None, url=url)
+        if isinstance(meta.size, int) and meta.size > MAX_CONFIG_BYTES:  # refused before it is downloaded
+            from ...safeio import too_large
+
+            raise too_large(f"config.json of '{repo_id}'", meta.size, MAX_CONFIG_BYTES, "a config.json")
         # With the caller's revision, not the sha, so the cache records refs/<revision> for offline use;
         # the returned path (.../snapshots/<sha>/config.json) names the commit the file came from.
         cfg_path = Path(api.hf_hub_download(repo_id, "config.json", revision=revision, token=token,
@@ -328,11 +333,11 @@ class _Explainer:
         status = e.response.status_code
         if status == 429:
             if g.retry_after is not None and g.retry_after > MAX_RETRY_AFTER_S:
-                wait = f"it asks to wait {g.retry_after:g} s"
+                wait, when = f"it asks to wait {g.retry_after:g} s", f"in {duration(g.retry_after)}"
             else:
-                wait = tries
-            return HubError(f"the Hub is rate-limiting requests for '{self.repo_id}' (429, {wait}): retry in a few "
-                            f"minutes, or pass a token (HF_TOKEN or {ref('token')}): logged-in users get higher limits",
+                wait, when = tries, "in a few minutes"
+            return HubError(f"the Hub is rate-limiting requests for '{self.repo_id}' (429, {wait}): retry {when}"
+                            f", or pass a token (HF_TOKEN or {ref('token')}): logged-in users get higher limits",
                             repo_id=self.repo_id, revision=self.revision, status=429, url=self.endpoint, retry_after=g.retry_after)
         return HubError(f"the Hub answered {status} for '{self.repo_id}' ({tries}): it may be down "
                         f"(https://status.huggingface.co); retry later, or use {ref('offline', True)} with a cached model or a "
@@ -409,3 +414,4 @@ class _Explainer:
 def _status(e: BaseException) -> int | None:
     response = getattr(e, "response", None)
     return getattr(response, "status_code", None)
+

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ...errors import FileError
-from .base import ModelSource, TensorHeader, load_config, reason, tensor_headers
+from .base import ModelSource, TensorHeader, load_config, read_config, reason, tensor_headers
 
 #: safetensors' own loader refuses headers above 100 MB (MAX_HEADER_SIZE in the safetensors crate).
 MAX_HEADER_BYTES = 100_000_000
@@ -24,10 +24,10 @@ def looks_like_path(model: str) -> bool:
 
 def from_folder(model: str, folder: Path, with_tensors: bool) -> ModelSource:
     cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
+    if not os.path.lexists(cfg_path) or cfg_path.is_dir():
         raise FileError(f"{folder} has no config.json, so it is not a transformers model folder: pass the folder "
                         "that contains config.json, or a Hub repo id", path=str(folder))
-    config = load_config(cfg_path.read_bytes(), str(cfg_path), lambda m: FileError(m, path=str(cfg_path)),
+    config = load_config(read_config(cfg_path, str(cfg_path)), str(cfg_path), lambda m: FileError(m, path=str(cfg_path)),
                          "fix or re-download it")
     tensors, files = folder_tensors(folder, cache=False) if with_tensors else (None, ())
     return ModelSource(model_id=model, origin="local", config=config, revision=None, tensors=tensors,
