@@ -30,6 +30,9 @@ PREFERENCES = ("quality", "memory", "speed")
 MAX_CONTEXT = 1 << 24
 MAX_BATCH = 1 << 16
 MAX_IMAGES = 1 << 10
+#: KV cache types of the llama.cpp (GGUF) runs fitplan plans (`-ctk`/`-ctv`); quantized ones need
+#: flash attention, which the printed commands turn on. Their ggml types: `fitplan.gguf.ggml_types`.
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 #: Profile sections that group options, with their documentation.
 SECTIONS = {"workload": "What one generation needs.", "constraints": "What the chosen plan must respect."}
 
@@ -94,6 +97,9 @@ class PlanOptions:
                                    kind="headroom", profile=("constraints", "headroom"), default_text="10%")
     offload: bool = option(False, "Allow CPU offload when nothing fits on the GPUs (slow).", kind="bool",
                            profile=("constraints", "offload"))
+    kv_type: str = option("f16", "KV cache type of the llama.cpp (GGUF) runs planned: f16, or q8_0 / q4_0 (quantized, "
+                                 "about half / a quarter of the bytes).", kind="enum", choices=KV_CACHE_TYPES,
+                          profile=("workload", "kv_type"))
 
     def __post_init__(self):
         for name in ("context", "batch", "images"):
@@ -118,6 +124,9 @@ class PlanOptions:
                 precision.get(v)  # one message for every bad precision
             except InputError as err:
                 raise InputError(f"{ref(name, repr(v))}: {err.message}", option=name) from None
+        if self.kv_type not in KV_CACHE_TYPES:
+            raise InputError(f"{ref('kv_type')} must be one of {', '.join(KV_CACHE_TYPES)}, got {self.kv_type!r:.40}",
+                             option="kv_type")
         if self.prefer not in PREFERENCES:
             raise InputError(f"prefer must be one of {', '.join(PREFERENCES)}, got {self.prefer!r}")
         h = self.headroom

@@ -147,7 +147,7 @@ def _kwargs_code(plan) -> list[str]:
         args.append(f"max_memory={{{mm}}}")
     if kw.get("revision"):
         args.append(f"revision={kw['revision']!r}")
-    out = ["  AutoModelForCausalLM.from_pretrained("]
+    out = [f"  {AUTO_CLASSES[plan.inventory.auto_class]}.from_pretrained("]  # the class load() loads with
     for a in args:
         out += textwrap.wrap(f"{a},", WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 10,
                              break_long_words=False, break_on_hyphens=False)

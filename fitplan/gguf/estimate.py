@@ -101,16 +101,18 @@ def _experts(name: str, shape: tuple[int, ...]) -> list[_Named]:
     return [_Named(f"blk.{layer}.ffn_down_exps.weight", (cols, rows, n_exp), T.F16)]
 
 
-def estimate_gguf(inv: Inventory, ftype: str | FileType, *, imatrix: bool = False) -> GGUFModel:
+def estimate_gguf(inv: Inventory, ftype: str | FileType, *, imatrix: bool = False,
+                  named: tuple[tuple[_Named, ...], tuple[str, ...]] | None = None) -> GGUFModel:
     """The GGUF file of `inv` quantized as `ftype` (e.g. "Q4_K_M"), as a `GGUFModel` (origin "estimate").
 
     `imatrix`: quantized with an importance matrix (`llama-quantize --imatrix`); current llama.cpp
     then keeps the first eighth of `ffn_down` at the base type in IQ4_XS and Q4_0 mixes. The default
     is `llama-quantize`'s own (no imatrix), which is also what the published IQ4_XS file in the
-    tests measures (docs/gguf.md)."""
+    tests measures (docs/gguf.md). `named`: `gguf_tensors(inv)` when the caller already has it (the
+    same for every file type; building gguf's name map is most of the cost)."""
     ft = ftype if isinstance(ftype, FileType) else file_type(ftype)
     arch = gguf_architecture(inv)
-    named, notes = gguf_tensors(inv)
+    named, notes = named or gguf_tensors(inv)
     kv = inv.kv_layers
     head_dim = _head_dim(inv)
     n_head_kv = tuple(max(1, k.elements_per_token // (2 * head_dim)) if k.elements_per_token else 0 for k in kv) or (

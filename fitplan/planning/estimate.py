@@ -296,13 +296,31 @@ def sizes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: s
     """Every size of `precision` at `work`, per layer; see `Sizes`."""
     alignment = C.CUDA_ALLOCATION_ALIGNMENT if device == "cuda" else 1
     dt = load_dtype(precision, compute_dtype)
-    outside, per_layer = weights_by_layer(inv, precision, compute_dtype, alignment)
+    outside, per_layer, floats, stream, frag = _weights_memo(inv, precision, compute_dtype, alignment)
     total = inv.stored_bytes if inv.prequantized and inv.stored_bytes is not None else outside + sum(per_layer.values())
-    floats, stream = float_weights_by_layer(inv, dt)
     return Sizes(precision.name, dt, device, outside, tuple(sorted(per_layer.items())),
                  tuple(kv_bytes_per_layer(inv, work, dt)), activation_bytes(inv, work, dt, precision), total,
-                 load_fragmentation_bytes(inv, precision, compute_dtype), tuple(sorted(floats.items())),
-                 tuple(sorted(stream.items())), precision.quantized, precision.bits)
+                 frag, tuple(sorted(floats.items())), tuple(sorted(stream.items())), precision.quantized, precision.bits)
+
+
+_WEIGHTS_MEMO: dict = {}
+
+
+def _weights_memo(inv: Inventory, precision: Precision, compute_dtype: str, alignment: int):
+    """The workload-independent part of `sizes` (three walks over every tensor), computed once per
+    inventory and precision: a plan that does not fit re-runs the policy at other contexts, batches
+    and GPUs for its suggestions, and a 235B MoE has 18,000 tensors (benchmarks/nofit_speed.py)."""
+    key = (id(inv), precision.name, compute_dtype, alignment)
+    hit = _WEIGHTS_MEMO.get(key)
+    if hit is not None and hit[0] is inv:
+        return hit[1]
+    if len(_WEIGHTS_MEMO) >= 64:
+        _WEIGHTS_MEMO.clear()
+    outside, per_layer = weights_by_layer(inv, precision, compute_dtype, alignment)
+    floats, stream = float_weights_by_layer(inv, load_dtype(precision, compute_dtype))
+    value = (outside, per_layer, floats, stream, load_fragmentation_bytes(inv, precision, compute_dtype))
+    _WEIGHTS_MEMO[key] = (inv, value)
+    return value
 
 
 def estimate(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str,

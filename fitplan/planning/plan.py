@@ -185,7 +185,8 @@ class Plan:
             dev == "cpu" for dev, _ in self.pin.max_memory or ())
 
     def from_pretrained_kwargs(self) -> dict:
-        """Exactly what `AutoModelForCausalLM.from_pretrained(plan.model_id, **kwargs)` needs."""
+        """Exactly what `<the plan's Auto class>.from_pretrained(plan.model_id, **kwargs)` needs
+        (`AUTO_CLASSES[plan.inventory.auto_class]`: AutoModelForCausalLM or AutoModelForImageTextToText)."""
         import torch
         from transformers import BitsAndBytesConfig
 

@@ -42,6 +42,7 @@ class WorkloadSpec:
     context: int | None = None
     batch: int | None = None
     images: int | None = None
+    kv_type: str | None = None
 
 
 @dataclass(frozen=True)
