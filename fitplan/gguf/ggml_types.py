@@ -118,7 +118,7 @@ def row_bytes(t: GGMLQuantizationType, n: int) -> int:
     """`ggml_row_size`: bytes of `n` consecutive elements of type `t` (n a multiple of the block size)."""
     block, size = GGML_QUANT_SIZES[t]
     if n % block:
-        raise InputError(f"a row of {n} elements cannot be stored as {t.name} (blocks of {block})")
+        raise InputError(f"a row of {n} elements cannot be stored as {GGMLQuantizationType(t).name} (blocks of {block})")
     return n // block * size
 
 

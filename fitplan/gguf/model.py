@@ -40,7 +40,7 @@ class GGUFTensor:
 
     @property
     def nbytes(self) -> int:
-        return tensor_bytes(GGMLQuantizationType(self.ggml_type), self.shape)
+        return tensor_bytes(self.ggml_type, self.shape)  # GGML_QUANT_SIZES takes the id as the enum
 
     @property
     def layer(self) -> int | None:

@@ -315,13 +315,8 @@ def _row(m: GGUFModel, run: RunConfig, device: str, budgets: tuple[int, ...], sp
         reason = (f"fits in unified memory ({fmt_bytes(total)} of {fmt_bytes(ram_budget)} usable)" if fits else
                   f"needs {fmt_bytes(total)} of unified memory, {fmt_bytes(ram_budget)} usable")
         return _make(m, p, 0, fits, reason, unified=True, run=run)
-    best = None
-    for ngl in range(full, -1, -1):  # the largest -ngl whose share fits every GPU
-        p = placement(m, run, ngl, split=split, sums=sums)
-        if all(x <= b for x, b in zip(p.per_gpu, budgets)):
-            best = p
-            break
     multi = len(budgets) > 1
+    best = _largest_ngl(m, run, full, split, budgets, sums, monotone=not multi)
     if best is None:
         p = placement(m, run, 0, split=split, sums=sums)
         return _make(m, p, C.CUDA_CONTEXT_BYTES, False,
@@ -334,6 +329,31 @@ def _row(m: GGUFModel, run: RunConfig, device: str, budgets: tuple[int, ...], sp
     reason = (f"{where}" if fits else f"{where}, but the RAM share {fmt_bytes(best.ram_total)} exceeds the "
               f"{fmt_bytes(ram_budget)} usable")
     return _make(m, best, C.CUDA_CONTEXT_BYTES, fits, reason, run=run, no_mmap=no_mmap, split=split if multi else None)
+
+
+def _largest_ngl(m, run, full, split, budgets, sums, *, monotone: bool) -> Placement | None:
+    """The placement of the largest `-ngl` whose share fits every GPU. On one GPU its share grows with
+    `-ngl`, so a bisection finds it; over several, each GPU's share depends on how the split rounds,
+    so every `-ngl` is tried from the top."""
+    def fits(ngl):
+        p = placement(m, run, ngl, split=split, sums=sums)
+        return p if all(x <= b for x, b in zip(p.per_gpu, budgets)) else None
+
+    if not monotone:
+        return next((p for ngl in range(full, -1, -1) if (p := fits(ngl)) is not None), None)
+    top = fits(full)
+    if top is not None:
+        return top
+    lo, hi = -1, full  # fits(lo) holds (or lo is -1), fits(hi) does not
+    found = None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        p = fits(mid)
+        if p is None:
+            hi = mid
+        else:
+            lo, found = mid, p
+    return found
 
 
 def _host_fit(m, run, ngl, split, ram_budget, sums, *, gpu: bool) -> tuple[Placement, bool]:
