@@ -17,8 +17,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "Qwen/Qwen3-235B-A22B"
-#: (hardware, expected to fit): 8 H200 hold the 94-layer model in bf16; one RTX 4090 holds nothing.
-CASES = (("8xh200", True), ("rtx4090", False))
+#: The hardware a plan fits (8 H200 hold the 94-layer model in bf16, 16 the 256-layer one) and one
+#: where nothing does (one RTX 4090).
+FITS = {94: "8xh200", 256: "16xh200"}
+NO_FIT = "rtx4090"
 
 
 def deep_config(folder: str) -> str:
@@ -56,8 +58,9 @@ def in_process(model: str, gpu: str, cache: str) -> float:
 def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, model in ((MODEL, MODEL), ("qwen3_moe x 256 layers", deep_config(os.path.join(tmp, "deep")))):
-            for gpu, _ in CASES:
+        for layers, name, model in ((94, MODEL, MODEL),
+                                    (256, "qwen3_moe x 256 layers", deep_config(os.path.join(tmp, "deep")))):
+            for gpu in (FITS[layers], NO_FIT):
                 cache = os.path.join(tmp, f"cache-{len(rows)}")
                 cold, rc = cli(model, gpu, cache)
                 cached, _ = cli(model, gpu, cache)
