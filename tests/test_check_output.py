@@ -271,3 +271,15 @@ def test_a_no_fit_plan_builds_ggufs_name_map_once_and_walks_the_weights_once_per
     assert not p.fits and p.advice and len(p.gguf.rows) == 8
     assert len(maps) == 1
     assert len(walks) == len(p.choice.decisions)
+
+
+def test_a_lock_of_a_capped_default_context_is_followed(env, tmp_path):
+    from fitplan.pipeline import plan_for_load
+    from fitplan.hardware.catalogue import hardware_from_gpu_flag
+
+    prof = tmp_path / "gpt2.yaml"
+    prof.write_text("model: gpt2\nhardware:\n  gpus: [rtx4090]\n")
+    r = run(env, "lock", str(prof))
+    assert r.returncode == 0, r.stderr
+    plan = plan_for_load(profile=str(prof), hardware=hardware_from_gpu_flag("rtx4090", 64 << 30))
+    assert plan.pin is not None and plan.options.context == 1024
