@@ -17,12 +17,13 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from .errors import InputError, ref
+from .errors import OptionError, ref
 from .hardware.machine import Hardware
 from .hardware.resolve import resolve_hardware
 from .model.cache import get_inventory
-from .options import PLAN_KEYS, SOURCE_KEYS, PlanOptions
+from .options import OPTION_KEYS, PLAN_KEYS, SOURCE_KEYS, PlanOptions, check_keys
 from .planning.plan import Pin, Plan, decide
+from .planning.workload import workload_of
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Request:
 def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str], None] | None = None) -> Plan:
     """The plan for `req`: source, inventory, the policy's choice, and what would make it fit.
     `progress(text)` hears about slow steps (the first meta-device build of a config)."""
-    from .model.source import resolve
+    from .model.sources import resolve
 
     src = resolve(req.model, revision=req.revision, token=req.token, offline=req.offline)
     stored = None
@@ -59,7 +60,7 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
     plan = decide(inv, req.hardware, req.options, model_id=src.model_id, origin=src.origin, revision=src.revision,
                   pin=req.pin, notes=req.notes)
     if not req.hardware.gpus or not plan.fits:
-        plan = replace(plan, gguf=_gguf_rows(inv, req))
+        plan = replace(plan, gguf=_gguf_rows(plan))
     if plan.pin is not None:
         from .profiles.lock import check_pin
 
@@ -72,7 +73,7 @@ def fit_positions(inv, req: Request) -> Request:
     sequence at all: a context past it that the user asked for is refused with the limit; the default
     context is capped at it, with a note. (Rotary and ALiBi models run past their trained length:
     their plan keeps the context and says what that does to quality, `Plan.notes`.)"""
-    limit, asked = inv.position_limit, req.options.workload(inv).context
+    limit, asked = inv.position_limit, workload_of(req.options, inv).context
     if not limit or asked <= limit:
         return req
     images = asked - req.options.context
@@ -80,23 +81,23 @@ def fit_positions(inv, req: Request) -> Request:
     if req.context_given or fits < 1:
         with_images = f" plus {images} image tokens" if images else ""
         fix = f"use {ref('context', fits)} or less" if fits >= 1 else f"use fewer {ref('images')}"
-        raise InputError(f"{ref('context', req.options.context)}{with_images} is past the {limit} positions "
+        raise OptionError(f"{ref('context', req.options.context)}{with_images} is past the {limit} positions "
                          f"{inv.model_id} has: {inv.architecture} looks positions up in a learned table of {limit} "
-                         f"rows, so a longer sequence cannot run; {fix}", option="context", limit=limit)
+                         f"rows, so a longer sequence cannot run; {fix}", option="context")
     note = (f"context {fits} (not the default {req.options.context}): {inv.model_id} has {limit} learned absolute "
             "positions and cannot run a longer sequence")
     return replace(req, options=replace(req.options, context=fits), notes=req.notes + (note,))
 
 
-def _gguf_rows(inv, req: Request):
-    """llama.cpp (GGUF) options for the same workload, for a machine without a GPU or a plan that does
+def _gguf_rows(plan: Plan):
+    """llama.cpp (GGUF) options for the plan's workload, for a machine without a GPU or a plan that does
     not fit with bitsandbytes; None for architectures the GGUF what-if cannot map."""
     from .errors import UnsupportedModelError
     from .gguf import plan_gguf
 
     try:
-        return plan_gguf(inv, req.hardware, context=req.options.workload(inv).context, n_parallel=req.options.batch,
-                         kv_type=req.options.kv_type, headroom=req.options.headroom, unified=req.hardware.unified)
+        return plan_gguf(plan.inventory, plan.hardware, context=plan.workload.context, n_parallel=plan.workload.batch,
+                         kv_type=plan.options.kv_type, headroom=plan.options.headroom, unified=plan.hardware.unified)
     except UnsupportedModelError:
         return None
 
@@ -116,10 +117,7 @@ def _given(settings, name: str) -> bool:
 
 
 def _split(keywords: dict[str, Any]) -> tuple[PlanOptions, dict[str, Any]]:
-    unknown = set(keywords) - set(PLAN_KEYS) - set(SOURCE_KEYS)
-    if unknown:
-        raise InputError(f"unknown option {', '.join(sorted(unknown))}; options are "
-                         f"{', '.join(PLAN_KEYS + SOURCE_KEYS)}")
+    check_keys(keywords, OPTION_KEYS)
     return (PlanOptions.from_values(**{k: v for k, v in keywords.items() if k in PLAN_KEYS}),
             {k: keywords.get(k) for k in SOURCE_KEYS})
 
@@ -164,8 +162,9 @@ def plan_for_load(model: str | None = None, *, profile=None, hardware: Hardware 
     followed (`Request.pin`); a lock the profile, model, workload or GPUs left is refused.
     """
     if keywords.get("gpu") or not (hardware is None or isinstance(hardware, Hardware)):
-        raise InputError("load() plans for the GPUs of this machine; gpu names and hardware files are for "
-                         "fitplan.plan() and `fitplan check` (pass hardware= a fitplan Hardware to emulate a card)")
+        raise OptionError("load() plans for the GPUs of this machine; gpu names and hardware files are for "
+                         "fitplan.plan() and `fitplan check` (pass hardware= a fitplan Hardware to emulate a card)",
+                          option="gpu" if keywords.get("gpu") else "hardware")
     keywords.pop("gpu", None)
     if hardware is None:
         from .hardware.probe import probe
@@ -173,7 +172,7 @@ def plan_for_load(model: str | None = None, *, profile=None, hardware: Hardware 
         hardware = probe()
     if profile is None:
         if not model:
-            raise InputError("load() needs a model (Hub id or local folder) or profile=")
+            raise OptionError("load() needs a model (Hub id or local folder) or profile=", option="model")
         options, where = _split(keywords)
         return make_plan(Request(model, options, hardware, where["revision"], where["token"], where["offline"],
                                  context_given=keywords.get("context") is not None), use_cache=use_cache)
