@@ -254,19 +254,26 @@ def test_kv_type_is_an_option_with_its_flag_profile_key_and_lock_field(env, tmp_
 
 # -- a no-fit answer does not redo a fit's work ---------------------------------------------------
 
-def test_a_no_fit_plan_builds_ggufs_name_map_once(monkeypatch):
+def test_a_no_fit_plan_builds_ggufs_name_map_once_and_walks_each_precision_once(monkeypatch):
     """Speed is measured in benchmarks/nofit_speed.py; this holds the two costs that made a no-fit
     check of a large MoE slow: gguf's tensor-name map built per file type, and every tensor walked
     again for each suggestion re-checked."""
     import gguf
 
     import fitplan
-    maps = []
-    real_map = gguf.get_tensor_name_map
+    from fitplan.planning import estimate
+
+    maps, walks = [], []
+    real_map, real_walk = gguf.get_tensor_name_map, estimate._by_layer
     monkeypatch.setattr(gguf, "get_tensor_name_map", lambda *a: maps.append(a) or real_map(*a))
+    monkeypatch.setattr(estimate, "_by_layer", lambda inv, prec, per: walks.append((id(inv), prec.name, per))
+                        or real_walk(inv, prec, per))
     p = fitplan.plan("Qwen/Qwen3-30B-A3B", gpu="rtx3060", context=32768)
     assert not p.fits and p.advice and len(p.gguf.rows) == 8
     assert len(maps) == 1
+    # the per-layer grouping of a precision's tensors is done once per sizing, however many suggestions
+    # re-check the policy (before: once per decision of every re-check)
+    assert len(p.choice.decisions) <= len(walks) <= 3 * len(p.choice.decisions), len(walks)
 
 
 def test_a_lock_of_a_capped_default_context_is_followed(env, tmp_path):
