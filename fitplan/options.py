@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import OptionError, flag_of, subject
 from .vocab.classes import AUTO_CLASSES, why_not_planned
+from .vocab.kvcache import KV_CACHE_TYPES
 from .vocab.kinds import BadValue, kind
 from .vocab.precision import NAMES as PRECISIONS, PREFERENCES
 
@@ -110,6 +111,9 @@ class PlanOptions(_Checked):
                                    kind="headroom", profile=("constraints", "headroom"), default_text="10%")
     offload: bool = option(False, "Allow CPU offload when nothing fits on the GPUs (slow).", kind="bool",
                            profile=("constraints", "offload"))
+    kv_type: str = option("f16", "KV cache type of the llama.cpp (GGUF) runs planned: f16, or q8_0 / q4_0 (quantized, "
+                                 "about half / a quarter of the bytes).", kind="enum", choices=KV_CACHE_TYPES,
+                          profile=("workload", "kv_type"))
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,13 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from .errors import OptionError
+from .errors import OptionError, ref
 from .hardware.machine import Hardware, allocator_planned
 from .hardware.resolve import resolve_hardware
 from .model.cache import get_inventory
 from .options import OPTION_KEYS, PLAN_KEYS, SOURCE_KEYS, PlanOptions, check_keys
 from .planning.plan import Pin, Plan, decide
+from .planning.workload import workload_of
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Request:
     pin: Pin | None = None
     notes: tuple[str, ...] = ()
     model_sha256: str | None = None  # a lock's digest of the local folder: it must still hold that
+    context_given: bool = True  # False: the context is the default, which a model's position limit caps
 
 
 def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str], None] | None = None) -> Plan:
@@ -65,6 +67,7 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
     key_id = src.local_path if src.origin == "local" else src.model_id
     inv = get_inventory(src.config, model_id=key_id, stored_bytes=stored, stored_parameters=src.stored_parameters,
                         auto_class=req.options.auto_class, use_cache=use_cache, on_build=on_build)
+    req = fit_positions(inv, req)
     # the reserve planned is that of the allocator a load from this environment runs under
     hardware = replace(req.hardware, allocator=allocator_planned(os.environ))
     plan = decide(inv, hardware, req.options, model_id=src.model_id, origin=src.origin, revision=src.revision,
@@ -80,6 +83,27 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
     return plan
 
 
+def fit_positions(inv, req: Request) -> Request:
+    """A model with learned absolute positions (`Inventory.position_limit`) cannot run a longer
+    sequence at all: a context past it that the user asked for is refused with the limit; the default
+    context is capped at it, with a note. (Rotary and ALiBi models run past their trained length:
+    their plan keeps the context and says what that does to quality, `Plan.notes`.)"""
+    limit, asked = inv.position_limit, workload_of(req.options, inv).context
+    if not limit or asked <= limit:
+        return req
+    images = asked - req.options.context
+    fits = limit - images
+    if req.context_given or fits < 1:
+        with_images = f" plus {images} image tokens" if images else ""
+        fix = f"use {ref('context', fits)} or less" if fits >= 1 else f"use fewer {ref('images')}"
+        raise OptionError(f"{ref('context', req.options.context)}{with_images} is past the {limit} positions "
+                         f"{inv.model_id} has: {inv.architecture} looks positions up in a learned table of {limit} "
+                         f"rows, so a longer sequence cannot run; {fix}", option="context")
+    note = (f"context {fits} (not the default {req.options.context}): {inv.model_id} has {limit} learned absolute "
+            "positions and cannot run a longer sequence")
+    return replace(req, options=replace(req.options, context=fits), notes=req.notes + (note,))
+
+
 def _gguf_rows(plan: Plan):
     """llama.cpp (GGUF) options for the plan's workload, for a machine without a GPU or a plan that does
     not fit with bitsandbytes; None for architectures the GGUF what-if cannot map."""
@@ -88,7 +112,7 @@ def _gguf_rows(plan: Plan):
 
     try:
         return plan_gguf(plan.inventory, plan.hardware, context=plan.workload.context, n_parallel=plan.workload.batch,
-                         headroom=plan.options.headroom, unified=plan.hardware.unified)
+                         kv_type=plan.options.kv_type, headroom=plan.options.headroom, unified=plan.hardware.unified)
     except UnsupportedModelError:
         return None
 
@@ -98,8 +122,13 @@ def plan_gguf_file(path: str, *, hardware: Hardware, options: PlanOptions):
     from .gguf import plan_gguf, read_gguf, read_gguf_folder
 
     model = read_gguf_folder(path) if os.path.isdir(path) else read_gguf(path)
-    return plan_gguf(model, hardware, context=options.context, n_parallel=options.batch, headroom=options.headroom,
-                     unified=hardware.unified)
+    return plan_gguf(model, hardware, context=options.context, n_parallel=options.batch, kv_type=options.kv_type,
+                     headroom=options.headroom, unified=hardware.unified)
+
+
+def _given(settings, name: str) -> bool:
+    """Whether a profile, a flag or a FITPLAN_* variable set `name` (else it is the default)."""
+    return any(n == name for n, _ in settings.origin)
 
 
 def _split(keywords: dict[str, Any]) -> tuple[PlanOptions, dict[str, Any]]:
@@ -113,7 +142,8 @@ def plan_model(model: str, *, use_cache: bool = True, progress: Callable[[str], 
     """`fitplan.plan()`: `keywords` are the options of `fitplan.options` (None: the default)."""
     options, where = _split(keywords)
     hw = resolve_hardware(where["gpu"], where["hardware"])
-    return make_plan(Request(model, options, hw, where["revision"], where["token"], where["offline"]),
+    return make_plan(Request(model, options, hw, where["revision"], where["token"], where["offline"],
+                             context_given=keywords.get("context") is not None),
                      use_cache=use_cache, progress=progress)
 
 
@@ -126,7 +156,7 @@ def resolve_profile(path, *, model: str | None = None, overrides: dict | None = 
     overrides = dict(overrides or {})
     profile, s, env = read_inputs(path, model=model, overrides=overrides, environ=environ)
     hw = profile_hardware(profile, overrides, env)
-    req = Request(s.model, s.options, hw, s.revision, s.token, s.offline)
+    req = Request(s.model, s.options, hw, s.revision, s.token, s.offline, context_given=_given(s, "context"))
     plan = make_plan(req, use_cache=use_cache, progress=progress)
     notes = lock_notes(lock_path_for(path), profile, plan)
     return profile, s, replace(plan, extra_notes=plan.extra_notes + notes) if notes else plan
@@ -159,14 +189,14 @@ def plan_for_load(model: str | None = None, *, profile=None, hardware: Hardware 
         if not model:
             raise OptionError("load() needs a model (Hub id or local folder) or profile=", option="model")
         options, where = _split(keywords)
-        return make_plan(Request(model, options, hardware, where["revision"], where["token"], where["offline"]),
-                         use_cache=use_cache)
+        return make_plan(Request(model, options, hardware, where["revision"], where["token"], where["offline"],
+                                 context_given=keywords.get("context") is not None), use_cache=use_cache)
     from .profiles.lock import check_lock, lock_path_for, pin_of, read_lock
     from .profiles.settings import read_inputs
 
     prof, s, _ = read_inputs(profile, model=model, overrides={k: v for k, v in keywords.items() if v is not None},
                              environ=environ)
-    req = Request(s.model, s.options, hardware, s.revision, s.token, s.offline)
+    req = Request(s.model, s.options, hardware, s.revision, s.token, s.offline, context_given=_given(s, "context"))
     lock_file = lock_path_for(profile)
     if lock_file.is_file():
         lock = read_lock(lock_file)

@@ -151,7 +151,7 @@ def _kwargs_code(plan) -> list[str]:
     if plan.hardware.gpus and plan.hardware.allocator == "expandable":  # the reserve was planned for it
         out += ["  # the plan budgets the allocator fitplan.load() sets up; before torch first touches CUDA:",
                 "  os.environ.setdefault('PYTORCH_CUDA_ALLOC_CONF', 'expandable_segments:True')"]
-    out += ["  AutoModelForCausalLM.from_pretrained("]
+    out += [f"  {AUTO_CLASSES[plan.inventory.auto_class]}.from_pretrained("]  # the class load() loads with
     for a in args:
         out += textwrap.wrap(f"{a},", WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 10,
                              break_long_words=False, break_on_hyphens=False)

@@ -74,7 +74,7 @@ def test_cpu_only_plan_puts_everything_in_ram(model):
     (row,) = c.rows
     assert row.n_gpu_layers == 0 and row.weights_gpu == row.kv_gpu == row.compute_gpu == 0
     assert row.weights_ram == model.weights_bytes and row.fits and c.recommended is row
-    assert row.ram_total == row.weights_ram + row.kv_ram + row.compute_ram + row.output_ram
+    assert row.ram_total == row.weights_ram + row.kv_ram + row.compute_ram + row.output_ram + row.repack_ram
     assert not plan_gguf(model, cpu(row.ram_total), context=8192, headroom=0.5).fits
 
 

@@ -322,7 +322,8 @@ def test_lock_round_trip_load_follows_the_lock(tmp_path):
     assert data["from_pretrained_kwargs"] == checked["plan"]["from_pretrained_kwargs"]
     chosen = next(e for e in checked["estimates"] if e["precision"] == precision)
     assert {k: chosen[k] for k in data["estimate"]} == data["estimate"]
-    assert data["revision"] == "main" and data["workload"] == {"context": 8192, "batch": 1, "images": 0}
+    assert data["revision"] == "main" and data["workload"] == {"context": 8192, "batch": 1, "images": 0,
+                                                                   "kv_type": "f16"}
     assert data["auto_class"] == "causal-lm"
     assert [g["name"] for g in data["hardware"]["gpus"]] == ["NVIDIA GeForce RTX 4090"]
     assert {"fitplan", "transformers", "bitsandbytes"} <= set(data["versions"])

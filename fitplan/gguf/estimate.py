@@ -11,6 +11,7 @@ metadata from the vocabulary size (`HEADER_*` below); it is a few MB against GBs
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import gguf
@@ -69,8 +70,7 @@ def gguf_architecture(inv: Inventory) -> str:
 def gguf_tensors(inv: Inventory) -> tuple[tuple[_Named, ...], tuple[str, ...]]:
     """The tensors the converter writes, before quantization (ggml shapes, F32 for 1-D tensors and
     MoE routers, F16 otherwise), and notes on weights it could not name."""
-    arch = ARCHITECTURES[inv.model_type]
-    names = gguf.get_tensor_name_map(arch, inv.num_layers)
+    name_of = _namer(ARCHITECTURES[inv.model_type], inv.num_layers)
     out: list[_Named] = []
     unmapped = []
     for t in inv.tensors:
@@ -80,7 +80,7 @@ def gguf_tensors(inv: Inventory) -> tuple[tuple[_Named, ...], tuple[str, ...]]:
         if t.name.endswith(_FUSED_EXPERTS):  # transformers 5 fuses experts into one 3-D parameter
             out.extend(_experts(t.name, t.shape))
             continue
-        new = names.get_name(t.name, try_suffixes=(".weight", ".bias"))
+        new = name_of(t.name)
         if new is None:
             unmapped.append(t.name)
             new = t.name
@@ -90,6 +90,37 @@ def gguf_tensors(inv: Inventory) -> tuple[tuple[_Named, ...], tuple[str, ...]]:
         out.append(_Named(new, shape, T.F32 if one_d else T.F16))
     notes = (f"{len(unmapped)} weight(s) have no llama.cpp name (e.g. {unmapped[0]}); counted at F16",) if unmapped else ()
     return tuple(out), notes
+
+
+_INDEX = re.compile(r"\.(\d+)\.")
+_SUFFIXES = (".weight", ".bias")
+
+
+def _namer(arch: gguf.MODEL_ARCH, n_layers: int):
+    """`TensorNameMap.get_name` for this architecture, asked once per kind of tensor: gguf's map for
+    one block names `model.layers.0.self_attn.q_proj` `blk.0.attn_q`, and block i's tensor is block
+    0's with the index put back. gguf builds its map for every block (seconds at 256 layers and
+    eight file types), so the full map is built only for a name the one-block map does not know."""
+    one = gguf.get_tensor_name_map(arch, 1)
+    full = None
+    memo: dict[str, str | None] = {}
+
+    def name_of(name: str) -> str | None:
+        nonlocal full
+        m = _INDEX.search(name)
+        generic = name if m is None else f"{name[:m.start()]}.0.{name[m.end():]}"
+        if generic not in memo:
+            memo[generic] = one.get_name(generic, try_suffixes=_SUFFIXES)
+        new = memo[generic]
+        if new is not None and m is not None and new.startswith("blk.0."):
+            return f"blk.{m.group(1)}.{new[len('blk.0.'):]}"
+        if new is not None and m is None:
+            return new
+        if full is None:
+            full = gguf.get_tensor_name_map(arch, n_layers)
+        return full.get_name(name, try_suffixes=_SUFFIXES)
+
+    return name_of
 
 
 def _experts(name: str, shape: tuple[int, ...]) -> list[_Named]:
@@ -102,16 +133,18 @@ def _experts(name: str, shape: tuple[int, ...]) -> list[_Named]:
     return [_Named(f"blk.{layer}.ffn_down_exps.weight", (cols, rows, n_exp), T.F16)]
 
 
-def estimate_gguf(inv: Inventory, ftype: str | FileType, *, imatrix: bool = False) -> GGUFModel:
+def estimate_gguf(inv: Inventory, ftype: str | FileType, *, imatrix: bool = False,
+                  named: tuple[tuple[_Named, ...], tuple[str, ...]] | None = None) -> GGUFModel:
     """The GGUF file of `inv` quantized as `ftype` (e.g. "Q4_K_M"), as a `GGUFModel` (origin "estimate").
 
     `imatrix`: quantized with an importance matrix (`llama-quantize --imatrix`); current llama.cpp
     then keeps the first eighth of `ffn_down` at the base type in IQ4_XS and Q4_0 mixes. The default
     is `llama-quantize`'s own (no imatrix), which is also what the published IQ4_XS file in the
-    tests measures (docs/gguf.md)."""
+    tests measures (docs/gguf.md). `named`: `gguf_tensors(inv)` when the caller already has it (the
+    same for every file type; building gguf's name map is most of the cost)."""
     ft = ftype if isinstance(ftype, FileType) else file_type(ftype)
     arch = gguf_architecture(inv)
-    named, notes = gguf_tensors(inv)
+    named, notes = named or gguf_tensors(inv)
     kv = inv.kv_layers
     head_dim = _head_dim(inv)
     n_head_kv = tuple(max(1, k.elements_per_token // (2 * head_dim)) if k.elements_per_token else 0 for k in kv) or (

@@ -15,6 +15,7 @@ from math import prod
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from ..errors import FileError, OptionError
+from ..vocab.kvcache import KV_CACHE_TYPES
 
 T = GGMLQuantizationType
 
@@ -58,9 +59,9 @@ COMMON: tuple[str, ...] = tuple(f.name for f in FILE_TYPES
 _BY_NAME = {f.name: f for f in FILE_TYPES}
 _BY_FTYPE = {int(f.ftype): f for f in FILE_TYPES}
 
-#: KV cache types llama.cpp accepts for `--cache-type-k/-v` that fitplan plans (`f16` is the default).
-KV_TYPES: dict[str, GGMLQuantizationType] = {"f16": T.F16, "bf16": T.BF16, "f32": T.F32, "q8_0": T.Q8_0,
-                                             "q4_0": T.Q4_0}
+#: KV cache types llama.cpp accepts for `--cache-type-k/-v` that fitplan plans (`f16` is the default):
+#: the `kv_type` option's choices (`fitplan.options.KV_CACHE_TYPES`), as ggml types.
+KV_TYPES: dict[str, GGMLQuantizationType] = {name: T[name.upper()] for name in KV_CACHE_TYPES}
 
 
 def file_type(name: str) -> FileType:
@@ -119,7 +120,7 @@ def row_bytes(t: GGMLQuantizationType, n: int) -> int:
     else a ValueError: the caller says whose fault it is, a file's or an option's)."""
     block, size = GGML_QUANT_SIZES[t]
     if n % block:
-        raise ValueError(f"a row of {n} elements cannot be stored as {t.name} (blocks of {block})")
+        raise ValueError(f"a row of {n} elements cannot be stored as {GGMLQuantizationType(t).name} (blocks of {block})")
     return n // block * size
 
 

@@ -21,6 +21,8 @@ keeps (`i_attention_wv`, `i_ffn_down`) walk the layers in order, which is the la
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 from gguf import GGMLQuantizationType as T
@@ -31,6 +33,8 @@ from .ggml_types import FileType, block_size
 #: fitplan maps; tensors matching any stay at their converted type.
 _NEVER_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "altup", "laurel", "per_layer_model_proj",
                     "position_embd", "token_types", "ssm_conv1d", "attn_rel_b.weight")
+
+_NEVER = re.compile("|".join(map(re.escape, _NEVER_QUANTIZED)))
 
 #: `tensor_type_fallback`: the type used when a row length is not a multiple of the target's block.
 _FALLBACK = {T.IQ4_XS: T.IQ4_NL, T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1,
@@ -74,7 +78,7 @@ def _category(name: str) -> str:
 
 def quantizable(name: str, n_dims: int) -> bool:
     """`tensor_allows_quantization` for the names fitplan produces."""
-    return n_dims >= 2 and name.endswith("weight") and not any(f in name for f in _NEVER_QUANTIZED)
+    return n_dims >= 2 and name.endswith("weight") and not _NEVER.search(name)
 
 
 def tensor_type(ft: FileType, name: str, shape: tuple[int, ...], layer: int | None, m: ModelTraits, *,

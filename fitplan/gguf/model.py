@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 from gguf import GGMLQuantizationType
 
@@ -38,9 +39,9 @@ class GGUFTensor:
     def type_name(self) -> str:
         return GGMLQuantizationType(self.ggml_type).name
 
-    @property
-    def nbytes(self) -> int:
-        return tensor_bytes(GGMLQuantizationType(self.ggml_type), self.shape)
+    @cached_property
+    def nbytes(self) -> int:  # read by every sum over a file's tensors: computed once
+        return tensor_bytes(self.ggml_type, self.shape)  # GGML_QUANT_SIZES takes the id as the enum
 
     @property
     def layer(self) -> int | None:

@@ -7,9 +7,11 @@ transformers `Inventory` (one row per `types.COMMON` file type, estimated). Poli
 
 * no GPU (or `unified=True`): everything in one pool, host RAM or the unified memory, `-ngl 0`
   on a CPU host and everything offloaded on a unified-memory host (Metal);
-* a GPU: the largest `-ngl` whose GPU share fits the first GPU's free memory minus headroom (a share
-  of its total memory, as everywhere: `fitplan.planning.headroom`) and
-  the CUDA context, the rest in RAM; fits when the RAM share fits too;
+* GPUs: the largest `-ngl` whose share fits each GPU's free memory minus headroom (a share of its
+  total memory, as everywhere: `fitplan.planning.headroom`) and the CUDA context, the layers split
+  over several GPUs by `--tensor-split` (each GPU's usable memory) as llama.cpp's layer split mode
+  does (`runtime.layer_devices`), the rest in RAM; fits when the RAM share fits too, loaded
+  memory-mapped unless only `--no-mmap` makes it fit (repacked weights);
 * recommended: the best quality (order of `types.FILE_TYPES`) among rows that fit with every
   layer offloaded; if none, the best among rows that fit partially (or on the CPU).
 """
@@ -24,10 +26,11 @@ from ..errors import OptionError
 from ..hardware.machine import Hardware
 from ..model.inventory import Inventory
 from ..planning import headroom as room
-from ..vocab.units import fmt_bytes
-from .estimate import estimate_gguf
+from ..vocab.units import GiB, fmt_bytes
+from .estimate import estimate_gguf, gguf_architecture, gguf_tensors
 from .model import GGUFModel
-from .runtime import Placement, RunConfig, kv_type_id, needs_flash_attention, placement
+from .runtime import (Placement, RunConfig, kv_type_id, model_sums, needs_flash_attention, placement,
+                      python_scores_bytes)
 from .ggml_types import COMMON, quality_rank
 
 @dataclass(frozen=True)
@@ -56,6 +59,11 @@ class GGUFRow:
     fits: bool
     reason: str
     repo_id: str | None = None
+    repack_ram: int = 0  # the CPU_REPACK copy memory-mapped loading adds (in ram_total)
+    no_mmap: bool = False  # the commands load without mmap: the repacked weights are not held twice
+    python_scores_ram: int = 0  # what llama_cpp.Llama adds in host memory (its scores array), not in ram_total
+    tensor_split: tuple[float, ...] | None = None  # --tensor-split over several GPUs
+    per_gpu: tuple[int, ...] = ()  # bytes on each GPU (CUDA context included), in --tensor-split order
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,8 +96,12 @@ class GGUFChoice:
         run = self.run_config()
         where = ["-hfr", row.repo_id, "-hff", row.file] if row.repo_id else ["-m", row.file]
         flags = [*where, "-c", str(run.n_ctx), "-ngl", str(row.n_gpu_layers), "-fa", "on"]
+        if row.tensor_split:
+            flags += ["-ts", ",".join(_split_text(x) for x in row.tensor_split)]
         if run.kv_type != "f16":
             flags += ["-ctk", run.kv_type, "-ctv", run.kv_type]
+        if row.no_mmap:
+            flags.append("--no-mmap")
         return flags
 
     def server_command(self, row: GGUFRow | None = None) -> str | None:
@@ -118,8 +130,12 @@ class GGUFChoice:
         run = self.run_config()
         kw = {"model_path": row.file, "n_ctx": run.n_ctx // self.n_parallel, "n_gpu_layers": row.n_gpu_layers,
               "n_batch": run.n_batch, "n_ubatch": run.n_ubatch, "flash_attn": True}
+        if row.tensor_split:
+            kw["tensor_split"] = list(row.tensor_split)
         if run.kv_type != "f16":
             kw["type_k"] = kw["type_v"] = kv_type_id(run.kv_type)
+        if row.no_mmap:
+            kw["use_mmap"] = False
         return kw
 
     def python_call(self, row: GGUFRow | None = None) -> str | None:
@@ -177,6 +193,10 @@ class GGUFChoice:
         return lines
 
 
+def _split_text(x: float) -> str:
+    return f"{x:g}"
+
+
 def _gb(n: int) -> str:
     return fmt_bytes(n)
 
@@ -213,7 +233,9 @@ def gpu_budget(gpu, headroom) -> int:
 
 def _models(model) -> tuple[tuple[GGUFModel, ...], str, tuple[str, ...]]:
     if isinstance(model, Inventory):
-        est = tuple(estimate_gguf(model, t) for t in COMMON)
+        gguf_architecture(model)  # an architecture the what-if cannot map is refused before the names are built
+        named = gguf_tensors(model)
+        est = tuple(estimate_gguf(model, t, named=named) for t in COMMON)
         notes = ("sizes are estimates of the files llama-quantize writes (llama.cpp's rules, no imatrix); "
                  "download a GGUF of this model with the recommended type",) + est[0].notes
         return est, model.model_id, notes
@@ -238,72 +260,130 @@ def plan_gguf(model, hardware: Hardware, *, context: int = 4096, n_parallel: int
     run = RunConfig(context=context, n_parallel=n_parallel, kv_type=kv_type)
     models, name, notes = _models(model)
     notes = list(dict.fromkeys(notes))
-    gpu = hardware.gpus[0] if hardware.gpus and not unified else None
-    if gpu is not None and len(hardware.gpus) > 1:
-        notes.append(f"planned on GPU {gpu.index} ({gpu.name}) only; llama.cpp can split layers over "
-                     "several GPUs (--tensor-split), which fitplan does not plan yet")
+    gpus = () if unified else tuple(hardware.gpus)
     if needs_flash_attention(run):
         notes.append(f"a {kv_type} V cache needs flash attention: the commands turn it on (-fa on)")
     h = room.parse(headroom)
     room_text = _headroom_text(h)
     ram_budget = hardware.cpu_ram_bytes - room.headroom_bytes(hardware.cpu_ram_bytes, h)
-    if gpu is not None:
-        budget_gpu = gpu_budget(gpu, h)
-        device = "gpu"
-    else:
-        budget_gpu = 0
-        device = "unified" if unified else "cpu"
-    rows = tuple(_row(m, run, device, budget_gpu, ram_budget) for m in models)
+    budgets = tuple(gpu_budget(g, h) for g in gpus)
+    split = _tensor_split(budgets)
+    device = "gpu" if gpus else ("unified" if unified else "cpu")
+    if len(gpus) > 1:
+        notes.append(f"layers split over {len(gpus)} GPUs as llama.cpp's --tensor-split {','.join(map(_split_text, split))} "
+                     "(each GPU's usable memory in GiB) places them; each GPU holds its layers' KV cache and a "
+                     "compute buffer")
+    rows = tuple(_row(m, run, device, budgets, split, ram_budget) for m in models)
     best = _recommend(rows)
+    if best is not None:
+        if best.no_mmap:
+            notes.append(f"{best.type}: the commands load without memory mapping (--no-mmap, use_mmap=False): mapped, "
+                         f"the {fmt_bytes(best.repack_ram)} of weights llama.cpp's CPU backend repacks would be held "
+                         "twice and the RAM would not suffice")
+        elif best.repack_ram:
+            notes.append(f"{best.type}: {fmt_bytes(best.repack_ram)} of host-resident weights are repacked into "
+                         "llama.cpp's CPU_REPACK buffer while the file stays mapped: planned in RAM (--no-mmap would "
+                         "hold them once, loading slower)")
+        if best.python_scores_ram:
+            notes.append(f"llama_cpp.Llama adds a {fmt_bytes(best.python_scores_ram)} scores array (n_batch x n_vocab "
+                         "float32) in host memory to what the llama-server and llama-cli commands hold")
     hw = hardware.describe() + (" (unified memory)" if unified else "")
     return GGUFChoice(model=name, hardware=hw, device=device, context=context, n_parallel=n_parallel,
                       kv_type=kv_type, headroom=room_text, rows=rows, recommended=best, notes=tuple(notes))
 
 
-def _row(m: GGUFModel, run: RunConfig, device: str, gpu_budget: int, ram_budget: int) -> GGUFRow:
+def _tensor_split(budgets: tuple[int, ...]) -> tuple[float, ...]:
+    """`--tensor-split` for these GPUs: each one's usable memory in GiB (one decimal), so llama.cpp
+    splits the layers in proportion to what each can hold, as it does by default with free memory;
+    printed, so the run places them as planned whatever else holds memory then."""
+    if len(budgets) < 2:
+        return (1.0,)
+    return tuple(max(round(b / GiB, 1), 0.1) for b in budgets)
+
+
+def _row(m: GGUFModel, run: RunConfig, device: str, budgets: tuple[int, ...], split: tuple[float, ...],
+         ram_budget: int) -> GGUFRow:
     full = m.n_layer + 1
+    sums = model_sums(m, run)
     if device == "cpu":
-        p = placement(m, run, 0, gpu=False)
+        p, no_mmap = _host_fit(m, run, 0, split, ram_budget, sums, gpu=False)
         fits = p.ram_total <= ram_budget
         reason = (f"fits in RAM ({fmt_bytes(p.ram_total)} of {fmt_bytes(ram_budget)} usable)" if fits else
                   f"needs {fmt_bytes(p.ram_total)} of RAM, {fmt_bytes(ram_budget)} usable")
-        return _make(m, p, 0, fits, reason)
+        return _make(m, p, 0, fits, reason, run=run, no_mmap=no_mmap)
     if device == "unified":
-        p = placement(m, run, full)
+        p = placement(m, run, full, sums=sums)
         total = p.gpu_total + p.ram_total  # one pool: the GPU's share and the host's add up
         fits = total <= ram_budget
         reason = (f"fits in unified memory ({fmt_bytes(total)} of {fmt_bytes(ram_budget)} usable)" if fits else
                   f"needs {fmt_bytes(total)} of unified memory, {fmt_bytes(ram_budget)} usable")
-        return _make(m, p, 0, fits, reason, unified=True)
-    best = None
-    for ngl in range(full, -1, -1):  # the largest -ngl whose GPU share fits
-        p = placement(m, run, ngl)
-        if p.gpu_total <= gpu_budget:
-            best = p
-            break
+        return _make(m, p, 0, fits, reason, unified=True, run=run)
+    multi = len(budgets) > 1
+    best = _largest_ngl(m, run, full, split, budgets, sums, monotone=not multi)
     if best is None:
-        p = placement(m, run, 0)
+        p = placement(m, run, 0, split=split, sums=sums)
         return _make(m, p, C.CUDA_CONTEXT_BYTES, False,
-                     f"even with no layer on the GPU it needs {fmt_bytes(p.gpu_total)} there "
-                     f"(compute buffer), {fmt_bytes(max(gpu_budget, 0))} usable")
+                     f"even with no layer on the GPU{'s' if multi else ''} it needs {fmt_bytes(p.per_gpu[0])} "
+                     f"{'on the first GPU ' if multi else 'there '}(compute buffer), {fmt_bytes(max(budgets[0], 0))} usable", run=run, split=split if multi else None)
+    best, no_mmap = _host_fit(m, run, best.n_gpu_layers, split, ram_budget, sums, gpu=True)
     fits = best.ram_total <= ram_budget
-    where = ("every layer on the GPU" if best.n_gpu_layers == full else
-             f"{best.n_gpu_layers} of {full} layers on the GPU, the rest in RAM")
+    where = ("every layer on the GPU" + ("s" if multi else "") if best.n_gpu_layers == full else
+             f"{best.n_gpu_layers} of {full} layers on the GPU{'s' if multi else ''}, the rest in RAM")
     reason = (f"{where}" if fits else f"{where}, but the RAM share {fmt_bytes(best.ram_total)} exceeds the "
               f"{fmt_bytes(ram_budget)} usable")
-    return _make(m, best, C.CUDA_CONTEXT_BYTES, fits, reason)
+    return _make(m, best, C.CUDA_CONTEXT_BYTES, fits, reason, run=run, no_mmap=no_mmap, split=split if multi else None)
 
 
-def _make(m: GGUFModel, p: Placement, overhead: int, fits: bool, reason: str, *, unified: bool = False) -> GGUFRow:
+def _largest_ngl(m, run, full, split, budgets, sums, *, monotone: bool) -> Placement | None:
+    """The placement of the largest `-ngl` whose share fits every GPU. On one GPU its share grows with
+    `-ngl`, so a bisection finds it; over several, each GPU's share depends on how the split rounds,
+    so every `-ngl` is tried from the top."""
+    def fits(ngl):
+        p = placement(m, run, ngl, split=split, sums=sums)
+        return p if all(x <= b for x, b in zip(p.per_gpu, budgets)) else None
+
+    if not monotone:
+        return next((p for ngl in range(full, -1, -1) if (p := fits(ngl)) is not None), None)
+    top = fits(full)
+    if top is not None:
+        return top
+    lo, hi = -1, full  # fits(lo) holds (or lo is -1), fits(hi) does not
+    found = None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        p = fits(mid)
+        if p is None:
+            hi = mid
+        else:
+            lo, found = mid, p
+    return found
+
+
+def _host_fit(m, run, ngl, split, ram_budget, sums, *, gpu: bool) -> tuple[Placement, bool]:
+    """The placement with llama.cpp's default memory-mapped loading, or without it (True) when only
+    that makes the host share fit: the repacked weights are then read once into CPU_REPACK."""
+    p = placement(m, run, ngl, gpu=gpu, split=split, sums=sums)
+    if p.ram_total > ram_budget and p.ram_repack:
+        q = placement(m, run, ngl, gpu=gpu, split=split, mmap=False, sums=sums)
+        if q.ram_total <= ram_budget:
+            return q, True
+    return p, False
+
+
+def _make(m: GGUFModel, p: Placement, overhead: int, fits: bool, reason: str, *, run: RunConfig,
+          unified: bool = False, no_mmap: bool = False, split: tuple[float, ...] | None = None) -> GGUFRow:
     file = m.path or (m.files[0] if m.files else m.name)
+    n_gpus = max(len(p.per_gpu), 1)
     return GGUFRow(
         type=m.file_type or "?", file=file, file_bytes=m.file_bytes, origin=m.origin,
         n_gpu_layers=m.n_layer + 1 if unified else p.n_gpu_layers, n_layers=m.n_layer,
         weights_gpu=p.gpu_weights, weights_ram=p.ram_weights, kv_gpu=p.gpu_kv, kv_ram=p.ram_kv,
         compute_gpu=p.gpu_compute, compute_ram=p.ram_compute, output_ram=p.ram_output, overhead_gpu=overhead,
-        gpu_total=p.gpu_total + overhead, ram_total=p.ram_total,
+        gpu_total=p.gpu_total + overhead * n_gpus, ram_total=p.ram_total,
         full_offload=unified or p.n_gpu_layers == m.n_layer + 1, fits=fits, reason=reason,
-        repo_id=m.repo_id if m.origin == "hub" else None)
+        repo_id=m.repo_id if m.origin == "hub" else None, repack_ram=p.ram_repack, no_mmap=no_mmap,
+        python_scores_ram=python_scores_bytes(m, run), tensor_split=split,
+        per_gpu=tuple(x + overhead for x in p.per_gpu) if overhead else ())
 
 
 def _recommend(rows: tuple[GGUFRow, ...]) -> GGUFRow | None:

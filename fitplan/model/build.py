@@ -23,6 +23,25 @@ from .prequant import mark_converted
 from .sources import decode_special_floats
 from ..versions import lib_versions
 
+def absolute_position_limit(model, max_positions: int | None) -> int | None:
+    """The longest sequence the built model can index when its text side looks positions up in a
+    learned table (an `nn.Embedding` other than the input embeddings whose rows, less the offset the
+    table's own class declares, as OPT's and BioGPT's do, are the config's position count: GPT-2's
+    `wpe`, GPT-Neo, GPT-BigCode, OPT); None for rotary, ALiBi and other positions that extend. Read
+    off the model transformers built, so no list of model types is kept here."""
+    import torch
+
+    if not max_positions:
+        return None
+    tokens = model.get_input_embeddings()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) and module is not tokens:
+            offset = getattr(module, "offset", 0)
+            if isinstance(offset, int) and module.num_embeddings - offset == max_positions:
+                return max_positions
+    return None
+
+
 def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False,
                     stored_bytes: int | None = None, auto_class: str | None = None,
                     stored_parameters: int | None = None) -> Inventory:
@@ -88,6 +107,7 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
                  or fields.size_field(text, "n_inner", required=False) or 4 * hidden)
         ckpt_dtype = cfg.get("dtype") or cfg.get("torch_dtype")
         top_k = fields.size_field(text, "num_experts_per_tok", required=False) or 0
+        max_positions = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
         expert_inter = (fields.size_field(text, "moe_intermediate_size", required=False) or inter) if top_k else 0
         return Inventory(
             model_id=model_id,
@@ -101,7 +121,8 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             num_layers=fields.size_field(text, "num_hidden_layers"),
             num_attention_heads=fields.size_field(text, "num_attention_heads", required=False) or 0,
             vocab_size=fields.size_field(text, "vocab_size"),
-            max_positions=getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None),
+            max_positions=max_positions,
+            position_limit=absolute_position_limit(model, max_positions),
             experts_per_token=top_k,
             expert_intermediate_size=expert_inter,
             attn_implementation="sdpa-math" if math_sdpa else str(

@@ -15,8 +15,9 @@ def dtype_name(dtype) -> str:
 
 
 #: Bump when the meaning of a field changes, so stale on-disk caches are rebuilt, not misread.
-SCHEMA_VERSION = 12  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`;
-# 11: per-sequence state, the Auto class and image tokens; 12: prefill scratch of kernel-less SSM paths
+SCHEMA_VERSION = 13  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`;
+# 11: per-sequence state, the Auto class and image tokens; 12: prefill scratch of kernel-less SSM paths;
+# 13: `position_limit` (learned absolute position tables)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ class Inventory:
     language model). `image_tokens_per_image` (image-text-to-text only) is how many positions of
     the context one image takes at the vision tower's native resolution, None when fitplan cannot
     tell (see docs/models.md); a request with N images needs N times that on top of its text.
+    `max_positions` is what the config says the model was trained for; `position_limit` is set only
+    when the built model looks positions up in a learned table (GPT-2's `wpe`, OPT's offset table),
+    so that a longer sequence cannot run at all (`IndexError` at generate), not just run worse.
     """
 
     model_id: str
@@ -97,6 +101,7 @@ class Inventory:
     attn_implementation: str
     checkpoint_dtype: str | None
     max_positions: int | None = None
+    position_limit: int | None = None  # rows of a learned absolute position table: no position past it exists
     experts_per_token: int = 0
     expert_intermediate_size: int = 0
     prequantized: str | None = None

@@ -283,12 +283,30 @@ class Sizes:
                         self.device)
 
 
+_LAYERS_SEEN: dict = {}
+
+
+def _layers_once(inv: Inventory, precision: Precision, dt: str, alignment: int):
+    """`_by_layer` of one inventory and precision, walked once: a plan that does not fit re-runs the
+    policy at other contexts, batches and GPUs for its suggestions, and a 235B MoE has 18,000 tensors
+    (benchmarks/nofit_speed.py). Keyed by the inventory object itself (held, so its id is not reused)."""
+    key = (id(inv), precision.name, dt, alignment)
+    hit = _LAYERS_SEEN.get(key)
+    if hit is not None and hit[0] is inv:
+        return hit[1]
+    if len(_LAYERS_SEEN) >= 64:
+        _LAYERS_SEEN.clear()
+    value = _by_layer(inv, precision, _per_tensor(inv, precision, dt, alignment))
+    _LAYERS_SEEN[key] = (inv, value)
+    return value
+
+
 def sizes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str, device: str = "cuda",
           allocator: str = "expandable") -> Sizes:
     """Every size of `precision` at `work`, per layer, with the reserve of `allocator`; see `Sizes`."""
     alignment = C.CUDA_ALLOCATION_ALIGNMENT if device == "cuda" else 1
     dt = load_dtype(precision, compute_dtype)
-    outside, per_layer, floats, stream = _by_layer(inv, precision, _per_tensor(inv, precision, dt, alignment))
+    outside, per_layer, floats, stream = _layers_once(inv, precision, dt, alignment)
     total = inv.stored_bytes if inv.prequantized and inv.stored_bytes is not None else outside + sum(per_layer.values())
     return Sizes(precision.name, dt, device, outside, tuple(sorted(per_layer.items())),
                  tuple(kv_bytes_per_layer(inv, work, dt)), activation_bytes(inv, work, dt, precision), total,

@@ -184,7 +184,8 @@ class Plan:
             dev == "cpu" for dev, _ in self.pin.max_memory or ())
 
     def from_pretrained_kwargs(self) -> dict:
-        """Exactly what `AutoModelForCausalLM.from_pretrained(plan.model_id, **kwargs)` needs: `kwargs_as_data()`
+        """Exactly what `<the plan's Auto class>.from_pretrained(plan.model_id, **kwargs)` needs
+        (`AUTO_CLASSES[plan.inventory.auto_class]`): `kwargs_as_data()`
         with torch dtypes and a `BitsAndBytesConfig` (made by `fitplan.model.hf`, where transformers is read)."""
         if not self.fits:
             from ..errors import DoesNotFitError

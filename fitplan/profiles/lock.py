@@ -56,6 +56,7 @@ class Lock:
     gpus: tuple[tuple[str, int], ...]  # (name, total bytes) in CUDA order
     needs: tuple[tuple[Any, int], ...]  # (device, bytes planned there) per device of the placement
     model_sha256: str | None = None  # a local folder's content (fitplan.model.digest); None for Hub models
+    kv_type: str = "f16"  # the llama.cpp KV cache type the plan's GGUF rows were made for
 
 
 def render_lock(plan: Plan, profile: Profile, settings: Settings, profile_path: str | os.PathLike) -> str:
@@ -74,7 +75,8 @@ def render_lock(plan: Plan, profile: Profile, settings: Settings, profile_path: 
         "origin": plan.origin,
         **({"model_sha256": plan.model_digest} if plan.model_digest else {}),
         "auto_class": plan.inventory.auto_class,
-        "workload": {"context": plan.options.context, "batch": plan.options.batch, "images": plan.options.images},
+        "workload": {"context": plan.options.context, "batch": plan.options.batch, "images": plan.options.images,
+                     "kv_type": plan.options.kv_type},
         "plan": {
             "precision": d.precision,
             "compute_dtype": plan.compute_dtype,
@@ -123,6 +125,7 @@ def read_lock(path: str | os.PathLike) -> Lock:
         context = get_int(work, "context", what="workload", required=True, minimum=1)
         batch = get_int(work, "batch", what="workload", required=True, minimum=1)
         images = get_int(work, "images", what="workload", minimum=0) or 0  # locks before images: none
+        kv_type = get_str(work, "kv_type", what="workload") or "f16"  # locks before it: llama.cpp's default
         auto_class = get_str(doc, "auto_class", what="lock") or "causal-lm"  # locks before it: causal LMs only
         plan = require_map(doc.get("plan"), where=doc.where("plan"), what="lock plan")
         precision = get_str(plan, "precision", what="plan", required=True)
@@ -143,7 +146,7 @@ def read_lock(path: str | os.PathLike) -> Lock:
     except InputError as err:
         raise FileError(f"{err}; this lock cannot be used: {fix}", **FileError.fields_of(err, name)) from None
     return Lock(name, digest, model, revision, context, batch, images, auto_class, precision, compute, device_map,
-                max_memory, tuple(gpus), needs, model_sha256)
+                max_memory, tuple(gpus), needs, model_sha256, kv_type)
 
 
 def _lock_device_map(plan: YamlMap):
@@ -197,8 +200,10 @@ def check_lock(lock: Lock, profile: Profile, s: Settings, hw: Hardware) -> None:
     if s.model != lock.model:
         raise FileError(f"model {s.model!r} (from {s.source_of('model')}) is not the locked {lock.model!r} "
                          f"({lock.path}); drop the override or {fix}", path=str(lock.path), key="model")
-    for name in ("context", "batch", "images", "auto_class"):
+    for name in ("context", "batch", "images", "auto_class", "kv_type"):
         now, locked = getattr(s.options, name), getattr(lock, name)
+        if name == "context" and locked < now and not any(n == "context" for n, _ in s.origin):
+            continue  # the default context, capped at the model's positions when planned (pipeline.fit_positions)
         if now != locked and not (name == "auto_class" and now is None):  # None: the checkpoint's own, as locked
             raise FileError(f"{name} {now} (from {s.source_of(name)}) differs from the locked {locked} "
                              f"({lock.path}); drop the override or {fix}", path=str(lock.path), key=name)

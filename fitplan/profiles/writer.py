@@ -67,7 +67,7 @@ def render_profile(plan: Plan, *, given: Mapping[str, Any]) -> str:
     o = plan.options
     values = {"model": plan.model_id, "revision": given.get("revision") or "main",
               "auto_class": o.auto_class or plan.inventory.auto_class,
-              "workload": {"context": o.context, "batch": o.batch, "images": o.images},
+              "workload": {"context": o.context, "batch": o.batch, "images": o.images, "kv_type": o.kv_type},
               "constraints": {"precision": o.precision, "min_precision": o.min_precision, "prefer": o.prefer,
                               "headroom": format_headroom(o.headroom), "offload": o.offload}}
     lines = ["# fitplan deployment profile, written by `fitplan profile init` (reference: docs/profiles.md).",
