@@ -103,3 +103,13 @@ class LibraryChangedError(UnsupportedModelError):
         super().__init__(f"{library} {version}: {what}; fitplan is tested with the versions in its "
                          f"docs/compatibility.md: install one of those, or report this with the model id",
                          library=library, version=version, what=what)
+
+
+class TensorParallelError(FitplanError):
+    """`load()` under torchrun cannot load this model tensor-parallel with the installed transformers.
+    Raised before anything is loaded. Carries `world_size`, `reason` (what stands in the way) and
+    `fix` (what to do); the CLI words them (`fitplan.cli.errors`)."""
+
+    def __init__(self, *, world_size: int, reason: str, fix: str, **data: Any):
+        super().__init__(f"tensor parallel over {world_size} ranks: {reason}; {fix}", world_size=world_size,
+                         reason=reason, fix=fix, **data)

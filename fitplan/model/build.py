@@ -95,6 +95,16 @@ def _model_class(config, auto_class: str):
     return cls, hf.auto_model_config(config, cls)
 
 
+def meta_model(cfg: dict, auto_class: str, *, trust_remote_code: bool = False):
+    """The model `auto_class` loads for `cfg` (a config.json dict), built on the meta device as
+    `build_inventory` builds it: for facts the inventory does not keep (the tensor-parallel plan)."""
+    import torch
+
+    with _quiet():
+        cls, build_config = _model_class(_config_object(cfg, trust_remote_code), auto_class)
+        return hf.build_meta_model(cls, build_config, torch.bfloat16)
+
+
 def tied_apart(model, stored_parameters: int | None) -> list[str]:
     """The weights transformers ties by this config (lm_head to the input embeddings) that the
     checkpoint stores apart, so that loading keeps them apart: `from_pretrained` (5.0-5.24,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import DoesNotFitError, InputError
 from ..model.inventory import AUTO_CLASSES
@@ -33,6 +34,9 @@ class LoadReport:
     predicted_weights: dict = field(default_factory=dict)  # device -> bytes
     measured_weights: dict = field(default_factory=dict)  # device -> bytes
     overrides: tuple[str, ...] = ()
+    #: under torchrun: the per-rank plan (`fitplan.planning.tensor_parallel.TensorParallelPlan`) and this rank
+    tensor_parallel: Any = None
+    rank: int | None = None
 
     def __str__(self) -> str:  # `print(model.fitplan)`; the words live with the other renderers
         from ..cli.render import render_load_report
@@ -150,8 +154,16 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     if not plan.fits:
         hint = plan.suggestions()
         raise DoesNotFitError(plan.summary_line() + (f"; try: {hint[0]}" if hint else ""))
-    plan = _recheck(plan, replan)
-    kwargs, changed = merge_kwargs(plan.from_pretrained_kwargs(), user)
+    from .tensor_parallel import world
+
+    w = world()  # under torchrun: each rank plans its share and loads with transformers' TP
+    if w is None:
+        plan = _recheck(plan, replan)
+        tp, (kwargs, changed) = None, merge_kwargs(plan.from_pretrained_kwargs(), user)
+    else:
+        from .tensor_parallel import prepare
+
+        (tp, kwargs), changed = prepare(plan, w, user), ()
     for c in changed:
         log.warning("fitplan: user argument overrides the plan: %s", c)
     import transformers
@@ -165,7 +177,14 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     loaded = cls.from_pretrained(model, **kwargs)
     loaded.eval()
     loaded.requires_grad_(False)
-    report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed)
+    if tp is None:
+        report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed)
+    else:
+        from .tensor_parallel import device, local_bytes
+
+        dev = device(w, plan)
+        report = LoadReport(plan, {dev: tp.share(w.rank).weights_bytes}, {dev: sum(local_bytes(loaded))}, changed,
+                            tp, w.rank)
     loaded.fitplan = report
     if torch.cuda.is_available():
         torch.cuda.synchronize()
