@@ -10,15 +10,23 @@ import sys
 
 import click
 
-from ..errors import DoesNotFitError, FitplanError
+from ..errors import DoesNotFitError, FitplanError, TensorParallelError, render_refs
 
 #: Exit codes by exception class, most specific first: 1 "does not fit", 2 everything else.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = ((DoesNotFitError, 1), (FitplanError, 2))
 
 
+#: Errors the CLI words from their fields rather than from the library's sentence.
+WORDING = {
+    TensorParallelError: lambda e: (f"torchrun with {e.world_size} ranks cannot load this tensor-parallel: "
+                                    f"{render_refs(e.reason, 'cli')}; {render_refs(e.fix, 'cli')}"),
+}
+
+
 def message(err: FitplanError) -> str:
     """The error's one line, options named as the flags of this command line."""
-    return " ".join(err.render("cli").split())
+    words = next((w for cls, w in WORDING.items() if isinstance(err, cls)), None)
+    return " ".join((words(err) if words else err.render("cli")).split())
 
 
 def exit_code(err: BaseException) -> int:

@@ -549,7 +549,7 @@ def _int_attrs(module, *names: str) -> bool:
 # | model plan | config's `base_model_tp_plan` + children's `_tp_plan` (the causal-LM class's own `lm_head` rule is dropped: lm_head replicated) | + the class's `_tp_plan` (`lm_head`: `colwise_gather_output`) | + `embed_tokens`: `embedding_rowwise` (vocabulary split) when the plan is not empty |
 # | colwise | weight dim -2, a 1-D bias split too | dim ndim-2; an `nn.Embedding` on dim 1 | dim ndim-2 |
 # | rowwise | weight dim -1, a 1-D bias replicated | dim -1, bias replicated; an `nn.Embedding` on dim 0 | dim -1, bias replicated |
-# | uneven split | `ceil(n / N)` rows per rank, the last ones fewer (`get_tensor_shard`) | torch's `Shard`: the same chunks | same |
+# | uneven split | `ceil(n / N)` rows per rank, the last ones fewer (`get_tensor_shard`), but the forward then fails: refused | torch's `Shard`: the same chunks; a gathered colwise output must divide (`validate_param`) | torch's `Shard`, any split |
 # | a tied lm_head | the embedding's rule (the one tensor loaded) | the rule of the last module holding it (lm_head) | same as 5.17 |
 #
 # Each rule is read off the installed style object (its class, and whether it overrides the
@@ -557,6 +557,11 @@ def _int_attrs(module, *names: str) -> bool:
 
 class NoTensorParallelPlan(Exception):
     """The model has no tensor-parallel plan in the installed transformers."""
+
+
+class UnplannedTensorParallelStyle(Exception):
+    """The model's TP plan uses a style fitplan does not plan on the installed release (5.0's MoE
+    router and per-expert loading, a style added after 5.24)."""
 
 
 def _tp_code():
@@ -603,8 +608,8 @@ def _style_lookup():
 
 
 def _tp_rule(kind: str, tp, style: str, module, param: str, ndim: int) -> tuple:
-    """("shard", dim) | ("strided", dim, split_factor) | ("replicate",) for one parameter, as the
-    installed style object shards it."""
+    """("shard", dim) | ("shard_even", dim) | ("strided", dim, split_factor) | ("replicate",) for one
+    parameter, as the installed style object shards it ("shard_even": the release refuses an uneven split)."""
     import torch
 
     styles = tp.ALL_PARALLEL_STYLES
@@ -618,14 +623,17 @@ def _tp_rule(kind: str, tp, style: str, module, param: str, ndim: int) -> tuple:
         if is_a("PackedRowwiseParallel"):
             return ("strided", ndim - 1, 2) if ndim > 1 else ("replicate",)
         if ndim > 2 and (is_a("ColwiseParallel") or is_a("RowwiseParallel")):
-            raise changed(f"TP style {style!r} on a {ndim}-D tensor ({param}): 5.0 loads those per expert")
+            raise UnplannedTensorParallelStyle(f"TP style {style!r} on a {ndim}-D tensor ({param}), which 5.0 loads "
+                                               "per expert")
+        # 5.0 loads uneven shards but its forward then fails (a rowwise input of 107 of 320 columns
+        # meets a DTensor of another split): "shard_even", refused unless the ranks divide evenly
         if is_a("ColwiseParallel"):
-            return ("shard", 0 if ndim == 1 else ndim - 2)
+            return ("shard_even", 0 if ndim == 1 else ndim - 2)
         if is_a("RowwiseParallel"):
-            return ("replicate",) if ndim == 1 else ("shard", ndim - 1)
+            return ("replicate",) if ndim == 1 else ("shard_even", ndim - 1)
         if is_a("ReplicateParallel") or is_a("GatherParallel") or is_a("SequenceParallel"):
             return ("replicate",)
-        raise changed(f"TP style {style!r} ({type(obj).__name__}) shards in a way fitplan does not plan")
+        raise UnplannedTensorParallelStyle(f"TP style {style!r} ({type(obj).__name__})")
     if type(obj).shard_param is tp.TensorParallelLayer.shard_param:
         return ("replicate",)  # the style hooks the forward only; the parameter stays whole
     embedding_aware = not hasattr(tp, "EmbeddingParallel")  # 5.17: colwise/rowwise special-case nn.Embedding
@@ -635,14 +643,19 @@ def _tp_rule(kind: str, tp, style: str, module, param: str, ndim: int) -> tuple:
     if is_a("PackedRowwiseParallel"):
         return ("replicate",) if ndim == 1 else ("strided", ndim - 1, obj.split_factor)
     if is_a("ColwiseParallel"):
-        return ("shard", 1 if embedding_aware and is_embedding else max(ndim - 2, 0))
+        from torch.distributed.tensor import Replicate
+
+        # 5.17 refuses a gathered colwise output its ranks cannot split evenly (`validate_param`)
+        even = (type(obj).validate_param is not tp.TensorParallelLayer.validate_param
+                and isinstance(getattr(obj, "output_layouts", None), Replicate))
+        return ("shard_even" if even else "shard", 1 if embedding_aware and is_embedding else max(ndim - 2, 0))
     if is_a("RowwiseParallel"):
         if embedding_aware and is_embedding:
             return ("shard", 0)
         return ("replicate",) if param == "bias" else ("shard", ndim - 1)
     if is_a("EmbeddingParallel"):
         return ("shard", obj.shard_dim)
-    raise changed(f"TP style {style!r} ({type(obj).__name__}) shards in a way fitplan does not plan")
+    raise UnplannedTensorParallelStyle(f"TP style {style!r} ({type(obj).__name__})")
 
 
 def tensor_parallel_rules(model) -> dict[str, tuple[str | None, tuple]]:

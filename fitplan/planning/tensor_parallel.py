@@ -8,7 +8,9 @@ shards it on that release); this module applies them to the inventory's shapes a
 the releases do (see the table in `fitplan/model/hf.py` and docs/engines.md):
 
 - a "shard" rule splits one dimension as torch's `Shard` does (and 5.0's `get_tensor_shard`):
-  `ceil(n / N)` per rank, the last ranks fewer, possibly none;
+  `ceil(n / N)` per rank, the last ranks fewer, possibly none; "shard_even" the same where the
+  release cannot run an uneven split (5.0's forward fails on one, 5.17 refuses gathered column-parallel
+  outputs): refused here first;
 - a "strided" rule (packed gate/up projections) splits each of its `split` blocks the same way;
   fitplan plans it only where every block divides evenly;
 - "replicate": every rank holds the whole tensor (norms, biases of row-parallel layers, what the
@@ -29,6 +31,8 @@ from .precision import DTYPE_BYTES, get
 
 #: Linear layers whose output rows are attention heads: splitting them mid-head breaks attention.
 _HEAD_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+#: Rules that split one dimension in torch's chunks ("shard_even": the release refuses uneven ones).
+_SHARD = ("shard", "shard_even")
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ def _check_heads(inv: Inventory, rules: dict, world_size: int) -> None:
         owner, _, leaf = t.name.rpartition(".")
         proj = owner.rpartition(".")[2]
         style, rule = rules.get(t.name, (None, ("replicate",)))
-        if leaf == "weight" and proj in _HEAD_PROJECTIONS and rule[0] == "shard" and rule[1] == 0 and len(t.shape) == 2:
+        if leaf == "weight" and proj in _HEAD_PROJECTIONS and rule[0] in _SHARD and rule[1] == 0 and len(t.shape) == 2:
             rows.setdefault(proj, t.shape[0])
     if "q_proj" not in rows or not inv.num_attention_heads:
         return
@@ -126,9 +130,8 @@ def _rank_elements(t: TensorInfo, rule: tuple, world_size: int, rank: int) -> in
     dim = rule[1]
     n = t.shape[dim]
     rest = t.numel // n if n else 0
-    if rule[0] == "shard":
+    if rule[0] in _SHARD:
         return local_length(n, world_size, rank) * rest
-    split = rule[2]
     return (n // world_size) * rest  # even only: checked in `plan_tensor_parallel`
 
 
@@ -156,6 +159,11 @@ def plan_tensor_parallel(inv: Inventory, rules: dict[str, tuple[str | None, tupl
         else:
             n = t.shape[rule[1]]
             split = rule[2] if rule[0] == "strided" else 1
+            if rule[0] == "shard_even" and n % world_size:
+                raise TensorParallelError(
+                    world_size=world_size, reason=f"{t.name} is {n} long where it is split, and transformers "
+                    f"{transformers} runs that split only when {world_size} ranks divide it evenly",
+                    fix=f"run a number of ranks that divides {n}")
             if rule[0] == "strided" and n % (split * world_size):
                 raise TensorParallelError(
                     world_size=world_size, reason=f"{t.name} packs {split} projections of {n // split} rows, "

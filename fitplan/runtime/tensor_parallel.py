@@ -72,6 +72,11 @@ def prepare(plan: Plan, w: World, user: dict) -> tuple[TensorParallelPlan, dict]
             "(its config's base_model_tp_plan is empty)",
             fix="run it without torchrun (fitplan splits it over the GPUs of one process), or pick a model "
                 "whose config has a TP plan") from None
+    except hf.UnplannedTensorParallelStyle as exc:
+        raise TensorParallelError(
+            world_size=w.size, reason=f"its plan uses {exc}, which fitplan does not plan on transformers {hf.version()}",
+            fix="run it without torchrun (fitplan splits it over the GPUs of one process), or upgrade transformers "
+                "(docs/engines.md lists what each release shards)") from None
     tp = plan_tensor_parallel(plan.inventory, rules, w.size, plan.load_dtype, precision=plan.precision,
                               transformers=hf.version())
     gpus = plan.hardware.gpus
