@@ -87,7 +87,7 @@ def _tp_matches_one_process(checkpoint: str, outdir: Path, ranks: int) -> list[d
         assert r["held_parameters"] < whole  # a real split, not the whole model on each rank
         assert r["tokens"] == want
         assert f"rank {r['rank']} of {ranks}" in r["report"]
-    assert len(out[0]["sharded"]) >= 7 * 2  # q/k/v/o and the MLP of both layers at least
+    assert len(out[0]["sharded"]) >= 4 * 2  # q/k/v/o of both layers at least
     return out
 
 
