@@ -586,9 +586,11 @@ def tensor_parallel_kwargs(world_size: int) -> dict:
     `tp_plan="auto"` (5.0, where `distributed_config` carries no TP size)."""
     from dataclasses import fields as _fields
 
-    from transformers.distributed import DistributedConfig
-
-    if "tp_size" in {f.name for f in _fields(DistributedConfig)}:
+    try:
+        from transformers.distributed import DistributedConfig
+    except ImportError:
+        DistributedConfig = None
+    if DistributedConfig is not None and "tp_size" in {f.name for f in _fields(DistributedConfig)}:
         return {"distributed_config": DistributedConfig(tp_size=world_size, tp_plan="auto")}
     return {"tp_plan": "auto", "tp_size": world_size}
 
