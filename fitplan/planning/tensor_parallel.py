@@ -27,7 +27,7 @@ from math import ceil
 from ..errors import TensorParallelError, ref
 from ..model.inventory import Inventory, TensorInfo
 from .layout import float_dtype_for
-from .precision import DTYPE_BYTES, get
+from ..vocab.precision import DTYPE_BYTES, get
 
 #: Linear layers whose output rows are attention heads: splitting them mid-head breaks attention.
 _HEAD_PROJECTIONS = ("q_proj", "k_proj", "v_proj")

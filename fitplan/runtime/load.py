@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DoesNotFitError, InputError
-from ..model.inventory import AUTO_CLASSES
+from ..vocab.classes import AUTO_CLASSES
 from ..options import OPTION_KEYS
 from ..planning.plan import Plan
 
@@ -39,7 +39,7 @@ class LoadReport:
     rank: int | None = None
 
     def __str__(self) -> str:  # `print(model.fitplan)`; the words live with the other renderers
-        from ..cli.render import render_load_report
+        from ..render import render_load_report
 
         return render_load_report(self)
 

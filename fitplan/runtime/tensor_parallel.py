@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..errors import InputError, TensorParallelError
 from ..planning.plan import Plan
 from ..planning.tensor_parallel import TensorParallelPlan, plan_tensor_parallel, refuse_precision
-from ..units import fmt_bytes
+from ..vocab.units import fmt_bytes
 
 #: from_pretrained arguments a tensor-parallel load cannot take: transformers places the shards itself.
 NOT_WITH_TP = ("device_map", "max_memory", "quantization_config")
@@ -58,14 +58,17 @@ def prepare(plan: Plan, w: World, user: dict) -> tuple[TensorParallelPlan, dict]
     if plan.offloaded:
         raise TensorParallelError(world_size=w.size, reason="the plan offloads layers to the CPU",
                                   fix="run more ranks on GPUs with more free memory, or run without torchrun")
+    import torch
+
     from ..model import hf
-    from ..model.build import meta_model
     from ..model.source import resolve
 
     src = resolve(plan.model_id, revision=plan.revision, token=user.get("token"))
     try:
-        rules = hf.tensor_parallel_rules(meta_model(src.config, plan.inventory.auto_class,
-                                                    trust_remote_code=bool(user.get("trust_remote_code"))))
+        with hf.quiet():
+            built = hf.build(src.config, plan.inventory.auto_class, torch.bfloat16,
+                             trust_remote_code=bool(user.get("trust_remote_code")))
+        rules = hf.tensor_parallel_rules(built.model)
     except hf.NoTensorParallelPlan as exc:
         raise TensorParallelError(
             world_size=w.size, reason=f"{exc} has no tensor-parallel plan in transformers {hf.version()} "
@@ -90,8 +93,6 @@ def prepare(plan: Plan, w: World, user: dict) -> tuple[TensorParallelPlan, dict]
             raise TensorParallelError(world_size=w.size, reason=f"rank {w.rank} holds {fmt_bytes(need)} of weights, "
                                       f"more than the {fmt_bytes(here.free_bytes)} free on GPU {here.index}",
                                       fix="run more ranks")
-    import torch
-
     kwargs = {"dtype": getattr(torch, plan.load_dtype), **hf.tensor_parallel_kwargs(w.size)}
     if plan.revision:
         kwargs["revision"] = plan.revision
