@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..errors import InputError, TensorParallelError
+from ..errors import TensorParallelError
 from ..planning.plan import Plan
 from ..planning.tensor_parallel import TensorParallelPlan, plan_tensor_parallel, refuse_precision
 from ..vocab.units import fmt_bytes
@@ -36,10 +36,12 @@ def world(environ=None) -> World | None:
     try:
         w = World(int(env["WORLD_SIZE"]), int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", env.get("RANK", "0"))))
     except ValueError:
-        raise InputError(f"WORLD_SIZE={env['WORLD_SIZE']!r:.20}, RANK and LOCAL_RANK must be integers "
-                         "(as torchrun sets them)") from None
+        raise TensorParallelError(world_size=None, reason=f"WORLD_SIZE={env['WORLD_SIZE']!r:.20}, RANK and "
+                                  "LOCAL_RANK are not all integers", fix="launch with torchrun --nproc-per-node N, "
+                                  "which sets them") from None
     if w.size < 1 or not 0 <= w.rank < w.size:
-        raise InputError(f"RANK {w.rank} is outside WORLD_SIZE {w.size}; launch with torchrun --nproc-per-node N")
+        raise TensorParallelError(world_size=w.size, reason=f"RANK {w.rank} is outside WORLD_SIZE {w.size}",
+                                  fix="launch with torchrun --nproc-per-node N, which sets them")
     return w if w.size > 1 else None
 
 
@@ -61,7 +63,7 @@ def prepare(plan: Plan, w: World, user: dict) -> tuple[TensorParallelPlan, dict]
     import torch
 
     from ..model import hf
-    from ..model.source import resolve
+    from ..model.sources import resolve
 
     src = resolve(plan.model_id, revision=plan.revision, token=user.get("token"))
     try:
