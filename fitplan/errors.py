@@ -249,6 +249,24 @@ class DoesNotFitError(FitplanError, RuntimeError):
     model_id: str
 
 
+class TensorParallelError(FitplanError, RuntimeError):
+    """`load()` under torchrun cannot load this model tensor-parallel with the installed transformers;
+    raised before anything is loaded. `world_size` is torchrun's (None when its environment is not
+    readable), `reason` what stands in the way, `fix` what to do; `precision` / `heads` when those
+    are the cause. The CLI words them from these fields (`fitplan.cli.errors`)."""
+
+    world_size: int | None
+    reason: str
+    fix: str
+    precision: str | None = None
+    heads: int | None = None
+
+    def __init__(self, message: str | None = None, *, world_size: int | None, reason: str, fix: str,
+                 precision: str | None = None, heads: int | None = None):
+        text = f"tensor parallel over {world_size} ranks: {reason}; {fix}" if message is None else message
+        super().__init__(text, world_size=world_size, reason=reason, fix=fix, precision=precision, heads=heads)
+
+
 _ABSTRACT = (FitplanError, InputError)
 
 

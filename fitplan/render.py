@@ -161,6 +161,10 @@ def _kwargs_code(plan) -> list[str]:
 def render_load_report(report) -> str:
     """`model.fitplan` after `fitplan.load()`: the plan followed, predicted vs measured weights."""
     rows = [f"fitplan: {report.plan.summary_line()}"]
+    if report.tensor_parallel is not None:
+        tp = report.tensor_parallel
+        rows.append(f"  tensor parallel: rank {report.rank} of {tp.world_size} (transformers {tp.transformers}), "
+                    f"{len(tp.sharded)} tensors sharded, {fmt_bytes(tp.replicated_parameter_bytes)} replicated")
     for dev in sorted(set(report.predicted_weights) | set(report.measured_weights), key=str):
         p, m = report.predicted_weights.get(dev), report.measured_weights.get(dev)
         rows.append(f"  {dev}: weights predicted {fmt_bytes(p or 0)}, measured {fmt_bytes(m or 0)}")

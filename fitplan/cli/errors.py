@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from ..errors import DoesNotFitError, FitplanError
+from ..errors import DoesNotFitError, FitplanError, TensorParallelError, render_refs
 
 PREFIX = "fitplan: error: "
 
@@ -27,11 +27,19 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 
+#: Errors the CLI words from their fields rather than from the library's sentence.
+WORDING = {
+    TensorParallelError: lambda e: (f"torchrun with {e.world_size} ranks cannot load this tensor-parallel: "
+                                    f"{render_refs(e.reason, 'cli')}; {render_refs(e.fix, 'cli')}"),
+}
+
+
 def message(err: BaseException) -> str:
     """The error's one line: a fitplan error with options named as the flags of this command line, a
     click usage error with a pointer to the command's --help."""
     if isinstance(err, FitplanError):
-        return " ".join(err.render("cli").split())
+        words = next((w for cls, w in WORDING.items() if isinstance(err, cls)), None)
+        return " ".join((words(err) if words else err.render("cli")).split())
     if isinstance(err, click.ClickException):
         ctx = getattr(err, "ctx", None)
         hint = (f" (see 'fitplan {ctx.info_name} --help')" if isinstance(err, click.UsageError) and ctx

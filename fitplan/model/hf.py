@@ -552,6 +552,158 @@ def _int_attrs(module, *names: str) -> bool:
     return all(type(v := getattr(module, n, None)) is int and v for n in names)
 
 
+# Tensor parallelism (`from_pretrained` under torchrun). Read in the sources of 5.0, 5.17 and 5.24:
+#
+# | what | 5.0 | 5.17 | 5.24 |
+# |---|---|---|---|
+# | code | `integrations/tensor_parallel.py`: each rank slices its share while loading (`shard_and_distribute_module`) | `distributed/tensor_parallel.py`: DTensor placeholders before loading (`apply_tensor_parallelism`) | same as 5.17, plans expanded per module |
+# | argument | `tp_plan="auto"` (+ `tp_size`) | `distributed_config=DistributedConfig(tp_size=N, tp_plan="auto")` (`tp_plan=` deprecated) | same as 5.17 |
+# | model plan | config's `base_model_tp_plan` + children's `_tp_plan` (the causal-LM class's own `lm_head` rule is dropped: lm_head replicated) | + the class's `_tp_plan` (`lm_head`: `colwise_gather_output`) | + `embed_tokens`: `embedding_rowwise` (vocabulary split) when the plan is not empty |
+# | colwise | weight dim -2, a 1-D bias split too | dim ndim-2; an `nn.Embedding` on dim 1 | dim ndim-2 |
+# | rowwise | weight dim -1, a 1-D bias replicated | dim -1, bias replicated; an `nn.Embedding` on dim 0 | dim -1, bias replicated |
+# | uneven split | `ceil(n / N)` rows per rank, the last ones fewer (`get_tensor_shard`), but the forward then fails: refused | torch's `Shard`: the same chunks; a gathered colwise output must divide (`validate_param`) | torch's `Shard`, any split |
+# | a tied lm_head | the embedding's rule (the one tensor loaded) | the rule of the last module holding it (lm_head) | same as 5.17 |
+#
+# Each rule is read off the installed style object (its class, and whether it overrides the
+# sharding method at all); a style fitplan does not know is refused, never planned as replicated.
+
+class NoTensorParallelPlan(Exception):
+    """The model has no tensor-parallel plan in the installed transformers."""
+
+
+class UnplannedTensorParallelStyle(Exception):
+    """The model's TP plan uses a style fitplan does not plan on the installed release (5.0's MoE
+    router and per-expert loading, a style added after 5.24)."""
+
+
+def _tp_code():
+    """("dtensor", module) from 5.17 on, ("loader", module) on 5.0: where the installed release shards."""
+    try:
+        from transformers.distributed import tensor_parallel as tp
+    except ImportError:
+        tp = None
+    if tp is not None and hasattr(tp, "apply_tensor_parallelism") and hasattr(tp, "TensorParallelLayer"):
+        return "dtensor", tp
+    from transformers.integrations import tensor_parallel as tp
+
+    if hasattr(tp, "shard_and_distribute_module") and hasattr(tp, "ALL_PARALLEL_STYLES"):
+        return "loader", tp
+    raise changed("neither distributed.tensor_parallel.apply_tensor_parallelism nor "
+                  "integrations.tensor_parallel.shard_and_distribute_module is there")
+
+
+def tensor_parallel_kwargs(world_size: int) -> dict:
+    """The `from_pretrained` arguments that load with the model's own TP plan over `world_size` ranks:
+    `distributed_config` where the installed `DistributedConfig` has `tp_size` (5.17 on), else
+    `tp_plan="auto"` (5.0, where `distributed_config` carries no TP size)."""
+    from dataclasses import fields as _fields
+
+    try:
+        from transformers.distributed import DistributedConfig
+    except ImportError:
+        DistributedConfig = None
+    if DistributedConfig is not None and "tp_size" in {f.name for f in _fields(DistributedConfig)}:
+        return {"distributed_config": DistributedConfig(tp_size=world_size, tp_plan="auto")}
+    return {"tp_plan": "auto", "tp_size": world_size}
+
+
+def _style_lookup():
+    """transformers' own matcher of a parameter name against a plan (`layers.*.mlp.up_proj`)."""
+    for where, name in (("transformers.distributed.parallel_utils", "_get_parameter_plan"),
+                        ("transformers.distributed.tensor_parallel", "_get_parameter_tp_plan"),
+                        ("transformers.integrations.tensor_parallel", "_get_parameter_tp_plan")):
+        try:
+            module = __import__(where, fromlist=[name])
+        except ImportError:
+            continue
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise changed("no _get_parameter_plan / _get_parameter_tp_plan to match a TP plan")
+
+
+def _tp_rule(kind: str, tp, style: str, module, param: str, ndim: int) -> tuple:
+    """("shard", dim) | ("shard_even", dim) | ("strided", dim, split_factor) | ("replicate",) for one
+    parameter, as the installed style object shards it ("shard_even": the release refuses an uneven split)."""
+    import torch
+
+    styles = tp.ALL_PARALLEL_STYLES
+    if style not in styles:
+        raise changed(f"TP style {style!r} of the model's plan is not in ALL_PARALLEL_STYLES")
+    obj = styles[style]
+    is_a = lambda name: isinstance(obj, getattr(tp, name, ()))  # noqa: E731 - a class the release may lack
+    if kind == "loader":
+        if is_a("PackedColwiseParallel"):
+            return ("strided", ndim - 2, 2)
+        if is_a("PackedRowwiseParallel"):
+            return ("strided", ndim - 1, 2) if ndim > 1 else ("replicate",)
+        if ndim > 2 and (is_a("ColwiseParallel") or is_a("RowwiseParallel")):
+            raise UnplannedTensorParallelStyle(f"TP style {style!r} on a {ndim}-D tensor ({param}), which 5.0 loads "
+                                               "per expert")
+        # 5.0 loads uneven shards but its forward then fails (a rowwise input of 107 of 320 columns
+        # meets a DTensor of another split): "shard_even", refused unless the ranks divide evenly
+        if is_a("ColwiseParallel"):
+            return ("shard_even", 0 if ndim == 1 else ndim - 2)
+        if is_a("RowwiseParallel"):
+            return ("replicate",) if ndim == 1 else ("shard_even", ndim - 1)
+        if is_a("ReplicateParallel") or is_a("GatherParallel") or is_a("SequenceParallel"):
+            return ("replicate",)
+        raise UnplannedTensorParallelStyle(f"TP style {style!r} ({type(obj).__name__})")
+    if type(obj).shard_param is tp.TensorParallelLayer.shard_param:
+        return ("replicate",)  # the style hooks the forward only; the parameter stays whole
+    embedding_aware = not hasattr(tp, "EmbeddingParallel")  # 5.17: colwise/rowwise special-case nn.Embedding
+    is_embedding = isinstance(module, torch.nn.Embedding)
+    if is_a("PackedColwiseParallel"):
+        return ("shard", 0) if ndim == 1 else ("strided", ndim - 2, obj.split_factor)
+    if is_a("PackedRowwiseParallel"):
+        return ("replicate",) if ndim == 1 else ("strided", ndim - 1, obj.split_factor)
+    if is_a("ColwiseParallel"):
+        from torch.distributed.tensor import Replicate
+
+        # 5.17 refuses a gathered colwise output its ranks cannot split evenly (`validate_param`)
+        even = (type(obj).validate_param is not tp.TensorParallelLayer.validate_param
+                and isinstance(getattr(obj, "output_layouts", None), Replicate))
+        return ("shard_even" if even else "shard", 1 if embedding_aware and is_embedding else max(ndim - 2, 0))
+    if is_a("RowwiseParallel"):
+        if embedding_aware and is_embedding:
+            return ("shard", 0)
+        return ("replicate",) if param == "bias" else ("shard", ndim - 1)
+    if is_a("EmbeddingParallel"):
+        return ("shard", obj.shard_dim)
+    raise UnplannedTensorParallelStyle(f"TP style {style!r} ({type(obj).__name__})")
+
+
+def tensor_parallel_rules(model) -> dict[str, tuple[str | None, tuple]]:
+    """{parameter name: (style or None, rule)} for every parameter of `model` (a meta build of the
+    class `from_pretrained` will load), as the installed release shards it under `tp_plan="auto"`.
+    A tied weight is listed once, under the name `named_parameters()` keeps (the inventory's).
+    Raises `NoTensorParallelPlan` when the model's plan is empty."""
+    kind, tp = _tp_code()
+    plan = dict(getattr(model, "tp_plan", None) or {})
+    if not plan:
+        raise NoTensorParallelPlan(type(model).__name__)
+    lookup = _style_lookup()
+    modules = dict(model.named_modules())
+    groups: dict[int, list[str]] = {}
+    params = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+        params[name] = p
+    out = {}
+    for names in groups.values():
+        styled = [n for n in names if lookup(n, plan, is_weight=True) is not None]
+        # 5.0 shards the one tensor it loads (the kept name); from 5.17 each module holding it is
+        # sharded in module order, so the last rule wins
+        chosen = names[0] if kind == "loader" else (styled[-1] if styled else names[0])
+        style = lookup(chosen, plan, is_weight=True)
+        owner, _, param = chosen.rpartition(".")
+        rule = ("replicate",) if style is None else _tp_rule(kind, tp, style, modules.get(owner), param,
+                                                             params[chosen].dim())
+        out[names[0]] = (style, rule)
+    if not any(rule[0] != "replicate" for _, rule in out.values()):
+        raise changed(f"the TP plan of {type(model).__name__} shards none of its parameters")
+    return out
+
+
 def mxfp4_kernels() -> tuple[bool, bool]:
     """(triton >= 3.4.0, kernels in transformers' accepted range) in this environment: transformers' own checks."""
     from transformers.utils.import_utils import is_kernels_available, is_triton_available

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import DoesNotFitError, LibraryChangedError, OptionError
 from ..vocab.classes import AUTO_CLASSES
@@ -36,6 +37,9 @@ class LoadReport:
     measured_weights: dict = field(default_factory=dict)  # device -> bytes
     overrides: tuple[str, ...] = ()
     allocator: str = ""  # how the CUDA allocator was set up for the load, in words (`configure_allocator`)
+    #: under torchrun: the per-rank plan (`fitplan.planning.tensor_parallel.TensorParallelPlan`) and this rank
+    tensor_parallel: Any = None
+    rank: int | None = None
 
     def __str__(self) -> str:  # `print(model.fitplan)`; the words live with the other renderers
         from ..render import render_load_report
@@ -216,8 +220,16 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     if not plan.fits:
         hint = plan.suggestions()
         raise DoesNotFitError(plan.summary_line() + (f"; try: {hint[0]}" if hint else ""), model_id=plan.model_id)
-    plan = _recheck(plan, replan)
-    kwargs, changed = merge_kwargs(plan.from_pretrained_kwargs(), user)
+    from .tensor_parallel import world
+
+    w = world()  # under torchrun: each rank plans its share and loads with transformers' TP
+    if w is None:
+        plan = _recheck(plan, replan)
+        tp, (kwargs, changed) = None, merge_kwargs(plan.from_pretrained_kwargs(), user)
+    else:
+        from .tensor_parallel import prepare
+
+        (tp, kwargs), changed = prepare(plan, w, user), ()
     for c in changed:
         log.warning("fitplan: user argument overrides the plan: %s", c)
     import transformers
@@ -241,7 +253,14 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     if allocator.startswith("allocator: expandable") and expandable_in_use() is False:
         allocator = "allocator: expandable segments were asked for, but torch's snapshot shows none"
         log.warning("fitplan: %s; the plan budgeted their smaller reserve", allocator)
-    report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed, allocator)
+    if tp is None:
+        report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed, allocator)
+    else:
+        from .tensor_parallel import device, local_bytes
+
+        dev = device(w, plan)
+        report = LoadReport(plan, {dev: tp.share(w.rank).weights_bytes}, {dev: sum(local_bytes(loaded))}, changed,
+                            allocator, tp, w.rank)
     loaded.fitplan = report
     if torch.cuda.is_available():
         torch.cuda.synchronize()
