@@ -31,14 +31,22 @@ MAX_CONTEXT = 1 << 24
 MAX_BATCH = 1 << 16
 MAX_IMAGES = 1 << 10
 #: Profile sections that group options, with their documentation.
-SECTIONS = {"workload": "What one generation needs.", "constraints": "What the chosen plan must respect."}
+SECTIONS = {"workload": "What one generation needs.", "constraints": "What the chosen plan must respect.",
+            "serving": "The serving engine's own settings, by its own names (engine vllm or sglang)."}
+#: What `engine` may say: transformers (fitplan.load(), one process) or a serving engine (fitplan.engines).
+ENGINES = ("transformers", "vllm", "sglang")
+#: `--kv-cache-dtype` and `--quantization` values the engine plans size (fitplan.engines.common).
+KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2")
+ENGINE_QUANTIZATIONS = ("fp8",)
+MAX_RANKS = 1024
 
 
 def option(default: Any, help: str, *, kind: str, profile: tuple[str, ...] | None = None,
            env: str | None = "", choices: tuple[str, ...] = (), minimum: int | None = None,
            maximum: int | None = None, default_text: str | None = None):
     """A dataclass field carrying its declaration. `kind`: int | enum | precision (an enum that also
-    takes a pre-quantized checkpoint's stored row) | headroom | bool | flag | string | path. `profile`: the key path in a deployment profile (None: not in profiles). `env`: the variable
+    takes a pre-quantized checkpoint's stored row) | headroom | fraction (a share in (0, 1]) | bool | flag | string
+    | path. `profile`: the key path in a deployment profile (None: not in profiles). `env`: the variable
     ("" for FITPLAN_<NAME>, None for none)."""
     return field(default=default, metadata={
         "help": help, "kind": kind, "profile": profile, "env": env, "choices": choices,
@@ -94,6 +102,36 @@ class PlanOptions:
                                    kind="headroom", profile=("constraints", "headroom"), default_text="10%")
     offload: bool = option(False, "Allow CPU offload when nothing fits on the GPUs (slow).", kind="bool",
                            profile=("constraints", "offload"))
+    engine: str = option("transformers", "What runs the model: transformers (fitplan.load(), one process) or a serving "
+                                         "engine, vllm or sglang, planned per rank with tensor/pipeline parallelism.",
+                         kind="enum", choices=ENGINES, profile=("engine",))
+    concurrency: int | None = option(None, "Sequences at the full context the engine must hold at once (engine "
+                                           "plans; default 1).", kind="int", profile=("workload", "concurrency"),
+                                     minimum=1, maximum=MAX_BATCH)
+    tensor_parallel_size: int | None = option(None, "Engine tensor parallel size (vLLM --tensor-parallel-size, "
+                                                    "SGLang --tp).", kind="int", minimum=1, maximum=MAX_RANKS,
+                                              profile=("serving", "tensor_parallel_size"), default_text="chosen")
+    pipeline_parallel_size: int | None = option(None, "Engine pipeline parallel size (vLLM --pipeline-parallel-size, "
+                                                      "SGLang --pp-size).", kind="int", minimum=1, maximum=MAX_RANKS,
+                                                profile=("serving", "pipeline_parallel_size"), default_text="chosen")
+    gpu_memory_utilization: float | None = option(None, "Share of each GPU the engine may use (vLLM "
+                                                        "--gpu-memory-utilization, SGLang --mem-fraction-static).",
+                                                  kind="fraction", profile=("serving", "gpu_memory_utilization"),
+                                                  default_text="the engine's")
+    kv_cache_dtype: str | None = option(None, "Engine KV cache dtype (--kv-cache-dtype).", kind="enum",
+                                        choices=KV_CACHE_DTYPES, profile=("serving", "kv_cache_dtype"),
+                                        default_text="chosen")
+    quantization: str | None = option(None, "Engine online quantization of a float checkpoint (--quantization).",
+                                      kind="enum", choices=ENGINE_QUANTIZATIONS, profile=("serving", "quantization"),
+                                      default_text="chosen")
+    max_num_seqs: int | None = option(None, "Engine --max-num-seqs.", kind="int", minimum=1, maximum=MAX_BATCH,
+                                      profile=("serving", "max_num_seqs"), default_text="the engine's")
+    max_num_batched_tokens: int | None = option(None, "Engine --max-num-batched-tokens (SGLang "
+                                                      "--chunked-prefill-size).", kind="int", minimum=1,
+                                                maximum=MAX_CONTEXT, profile=("serving", "max_num_batched_tokens"),
+                                                default_text="the engine's")
+    enforce_eager: bool = option(False, "Engine --enforce-eager (no CUDA graphs).", kind="bool",
+                                 profile=("serving", "enforce_eager"))
 
     def __post_init__(self):
         for name in ("context", "batch", "images"):
@@ -120,9 +158,41 @@ class PlanOptions:
                 raise InputError(f"{ref(name, repr(v))}: {err.message}", option=name) from None
         if self.prefer not in PREFERENCES:
             raise InputError(f"prefer must be one of {', '.join(PREFERENCES)}, got {self.prefer!r}")
+        self._check_engine()
         h = self.headroom
         if isinstance(h, bool) or not isinstance(h, (int, float)) or h < 0 or (isinstance(h, float) and h >= 1):
             raise InputError(f"headroom must be a share below 1 (e.g. 0.1) or bytes, got {h!r}")
+
+    def _check_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise InputError(f"{ref('engine')} must be one of {', '.join(ENGINES)}, got {self.engine!r:.40}",
+                             option="engine")
+        for name in ("concurrency", "tensor_parallel_size", "pipeline_parallel_size", "max_num_seqs",
+                     "max_num_batched_tokens"):
+            v, meta = getattr(self, name), fields_by_name()[name].metadata
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not
+                                  meta["minimum"] <= v <= meta["maximum"]):
+                raise InputError(f"{ref(name)} must be a whole number from {meta['minimum']} to {meta['maximum']}, "
+                                 f"got {v!r:.40}", option=name)
+        u = self.gpu_memory_utilization
+        if u is not None and (isinstance(u, bool) or not isinstance(u, (int, float)) or not 0 < u <= 1):
+            raise InputError(f"{ref('gpu_memory_utilization')} must be a share in (0, 1], e.g. 0.9, got {u!r:.40}",
+                             option="gpu_memory_utilization")
+        for name, allowed in (("kv_cache_dtype", KV_CACHE_DTYPES), ("quantization", ENGINE_QUANTIZATIONS)):
+            v = getattr(self, name)
+            if v is not None and v not in allowed:
+                raise InputError(f"{ref(name)} must be one of {', '.join(allowed)}, got {v!r:.40}", option=name)
+        engine_only = [n for n in ENGINE_KEYS if getattr(self, n) not in (None, False)]
+        if self.engine == "transformers" and engine_only:
+            raise InputError(f"{ref(engine_only[0])} is a serving-engine setting; add {ref('engine', 'vllm')} (or "
+                             "sglang) to plan for an engine", option=engine_only[0])
+
+    @property
+    def engine_knobs(self):
+        """The engine settings as `fitplan.engines.plan.Knobs`."""
+        from .engines.plan import Knobs
+
+        return Knobs(**{n: getattr(self, n) for n in ENGINE_KEYS if n != "concurrency"})
 
     @classmethod
     def from_values(cls, **values) -> "PlanOptions":
@@ -142,6 +212,12 @@ class PlanOptions:
                 v = parse_headroom(v)
             elif f.metadata["kind"] == "bool":
                 v = bool(v)
+            elif f.metadata["kind"] == "fraction" and isinstance(v, str):
+                try:
+                    v = float(v)
+                except ValueError:
+                    raise InputError(f"{ref(f.name)} must be a number in (0, 1], got {v!r:.40}", option=f.name) \
+                        from None
             kw[f.name] = v
         return cls(**kw)
 
@@ -181,6 +257,10 @@ def fields_by_name() -> dict:
 
 
 PLAN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(PlanOptions))
+#: The options only a serving-engine plan reads.
+ENGINE_KEYS: tuple[str, ...] = ("concurrency", "tensor_parallel_size", "pipeline_parallel_size",
+                                "gpu_memory_utilization", "kv_cache_dtype", "quantization", "max_num_seqs",
+                                "max_num_batched_tokens", "enforce_eager")
 SOURCE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(SourceOptions))
 #: Every keyword `fitplan.plan()`, `fitplan.load()` and the CLI take for planning.
 OPTION_KEYS: tuple[str, ...] = PLAN_KEYS + SOURCE_KEYS

@@ -56,13 +56,41 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
                         auto_class=req.options.auto_class, use_cache=use_cache, on_build=on_build)
     plan = decide(inv, req.hardware, req.options, model_id=src.model_id, origin=src.origin, revision=src.revision,
                   pin=req.pin, notes=req.notes)
+    if req.options.engine != "transformers":
+        return replace(plan, engine=_engine(inv, src, req))
     if not req.hardware.gpus or not plan.fits:
         plan = replace(plan, gguf=_gguf_rows(inv, req))
+    if len(req.hardware.gpus) > 1 and (not plan.fits or len({s.device for s in plan.decision.placement}) > 1):
+        plan = replace(plan, tp_hint=_tp_hint(inv, src, req))
     if plan.pin is not None:
         from .profiles.lock import check_pin
 
         check_pin(plan)
     return plan
+
+
+def _engine(inv, src, req: Request):
+    """The serving-engine deployment the request asks for (fitplan.engines)."""
+    from .engines.choose import plan_engine
+
+    o = req.options
+    return plan_engine(inv, src.config, req.hardware, engine=o.engine, knobs=o.engine_knobs,
+                       max_model_len=o.workload(inv).context, concurrency=o.concurrency or o.batch,
+                       model_id=src.model_id)
+
+
+def _tp_hint(inv, src, req: Request):
+    """What vLLM tensor parallelism gives on the same GPUs, when one GPU is not enough (None if fitplan cannot plan
+    this model for vLLM)."""
+    from .engines.choose import plan_engine
+    from .errors import FitplanError
+
+    try:
+        return plan_engine(inv, src.config, req.hardware, engine="vllm", knobs=req.options.engine_knobs,
+                           max_model_len=req.options.workload(inv).context, concurrency=req.options.batch,
+                           model_id=src.model_id)
+    except FitplanError:
+        return None
 
 
 def _gguf_rows(inv, req: Request):

@@ -15,6 +15,7 @@ _TYPES = {
     "enum": lambda m: {"type": click.Choice(m["choices"], case_sensitive=False)},
     "precision": lambda m: {"metavar": "[" + "|".join(m["choices"]) + "|STORED-ROW]"},
     "headroom": lambda m: {},
+    "fraction": lambda m: {"type": click.FloatRange(min=0, min_open=True, max=1)},
     "string": lambda m: {},
     "path": lambda m: {"type": click.Path(dir_okay=False)},
 }

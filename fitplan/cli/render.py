@@ -88,6 +88,14 @@ def render_text(plan) -> str:
             lines.append(f"  {x.precision:8} {x.rejected_because}")
         lines.append("what would make it fit:")
         lines += [f"  - {s}" for s in plan.suggestions("cli")]
+    if plan.engine is not None:
+        from .render_engine import engine_lines
+
+        lines = lines[:4] + engine_lines(plan.engine)
+    if plan.tp_hint is not None:
+        from .render_engine import hint_lines
+
+        lines += hint_lines(plan.tp_hint)
     if plan.gguf is not None:
         lines.append("")
         lines.append("llama.cpp (GGUF) options for this workload:")

@@ -65,7 +65,7 @@ def _schema() -> tuple[Field, ...]:
     hardware = Field("hardware", "hardware",
                      "'auto' probes this machine; or 'gpus:' (and optional 'cpu_ram:') as in a --hardware file.",
                      "auto")
-    return (*top, sections["workload"], hardware, sections["constraints"])
+    return (*top, sections["workload"], hardware, sections["constraints"], sections["serving"])
 
 
 SCHEMA: tuple[Field, ...] = _schema()
@@ -121,6 +121,10 @@ def check_value(f: Field, value: Any) -> Any:
         if not isinstance(value, bool):
             raise _Bad(f"must be true or false, got {describe(value)}")
         return value
+    if f.kind == "fraction":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise _Bad(f"must be a share in (0, 1], e.g. 0.9, got {describe(value)}")
+        return float(value)
     if f.kind == "headroom":
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise _Bad(f"must be a share like '10%' or a size like '1.5GiB', got {describe(value)}")
@@ -145,6 +149,11 @@ def _from_text(f: Field, text: str) -> Any:
         raise _Bad(f"must be one of {', '.join(sorted(_TRUE_WORDS | _FALSE_WORDS))}, got {text!r}")
     if f.kind in ("enum", "precision"):
         return text.lower()
+    if f.kind == "fraction":
+        try:
+            return float(text)
+        except ValueError:
+            raise _Bad(f"must be a number in (0, 1], got {text!r}") from None
     return text
 
 
@@ -197,6 +206,8 @@ def _field_schema(f: Field) -> dict:
                                   {"type": "string", "pattern": f"^({prequant.LABEL_PATTERN})$"}]}
     if f.kind == "bool":
         return {**base, "type": "boolean"}
+    if f.kind == "fraction":
+        return {**base, "type": "number", "exclusiveMinimum": 0, "maximum": 1}
     if f.kind == "headroom":
         return {**base, "anyOf": [{"type": "number", "minimum": 0, "exclusiveMaximum": 1},
                                   {"type": "string", "pattern": _PERCENT},
