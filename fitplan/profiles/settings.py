@@ -42,6 +42,21 @@ class WorkloadSpec:
     context: int | None = None
     batch: int | None = None
     images: int | None = None
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True)
+class Serving:
+    """`serving:`: the engine's own settings (engine vllm or sglang), by the engine's names."""
+
+    tensor_parallel_size: int | None = None
+    pipeline_parallel_size: int | None = None
+    gpu_memory_utilization: float | None = None
+    kv_cache_dtype: str | None = None
+    quantization: str | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enforce_eager: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -82,9 +97,11 @@ class Profile:
     model: str | None = None
     revision: str | None = None
     auto_class: str | None = None
+    engine: str | None = None
     workload: WorkloadSpec = WorkloadSpec()
     hardware: HardwareSpec | None = None
     constraints: Constraints = Constraints()
+    serving: Serving = Serving()
     digest: str = ""
 
     def get(self, name: str) -> Any:
@@ -161,8 +178,9 @@ def _parse(doc: Any, name: str) -> tuple[Profile | None, list[FitplanError]]:
         return None, problems
     work, cons = values.get("workload", {}), values.get("constraints", {})
     return Profile(path=name, model=values.get("model"), revision=values.get("revision"),
-                   auto_class=values.get("auto_class"), workload=WorkloadSpec(**work), hardware=values.get("hardware"),
-                   constraints=Constraints(**cons), digest=_digest(doc)), []
+                   auto_class=values.get("auto_class"), engine=values.get("engine"), workload=WorkloadSpec(**work),
+                   hardware=values.get("hardware"), constraints=Constraints(**cons),
+                   serving=Serving(**values.get("serving", {})), digest=_digest(doc)), []
 
 
 def _digest(doc: YamlMap) -> str:

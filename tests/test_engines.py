@@ -1,0 +1,128 @@
+"""Pure functions of fitplan.engines: sharding, pipeline split, KV pages, choice, command, bad input."""
+from __future__ import annotations
+
+import pytest
+
+from fitplan.engines.choose import plan_engine
+from fitplan.engines.model import AttentionGeometry, geometry
+from fitplan.engines.plan import Knobs
+from fitplan.engines.shard import pad_vocab, pp_layers, rank_weights
+from fitplan.engines.vllm import _blocks_per_request, _groups, batch_defaults, plan_vllm
+from fitplan.errors import InputError
+from fitplan.hardware.catalogue import hardware_from_gpu_flag
+from fitplan.model.inventory import Inventory, KVLayer, TensorInfo
+
+
+def test_vocab_is_padded_to_64_then_split():
+    assert pad_vocab(151936, 1) == 151936
+    assert pad_vocab(128256, 8) == 16032
+    assert pad_vocab(32001, 2) == 16032  # 32001 -> 32064 -> 16032
+
+
+def test_pipeline_stages_split_layers_as_get_pp_indices():
+    assert [len(r) for r in pp_layers(80, 2)] == [40, 40]
+    assert [len(r) for r in pp_layers(61, 4)] == [15, 15, 16, 15]  # the remainder goes to the stage before the last
+    assert [r.start for r in pp_layers(61, 4)] == [0, 15, 30, 46]
+
+
+def _tiny(kv_heads=2, heads=8, hd=16, layers=4, vocab=1000, hidden=128, inter=256):
+    t = []
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t += [TensorInfo(p + "self_attn.q_proj.weight", (heads * hd, hidden), quantizable=True),
+              TensorInfo(p + "self_attn.k_proj.weight", (kv_heads * hd, hidden), quantizable=True),
+              TensorInfo(p + "self_attn.v_proj.weight", (kv_heads * hd, hidden), quantizable=True),
+              TensorInfo(p + "self_attn.o_proj.weight", (hidden, heads * hd), quantizable=True),
+              TensorInfo(p + "mlp.gate_proj.weight", (inter, hidden), quantizable=True),
+              TensorInfo(p + "mlp.up_proj.weight", (inter, hidden), quantizable=True),
+              TensorInfo(p + "mlp.down_proj.weight", (hidden, inter), quantizable=True),
+              TensorInfo(p + "input_layernorm.weight", (hidden,))]
+    t += [TensorInfo("model.embed_tokens.weight", (vocab, hidden)), TensorInfo("model.norm.weight", (hidden,)),
+          TensorInfo("lm_head.weight", (vocab, hidden))]
+    inv = Inventory("tiny", "llama", "LlamaForCausalLM", 0, tuple(t),
+                    tuple(KVLayer(2 * kv_heads * hd) for _ in range(layers)), hidden, inter, layers, heads, vocab,
+                    "sdpa", "bfloat16", max_positions=4096)
+    geo = AttentionGeometry(layers, heads, kv_heads, hd, layer_windows=(None,) * layers, vocab_size=vocab)
+    return inv, geo
+
+
+def test_tp_shards_linears_replicates_norms_and_kv_heads_past_tp():
+    inv, geo = _tiny(kv_heads=2)
+    size = lambda t: t.numel * 2
+    whole = rank_weights(inv, geo, size, 1, 1)[0].total
+    tp4 = rank_weights(inv, geo, size, 4, 1)[0].total
+    per_layer_q = 8 * 16 * 128 * 2
+    kv_whole = 2 * 2 * 16 * 128 * 2  # k and v, 2 heads
+    # TP 4 > 2 KV heads: each rank keeps one head of k and of v (max(1, 2 // 4)), not half a head
+    kv_rank = 2 * 1 * 16 * 128 * 2
+    norms = 4 * 128 * 2 + 128 * 2
+    vocab_rank = 2 * pad_vocab(1000, 4) * 128 * 2
+    linears = 4 * (2 * per_layer_q + 3 * 256 * 128 * 2)
+    assert tp4 == linears // 4 + 4 * kv_rank + norms + vocab_rank
+    assert whole == linears + 4 * kv_whole + norms + 2 * 1000 * 128 * 2
+
+
+def test_pp_puts_embedding_first_and_lm_head_last():
+    inv, geo = _tiny()
+    first, last = rank_weights(inv, geo, lambda t: t.numel * 2, 1, 2)
+    assert first.vocab == last.vocab == 1000 * 128 * 2
+    assert first.layers == last.layers == 2
+    assert last.total - first.total == 128 * 2  # the final norm
+
+
+def test_hybrid_sliding_layers_group_as_kv_cache_utils():
+    geo = AttentionGeometry(62, 32, 16, 128, layer_windows=tuple(None if (i + 1) % 6 == 0 else 1024
+                                                                 for i in range(62)))
+    size, windows = _groups(geo, range(62))
+    assert size == 10 and windows.count(None) == 1 and len(windows) == 7
+    # a sliding group needs window - 1 + batched tokens of blocks per request, plus one
+    assert _blocks_per_request([1024], 32768, 2048, 16) == -(-(1023 + 2048) // 16) + 1
+
+
+def test_vllm_budget_is_utilization_times_total_less_non_kv():
+    inv, geo = _tiny()
+    gpu = hardware_from_gpu_flag("h100", 0).gpus[0]
+    p = plan_vllm(inv, geo, gpu, Knobs(gpu_memory_utilization=0.5), tp=1, pp=1, max_model_len=4096)
+    r = p.per_rank[0]
+    assert r.available_kv_cache_bytes == int(gpu.free_bytes * 0.5) - r.weights_bytes - r.activation_bytes \
+        - r.non_torch_bytes
+    per_token = 4 * 2 * 2 * 16 * 2
+    assert p.kv_cache_tokens == r.available_kv_cache_bytes // (16 * per_token // 4) // 4 * 16
+    assert p.max_concurrency == pytest.approx(p.kv_cache_tokens / 4096, rel=0.01)
+    assert batch_defaults(gpu) == (8192, 1024)
+    assert batch_defaults(hardware_from_gpu_flag("a100-80gb", 0).gpus[0]) == (2048, 256)
+
+
+def test_geometry_reads_windows_and_mla():
+    g = geometry({"num_hidden_layers": 4, "num_attention_heads": 8, "hidden_size": 256, "num_key_value_heads": 2,
+                  "sliding_window": 512, "layer_types": ["sliding_attention", "full_attention"] * 2})
+    assert g.layer_windows == (512, None, 512, None) and g.head_dim == 32
+    m = geometry({"num_hidden_layers": 2, "num_attention_heads": 128, "hidden_size": 7168, "kv_lora_rank": 512,
+                  "qk_rope_head_dim": 64})
+    assert m.mla and m.mla_cache_elements == 576
+
+
+def test_choice_and_command_and_rejections():
+    inv, geo = _tiny(heads=8, kv_heads=8)
+    cfg = {"num_hidden_layers": 4, "num_attention_heads": 8, "hidden_size": 128, "num_key_value_heads": 8,
+           "vocab_size": 1000}
+    hw = hardware_from_gpu_flag("2xh100", 0)
+    c = plan_engine(inv, cfg, hw, engine="vllm", knobs=Knobs(), max_model_len=4096, concurrency=1, model_id="m/x")
+    assert c.plan.fits and c.plan.tensor_parallel_size == 1 and not c.rejected
+    assert c.plan.command == ("vllm serve m/x --tensor-parallel-size 1 --pipeline-parallel-size 1 --max-model-len "
+                              "4096 --gpu-memory-utilization 0.9",)
+    s = plan_engine(inv, cfg, hw, engine="sglang", knobs=Knobs(tensor_parallel_size=2), max_model_len=4096,
+                    concurrency=1, model_id="m/x")
+    assert s.plan.command[0].startswith("python -m sglang.launch_server --model-path m/x --tp 2 --pp-size 1")
+
+
+@pytest.mark.parametrize("knobs, words", [
+    (Knobs(tensor_parallel_size=3), "does not divide the 8 attention heads"),
+    (Knobs(tensor_parallel_size=4), "4 ranks, but the hardware has 2 GPUs"),
+])
+def test_bad_parallel_sizes_are_one_line_input_errors(knobs, words):
+    inv, _ = _tiny(heads=8, kv_heads=8)
+    cfg = {"num_hidden_layers": 4, "num_attention_heads": 8, "hidden_size": 128, "num_key_value_heads": 8}
+    with pytest.raises(InputError, match=words):
+        plan_engine(inv, cfg, hardware_from_gpu_flag("2xh100", 0), engine="vllm", knobs=knobs, max_model_len=4096,
+                    concurrency=1, model_id="m/x")
