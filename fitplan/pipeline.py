@@ -82,13 +82,12 @@ def _engine(inv, src, req: Request):
 def _tp_hint(inv, src, req: Request):
     """What vLLM tensor parallelism gives on the same GPUs, when one GPU is not enough (None if fitplan cannot plan
     this model for vLLM)."""
-    from .engines.choose import plan_engine
+    from .engines.choose import tp_hint
     from .errors import FitplanError
 
     try:
-        return plan_engine(inv, src.config, req.hardware, engine="vllm", knobs=req.options.engine_knobs,
-                           max_model_len=req.options.workload(inv).context, concurrency=req.options.batch,
-                           model_id=src.model_id)
+        return tp_hint(inv, src.config, req.hardware, max_model_len=req.options.workload(inv).context,
+                       concurrency=req.options.batch, model_id=src.model_id)
     except FitplanError:
         return None
 

@@ -40,10 +40,10 @@ def engine_lines(choice) -> list[str]:
 
 def hint_lines(choice) -> list[str]:
     p = choice.plan
+    head = (f"tensor parallel: vLLM {p.version} with TP {p.tensor_parallel_size} on {p.world_size} of these GPUs, "
+            f"{p.precision} weights")
     if not p.fits:
-        return ["", f"tensor parallel: vLLM on these {len(p.per_rank)} GPUs does not fit either "
-                    f"({choice.rejected[-1].reason if choice.rejected else ''})"]
-    return ["", f"tensor parallel: vLLM {p.version} with TP {p.tensor_parallel_size} x PP "
-                f"{p.pipeline_parallel_size} on these GPUs runs every GPU at once: {p.kv_cache_tokens:,} KV tokens, "
-                f"{p.max_concurrency:.2f} sequences of {p.max_model_len:,} tokens (fitplan check --engine vllm):",
+        return ["", f"{head}: does not fit either ({choice.rejected[-1].reason if choice.rejected else ''})"]
+    return ["", f"{head}, every GPU computing at once: {p.kv_cache_tokens:,} KV tokens, {p.max_concurrency:.2f} "
+                f"sequences of {p.max_model_len:,} tokens (more: fitplan check --engine vllm):",
             f"  {p.command[-1]}"]

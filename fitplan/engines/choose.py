@@ -76,9 +76,25 @@ def _label(tp: int, pp: int, k: Knobs) -> str:
     return ", ".join(parts)
 
 
+def tp_hint(inv: Inventory, config: dict, hw: Hardware, *, max_model_len: int, concurrency: int,
+            model_id: str) -> EngineChoice | None:
+    """What vLLM tensor parallelism over the GPUs of this machine gives, the checkpoint as it is (`fitplan check`
+    says it when one GPU is not enough, or the plan is a sequential split): the largest power-of-two TP that divides
+    the heads. None when no TP above 1 divides them."""
+    geo = geometry(config)
+    n = hw.gpus_per_node or len(hw.gpus)
+    tp = max((t for t in (2, 4, 8, 16, 32, 64) if t <= n and geo.num_heads % t == 0
+              and (geo.kv_heads <= t or geo.kv_heads % t == 0)), default=None)
+    if tp is None:
+        return None
+    return plan_engine(inv, config, hw, engine="vllm", knobs=Knobs(tensor_parallel_size=tp, kv_cache_dtype="auto"),
+                       max_model_len=max_model_len, concurrency=concurrency, model_id=model_id, explore=False)
+
+
 def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knobs: Knobs, max_model_len: int,
-                concurrency: int, model_id: str) -> EngineChoice:
-    """The deployment of `model_id` on `engine` over `hw`'s GPUs (one kind; `gpus_per_node` from the hardware)."""
+                concurrency: int, model_id: str, explore: bool = True) -> EngineChoice:
+    """The deployment of `model_id` on `engine` over `hw`'s GPUs (one kind; `gpus_per_node` from the hardware).
+    `explore` False plans `knobs` as they are (no fp8 variants)."""
     if not hw.gpus:
         raise InputError(f"{engine} plans need GPUs: give --gpu (e.g. --gpu 4xh100) or a hardware file",
                          option="engine")
@@ -91,7 +107,7 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
     geo = geometry(config)
     gpu = hw.gpus[0]
     n = len(hw.gpus)
-    per_node = getattr(hw, "gpus_per_node", None) or n
+    per_node = hw.gpus_per_node or n
     tp0, pp0 = knobs.tensor_parallel_size or 1, knobs.pipeline_parallel_size or 1
     if knobs.tensor_parallel_size or knobs.pipeline_parallel_size:
         check_parallel(geo, tp0, pp0)
@@ -104,7 +120,7 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
     rejected: list[Rejected] = []
     best: EnginePlan | None = None
     for tp, pp in _layouts(geo, n, per_node, knobs):
-        for k in _variants(inv, gpu.compute_capability, knobs):
+        for k in (_variants(inv, gpu.compute_capability, knobs) if explore else [knobs]):
             p = (plan_vllm(inv, geo, gpu, k, tp=tp, pp=pp, max_model_len=max_model_len, concurrency=concurrency,
                            gpus_per_node=per_node) if engine == "vllm" else
                  plan_sglang(inv, geo, gpu, k, tp=tp, pp=pp, max_model_len=max_model_len, concurrency=concurrency,
@@ -113,8 +129,9 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
             if p.fits:
                 return EngineChoice(p, tuple(rejected))
             rejected.append(Rejected(_label(tp, pp, k), _why(p)))
-            if best is None or p.available_kv_cache_bytes > best.available_kv_cache_bytes:
-                best = p
+            if best is None or (p.max_concurrency, p.available_kv_cache_bytes) > (best.max_concurrency,
+                                                                                   best.available_kv_cache_bytes):
+                best = p  # nothing fits: show the one that comes closest
     if best is None:
         raise InputError(f"no tensor parallel size up to {n} divides {model_id}'s {geo.num_heads} attention heads",
                          option="tensor_parallel_size")

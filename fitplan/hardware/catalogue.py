@@ -50,6 +50,8 @@ MAX_CPU_RAM = 64 << 40
 _CC = re.compile(r"^\s*(\d{1,2})\.(\d)\s*$")
 _COUNTED = re.compile(r"^([+-]?\d+)\s*[x×*]\s*(.*)$", re.IGNORECASE)
 _CATALOGUE_FILE = "gpus.yaml"
+#: `--gpu 2x8xh100`: 2 nodes of 8 H100s (serving-engine plans across machines).
+_NODES = re.compile(r"^(\d+)\s*[x×*]\s*(\d+)\s*[x×*]\s*([^,]+)$", re.IGNORECASE)
 _HINT = "run `fitplan gpus` to list known names, or describe the card with --hardware FILE.yaml"
 
 
@@ -188,6 +190,16 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
     if not text or not text.strip():
         raise InputError("--gpu is empty; name a GPU such as 'rtx4090' or '2x a100-80gb' (`fitplan gpus` lists them)")
     catalogue = load_gpu_catalogue()
+    nodes = _NODES.match(text.strip())
+    if nodes:  # several machines: NODESxGPUSxNAME
+        n, per = int(nodes.group(1)), int(nodes.group(2))
+        if n < 1 or per < 1:
+            raise InputError(f"--gpu {text!r}: nodes and GPUs per node must be at least 1; write e.g. '2x8xh100'")
+        _check_total(n * per, f"--gpu {text!r}")
+        spec = find_gpu(nodes.group(3).strip(), catalogue)
+        return Hardware(gpus=tuple(spec.to_gpu(i) for i in range(n * per)), cpu_ram_bytes=cpu_ram_bytes,
+                        source="catalogue", notes=(CATALOGUE_NOTE, f"{n} nodes of {per} GPUs"),
+                        gpus_per_node=per if n > 1 else None)
     gpus: list[GPU] = []
     for part in text.split(","):
         if not part.strip():
@@ -211,7 +223,7 @@ def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) ->
     name = str(path)
     doc = load_yaml(path, source_name=name)
     doc = require_map(doc, where=f"{name}:1", what="a hardware file")
-    check_keys(doc, ["gpus", "cpu_ram", "unified"], what="a hardware file")
+    check_keys(doc, ["gpus", "cpu_ram", "unified", "nodes"], what="a hardware file")
     if "gpus" not in doc:
         raise InputError(f"{name}:1: a hardware file needs a 'gpus:' list (write 'gpus: []' for a CPU-only machine)")
     items = doc["gpus"]
@@ -230,7 +242,14 @@ def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) ->
     if not isinstance(unified, bool):
         raise InputError(f"{doc.where('unified')}: unified must be true or false (true: the CPU and GPU share "
                          f"cpu_ram, as on Apple silicon), got {describe(unified)}")
-    return Hardware(gpus=gpus, cpu_ram_bytes=ram, source="file", notes=tuple(notes), unified=unified)
+    nodes = doc.get("nodes", 1)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1 or (gpus and len(gpus) % nodes):
+        raise InputError(f"{doc.where('nodes') if 'nodes' in doc else name}: nodes must be a whole number of machines "
+                         f"that divides the {len(gpus)} GPUs listed (each node has the same GPUs), got {describe(nodes)}")
+    if nodes > 1:
+        notes.append(f"{nodes} nodes of {len(gpus) // nodes} GPUs")
+    return Hardware(gpus=gpus, cpu_ram_bytes=ram, source="file", notes=tuple(notes), unified=unified,
+                    gpus_per_node=len(gpus) // nodes if nodes > 1 else None)
 
 
 def parse_gpu_list(items: YamlList, *, what: str = "gpus") -> tuple[GPU, ...]:

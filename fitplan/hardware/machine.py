@@ -52,6 +52,7 @@ class Hardware:
     source: str
     notes: tuple[str, ...] = field(default_factory=tuple)
     unified: bool = False  # CPU and GPU share one memory (Apple silicon): `cpu_ram_bytes` is that pool
+    gpus_per_node: int | None = None  # several machines (`--gpu 2x8xh100`): GPUs per node; None: one machine
 
     @property
     def has_gpu(self) -> bool:
@@ -74,5 +75,6 @@ class Hardware:
             "gpus": [g.to_dict() for g in self.gpus],
             "cpu_ram_bytes": self.cpu_ram_bytes,
             "unified": self.unified,
+            **({"gpus_per_node": self.gpus_per_node} if self.gpus_per_node else {}),
             "notes": list(self.notes),
         }
