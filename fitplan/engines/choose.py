@@ -107,6 +107,10 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
     geo = geometry(config)
     gpu = hw.gpus[0]
     n = len(hw.gpus)
+    if knobs.quantization == "fp8" and gpu.compute_capability < (8, 0):
+        cc = ".".join(map(str, gpu.compute_capability))
+        raise InputError(f"quantization fp8 needs compute capability 8.0 (weight-only, Marlin) or 8.9 (W8A8); "
+                         f"{gpu.name} has {cc}: drop --quantization", option="quantization")
     per_node = hw.gpus_per_node or n
     tp0, pp0 = knobs.tensor_parallel_size or 1, knobs.pipeline_parallel_size or 1
     if knobs.tensor_parallel_size or knobs.pipeline_parallel_size:

@@ -44,17 +44,18 @@ def plan_sglang(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, 
     stages = rank_weights(inv, geo, sizer(inv, dtype, knobs.quantization), tp, pp)
     layers = pp_layers(inv.num_layers, pp)
     per_layer = (geo.mla_cache_elements if geo.mla else 2 * geo.kv_heads_per_rank(tp) * geo.head_dim) * kv_e
-    total = torch_total(gpu) - (PRELOAD_USED_TP if tp * pp > 1 else PRELOAD_USED_TP1)
+    preload = PRELOAD_USED_TP if tp * pp > 1 else PRELOAD_USED_TP1
+    total = torch_total(gpu) - preload
     ranks, cells = [], []
     for s, w in enumerate(stages):
         rest = (total - w.total) - int(total * (1 - frac))
         cell = per_layer * len(layers[s])
         cells.append((rest, cell))
         for r in range(tp):
-            ranks.append(RankPlan(s * tp + r, s, w.layers, w.total, 0, total and (torch_total(gpu) - total), 0, rest))
+            ranks.append(RankPlan(s * tp + r, s, w.layers, w.total, 0, preload, 0, rest))
     tokens = min(max(rest, 0) // cell for rest, cell in cells)
     chunk = knobs.max_num_batched_tokens or (2048 if gpu.total_bytes < 25_000 * 10**6 else 8192)
-    seqs = knobs.max_num_seqs or 0
+    seqs = knobs.max_num_seqs or 0  # 0: SGLang derives max_running_requests from the pool
     notes = [f"mirrors SGLang {VERSION}: activations and CUDA graphs use the 1 - mem_fraction_static margin, "
              "which SGLang does not check at startup"]
     return EnginePlan(

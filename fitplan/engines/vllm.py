@@ -27,7 +27,7 @@ from ..versions import ENGINE_VERSIONS
 from .common import forward_peak, kv_element_bytes, load_dtype, sizer
 from .model import AttentionGeometry
 from .plan import GiB, EnginePlan, Knobs, RankPlan
-from .shard import rank_weights
+from .shard import pp_layers, rank_weights
 
 NAME = "vllm"
 VERSION = ENGINE_VERSIONS[NAME]
@@ -81,8 +81,7 @@ def _blocks_per_request(windows: list[int | None], max_model_len: int, batched: 
 
 
 def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *, tp: int, pp: int,
-              max_model_len: int, concurrency: int = 1, model_id: str | None = None, gpus_per_node: int | None = None,
-              precision_label: str | None = None) -> EnginePlan:
+              max_model_len: int, concurrency: int = 1, gpus_per_node: int | None = None) -> EnginePlan:
     """The vLLM deployment of `inv` with `tp` x `pp` ranks of `gpu` at `max_model_len`: per rank and the figures
     its startup log prints."""
     dtype = load_dtype(inv, gpu.compute_capability)
@@ -96,8 +95,6 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
     size = sizer(inv, dtype, knobs.quantization)
     stages = rank_weights(inv, geo, size, tp, pp)
     requested = int(torch_total(gpu) * util)
-    from .shard import pp_layers
-
     stage_layers = pp_layers(inv.num_layers, pp)
     per_token_layer = (geo.mla_cache_elements if geo.mla else 2 * geo.kv_heads_per_rank(tp) * geo.head_dim) * kv_e
     page = BLOCK_SIZE * per_token_layer
@@ -127,11 +124,14 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
     avail_min = min(r.available_kv_cache_bytes for r in ranks)
     notes = [f"mirrors vLLM {VERSION} (V1 engine): CUDA graphs are captured after the KV cache is sized and are not "
              "in the budget; they use the 1 - gpu_memory_utilization margin"]
+    if gpu.free_bytes < requested:
+        notes.append(f"{gpu.name} has {gpu.free_bytes / GiB:.2f} GiB free, less than gpu_memory_utilization {util:g} "
+                     f"asks ({requested / GiB:.2f} GiB): vLLM refuses to start; lower it or free the GPU")
     if geo.kv_heads < tp:
         notes.append(f"{geo.kv_heads} KV heads under tensor parallel size {tp}: each rank keeps a replicated copy "
                      f"of {geo.kv_heads_per_rank(tp)} head")
     return EnginePlan(
-        NAME, VERSION, tp, pp, 1, gpus_per_node or tp * pp, gpu.name, precision_label or dtype_label(inv, dtype, knobs),
+        NAME, VERSION, tp, pp, 1, gpus_per_node or tp * pp, gpu.name, dtype_label(inv, dtype, knobs),
         kv_dtype, BLOCK_SIZE, util, seqs, batched, knobs.enforce_eager, tuple(ranks),
         per_token_layer * inv.num_layers // pp, avail_min, tokens, max_conc, max_model_len, concurrency, fit,
         knobs.quantization, (), tuple(notes))
