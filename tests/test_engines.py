@@ -126,3 +126,48 @@ def test_bad_parallel_sizes_are_one_line_input_errors(knobs, words):
     with pytest.raises(InputError, match=words):
         plan_engine(inv, cfg, hardware_from_gpu_flag("2xh100", 0), engine="vllm", knobs=knobs, max_model_len=4096,
                     concurrency=1, model_id="m/x")
+
+
+def _shipped(model):
+    from fitplan.model.cache import get_inventory
+    from fitplan.model.source import resolve
+
+    src = resolve(model, offline=True)
+    return get_inventory(src.config, model_id=src.model_id, stored_bytes=None, stored_parameters=None,
+                         auto_class=None), src.config
+
+
+def test_mla_latents_are_whole_on_every_rank_and_gqa_heads_split():
+    inv, cfg = _shipped("deepseek-ai/DeepSeek-V3")
+    geo, h200 = geometry(cfg), hardware_from_gpu_flag("h200", 0).gpus[0]
+    p4, p8 = (plan_vllm(inv, geo, h200, Knobs(), tp=tp, pp=1, max_model_len=8192) for tp in (4, 8))
+    assert geo.mla and p4.kv_bytes_per_token == p8.kv_bytes_per_token == 61 * 576 * 2
+    inv, cfg = _shipped("meta-llama/Llama-3.1-70B-Instruct")
+    geo = geometry(cfg)
+    p2, p4 = (plan_vllm(inv, geo, h200, Knobs(), tp=tp, pp=1, max_model_len=8192) for tp in (2, 4))
+    assert p2.kv_bytes_per_token == 2 * p4.kv_bytes_per_token == 80 * 2 * 4 * 128 * 2
+    # 8 KV heads under TP 16 stay one head per rank: replicated, not halved
+    p16 = plan_vllm(inv, geo, h200, Knobs(), tp=16, pp=1, max_model_len=8192)
+    assert p16.kv_bytes_per_token == 80 * 2 * 1 * 128 * 2 and any("replicated" in n for n in p16.notes)
+
+
+def test_gemma3_sliding_layers_come_from_the_config():
+    _, cfg = _shipped("google/gemma-3-27b-it")
+    geo = geometry(cfg)
+    assert geo.sliding_layers == 52 and geo.layer_windows.count(None) == 10
+
+
+def test_fp8_kv_cache_halves_the_bytes_per_token_and_online_fp8_needs_ampere():
+    inv, cfg = _shipped("meta-llama/Llama-3.1-8B-Instruct")
+    geo, h100 = geometry(cfg), hardware_from_gpu_flag("h100", 0).gpus[0]
+    auto, fp8 = (plan_vllm(inv, geo, h100, Knobs(kv_cache_dtype=k), tp=1, pp=1, max_model_len=8192)
+                 for k in ("auto", "fp8"))
+    assert auto.kv_bytes_per_token == 2 * fp8.kv_bytes_per_token
+    assert fp8.kv_cache_tokens == pytest.approx(2 * auto.kv_cache_tokens, rel=0.001)
+    with pytest.raises(InputError, match="compute capability 8.0"):
+        plan_engine(inv, cfg, hardware_from_gpu_flag("t4", 0), engine="vllm", knobs=Knobs(quantization="fp8"),
+                    max_model_len=4096, concurrency=1, model_id="m")
+    with pytest.raises(InputError, match="pre-quantized"):
+        ds, dcfg = _shipped("deepseek-ai/DeepSeek-V3")
+        plan_engine(ds, dcfg, hardware_from_gpu_flag("8xh200", 0), engine="vllm", knobs=Knobs(quantization="fp8"),
+                    max_model_len=4096, concurrency=1, model_id="m")
