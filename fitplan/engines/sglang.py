@@ -58,6 +58,9 @@ def plan_sglang(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, 
     seqs = knobs.max_num_seqs or 0  # 0: SGLang derives max_running_requests from the pool
     notes = [f"mirrors SGLang {VERSION}: activations and CUDA graphs use the 1 - mem_fraction_static margin, "
              "which SGLang does not check at startup"]
+    if geo.sliding_layers:
+        notes.append(f"{geo.sliding_layers} sliding-window layers are sized as full attention: SGLang's separate SWA "
+                     "pool (--swa-full-tokens-ratio) is not mirrored, so the token count is a lower bound")
     return EnginePlan(
         NAME, VERSION, tp, pp, 1, gpus_per_node or tp * pp, gpu.name, dtype_label(inv, dtype, knobs), kv_dtype, 1,
         frac, seqs, chunk, knobs.enforce_eager, tuple(ranks), per_layer * inv.num_layers // pp,
