@@ -187,13 +187,6 @@ class PlanOptions:
             raise InputError(f"{ref(engine_only[0])} is a serving-engine setting; add {ref('engine', 'vllm')} (or "
                              "sglang) to plan for an engine", option=engine_only[0])
 
-    @property
-    def engine_knobs(self):
-        """The engine settings as `fitplan.engines.plan.Knobs`."""
-        from .engines.plan import Knobs
-
-        return Knobs(**{n: getattr(self, n) for n in ENGINE_KEYS if n != "concurrency"})
-
     @classmethod
     def from_values(cls, **values) -> "PlanOptions":
         """From loosely typed values (keyword arguments, CLI strings); None means the default.

@@ -69,12 +69,20 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
     return plan
 
 
+def _knobs(options: PlanOptions):
+    """The engine settings of `options` as `fitplan.engines.plan.Knobs`."""
+    from .engines.plan import Knobs
+    from .options import ENGINE_KEYS
+
+    return Knobs(**{n: getattr(options, n) for n in ENGINE_KEYS if n != "concurrency"})
+
+
 def _engine(inv, src, req: Request):
     """The serving-engine deployment the request asks for (fitplan.engines)."""
     from .engines.choose import plan_engine
 
     o = req.options
-    return plan_engine(inv, src.config, req.hardware, engine=o.engine, knobs=o.engine_knobs,
+    return plan_engine(inv, src.config, req.hardware, engine=o.engine, knobs=_knobs(o),
                        max_model_len=o.workload(inv).context, concurrency=o.concurrency or o.batch,
                        model_id=src.model_id)
 
