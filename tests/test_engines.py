@@ -171,3 +171,23 @@ def test_fp8_kv_cache_halves_the_bytes_per_token_and_online_fp8_needs_ampere():
         ds, dcfg = _shipped("deepseek-ai/DeepSeek-V3")
         plan_engine(ds, dcfg, hardware_from_gpu_flag("8xh200", 0), engine="vllm", knobs=Knobs(quantization="fp8"),
                     max_model_len=4096, concurrency=1, model_id="m")
+
+
+def test_bitsandbytes_checkpoint_is_sized_in_its_layout_for_vllm_and_refused_for_sglang():
+    from fitplan.errors import UnsupportedModelError
+    from fitplan.model.cache import get_inventory
+    from fitplan.model.source import resolve
+
+    src = resolve("meta-llama/Llama-3.2-1B", offline=True)
+    cfg = {**src.config, "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True,
+                                                 "bnb_4bit_quant_type": "nf4"}}
+    inv = get_inventory(cfg, model_id="x/llama-1b-bnb", stored_bytes=None, stored_parameters=None, auto_class=None)
+    bf16, _ = _shipped("meta-llama/Llama-3.2-1B")
+    hw = hardware_from_gpu_flag("a100-80gb", 0)
+    q = plan_engine(inv, cfg, hw, engine="vllm", knobs=Knobs(), max_model_len=4096, concurrency=1, model_id="q")
+    f = plan_engine(bf16, src.config, hw, engine="vllm", knobs=Knobs(), max_model_len=4096, concurrency=1,
+                    model_id="f")
+    assert q.plan.per_rank[0].weights_bytes < 0.6 * f.plan.per_rank[0].weights_bytes
+    assert "--quantization" not in q.plan.command[0]
+    with pytest.raises(UnsupportedModelError, match="bitsandbytes"):
+        plan_engine(inv, cfg, hw, engine="sglang", knobs=Knobs(), max_model_len=4096, concurrency=1, model_id="q")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import InputError, UnsupportedModelError
 from ..hardware.machine import Hardware
+from ..model import prequant
 from ..model.inventory import Inventory
 from .common import FP8_MIN_CC
 from .model import AttentionGeometry, geometry
@@ -101,7 +102,7 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
     if any(k.state_elements or k.state_fixed_bytes for k in inv.kv_layers):
         raise UnsupportedModelError(f"{model_id} keeps recurrent (Mamba / linear-attention) state; fitplan does not "
                                     f"mirror {engine}'s state pool yet: plan it with engine transformers")
-    if inv.prequantized and inv.prequantized.startswith("bnb") and engine == "sglang":
+    if inv.prequantized and prequant.scheme(inv).method == "bitsandbytes" and engine == "sglang":
         raise UnsupportedModelError(f"{model_id} is a bitsandbytes checkpoint; fitplan sizes bitsandbytes for "
                                     "transformers and vllm only")
     geo = geometry(config)

@@ -49,6 +49,11 @@ def sizer(inv: Inventory, dtype: str, quantization: str | None):
         if quantization:
             raise InputError(f"quantization: {inv.model_id} is pre-quantized ({inv.prequantized}); the engine reads "
                              "its method from the checkpoint: drop --quantization", option="quantization")
+        if prequant.scheme(inv).method == "bitsandbytes":  # bitsandbytes' own layout (planning/layout.py)
+            from ..planning.layout import tensor_bytes
+
+            stored = prequant.as_stored(inv)
+            return lambda t: tensor_bytes(t, stored, dtype)
         held = prequant.held_by_tensor(inv, dtype)
         return lambda t: held[t.name]
     if quantization:

@@ -139,7 +139,9 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
 
 def dtype_label(inv: Inventory, dtype: str, knobs: Knobs) -> str:
     if inv.prequantized:
-        return inv.prequantized
+        from ..model import prequant
+
+        return prequant.scheme(inv).label
     if knobs.quantization:
         return knobs.quantization
     return {"bfloat16": "bf16", "float16": "fp16"}[dtype]
