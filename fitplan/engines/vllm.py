@@ -123,7 +123,9 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
     fit = _largest_len(group_windows, num_blocks, batched, inv.max_positions or max_model_len)
     avail_min = min(r.available_kv_cache_bytes for r in ranks)
     notes = [f"mirrors vLLM {VERSION} (V1 engine): CUDA graphs are captured after the KV cache is sized and are not "
-             "in the budget; they use the 1 - gpu_memory_utilization margin"]
+             "in the budget; they use the 1 - gpu_memory_utilization margin",
+             "vLLM's profile-run peak and non-torch terms are mirrored from its source but not yet matched to a public "
+             "startup log (docs/engines.md): treat the KV figures as estimates within a few GiB"]
     if gpu.free_bytes < requested:
         notes.append(f"{gpu.name} has {gpu.free_bytes / GiB:.2f} GiB free, less than gpu_memory_utilization {util:g} "
                      f"asks ({requested / GiB:.2f} GiB): vLLM refuses to start; lower it or free the GPU")
