@@ -21,7 +21,7 @@ from .errors import InputError
 from .hardware.machine import Hardware
 from .hardware.resolve import resolve_hardware
 from .model.cache import get_inventory
-from .options import PLAN_KEYS, SOURCE_KEYS, PlanOptions
+from .options import OPTION_KEYS, PLAN_KEYS, SOURCE_KEYS, PlanOptions, check_keys
 from .planning.plan import Pin, Plan, decide
 
 
@@ -57,11 +57,11 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
     plan = decide(inv, req.hardware, req.options, model_id=src.model_id, origin=src.origin, revision=src.revision,
                   pin=req.pin, notes=req.notes)
     if req.options.engine != "transformers":
-        return replace(plan, engine=_engine(inv, src, req))
+        return replace(plan, engine=_engine(plan, src.config))
     if not req.hardware.gpus or not plan.fits:
-        plan = replace(plan, gguf=_gguf_rows(inv, req))
+        plan = replace(plan, gguf=_gguf_rows(plan))
     if len(req.hardware.gpus) > 1 and (not plan.fits or len({s.device for s in plan.decision.placement}) > 1):
-        plan = replace(plan, tp_hint=_tp_hint(inv, src, req))
+        plan = replace(plan, tp_hint=_tp_hint(plan, src.config))
     if plan.pin is not None:
         from .profiles.lock import check_pin
 
@@ -77,38 +77,38 @@ def _knobs(options: PlanOptions):
     return Knobs(**{n: getattr(options, n) for n in ENGINE_KEYS if n != "concurrency"})
 
 
-def _engine(inv, src, req: Request):
-    """The serving-engine deployment the request asks for (fitplan.engines)."""
+def _engine(plan: Plan, config: dict):
+    """The serving-engine deployment the request asks for (fitplan.engines), at the plan's workload."""
     from .engines.choose import plan_engine
 
-    o = req.options
-    return plan_engine(inv, src.config, req.hardware, engine=o.engine, knobs=_knobs(o),
-                       max_model_len=o.workload(inv).context, concurrency=o.concurrency or o.batch,
-                       model_id=src.model_id)
+    o = plan.options
+    return plan_engine(plan.inventory, config, plan.hardware, engine=o.engine, knobs=_knobs(o),
+                       max_model_len=plan.workload.context, concurrency=o.concurrency or plan.workload.batch,
+                       model_id=plan.model_id)
 
 
-def _tp_hint(inv, src, req: Request):
+def _tp_hint(plan: Plan, config: dict):
     """What vLLM tensor parallelism gives on the same GPUs, when one GPU is not enough (None if fitplan cannot plan
     this model for vLLM)."""
     from .engines.choose import tp_hint
     from .errors import FitplanError
 
     try:
-        return tp_hint(inv, src.config, req.hardware, max_model_len=req.options.workload(inv).context,
-                       concurrency=req.options.batch, model_id=src.model_id)
+        return tp_hint(plan.inventory, config, plan.hardware, max_model_len=plan.workload.context,
+                       concurrency=plan.workload.batch, model_id=plan.model_id)
     except FitplanError:
         return None
 
 
-def _gguf_rows(inv, req: Request):
-    """llama.cpp (GGUF) options for the same workload, for a machine without a GPU or a plan that does
+def _gguf_rows(plan: Plan):
+    """llama.cpp (GGUF) options for the plan's workload, for a machine without a GPU or a plan that does
     not fit with bitsandbytes; None for architectures the GGUF what-if cannot map."""
     from .errors import UnsupportedModelError
     from .gguf import plan_gguf
 
     try:
-        return plan_gguf(inv, req.hardware, context=req.options.workload(inv).context, n_parallel=req.options.batch,
-                         headroom=req.options.headroom, unified=req.hardware.unified)
+        return plan_gguf(plan.inventory, plan.hardware, context=plan.workload.context, n_parallel=plan.workload.batch,
+                         headroom=plan.options.headroom, unified=plan.hardware.unified)
     except UnsupportedModelError:
         return None
 
@@ -123,10 +123,7 @@ def plan_gguf_file(path: str, *, hardware: Hardware, options: PlanOptions):
 
 
 def _split(keywords: dict[str, Any]) -> tuple[PlanOptions, dict[str, Any]]:
-    unknown = set(keywords) - set(PLAN_KEYS) - set(SOURCE_KEYS)
-    if unknown:
-        raise InputError(f"unknown option {', '.join(sorted(unknown))}; options are "
-                         f"{', '.join(PLAN_KEYS + SOURCE_KEYS)}")
+    check_keys(keywords, OPTION_KEYS)
     return (PlanOptions.from_values(**{k: v for k, v in keywords.items() if k in PLAN_KEYS}),
             {k: keywords.get(k) for k in SOURCE_KEYS})
 

@@ -6,10 +6,11 @@ version in `fitplan.versions.ENGINE_VERSIONS`; docs/engines.md gives each with t
 from __future__ import annotations
 
 from ..errors import InputError
-from ..model import prequant
+from ..model import prequant as model_prequant
 from ..model.inventory import Inventory
+from ..planning import prequant
 from ..planning.layout import float_dtype_for
-from ..planning.precision import DTYPE_BYTES
+from ..vocab.precision import DTYPE_BYTES
 from .model import AttentionGeometry
 
 #: `--kv-cache-dtype` values and the bytes per element they store (vllm/utils STR_DTYPE_TO_TORCH_DTYPE).
@@ -49,7 +50,7 @@ def sizer(inv: Inventory, dtype: str, quantization: str | None):
         if quantization:
             raise InputError(f"quantization: {inv.model_id} is pre-quantized ({inv.prequantized}); the engine reads "
                              "its method from the checkpoint: drop --quantization", option="quantization")
-        if prequant.scheme(inv).method == "bitsandbytes":  # bitsandbytes' own layout (planning/layout.py)
+        if model_prequant.scheme(inv).method == "bitsandbytes":  # bitsandbytes' own layout (planning/layout.py)
             from ..planning.layout import tensor_bytes
 
             stored = prequant.as_stored(inv)

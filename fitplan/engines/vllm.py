@@ -22,7 +22,7 @@ from __future__ import annotations
 from ..errors import InputError
 from ..hardware.machine import GPU
 from ..model.inventory import Inventory
-from ..planning.precision import DTYPE_BYTES
+from ..vocab.precision import DTYPE_BYTES
 from ..versions import ENGINE_VERSIONS
 from .common import forward_peak, kv_element_bytes, load_dtype, sizer
 from .model import AttentionGeometry

@@ -22,7 +22,8 @@ from typing import Any
 
 from ..errors import HardwareError, InputError
 from .machine import GPU, Hardware
-from ..units import fmt_bytes
+from .nodes import file_nodes, parse_nodes
+from ..vocab.units import fmt_bytes
 from ..yamlsource import (
     YamlList,
     YamlMap,
@@ -50,8 +51,6 @@ MAX_CPU_RAM = 64 << 40
 _CC = re.compile(r"^\s*(\d{1,2})\.(\d)\s*$")
 _COUNTED = re.compile(r"^([+-]?\d+)\s*[x×*]\s*(.*)$", re.IGNORECASE)
 _CATALOGUE_FILE = "gpus.yaml"
-#: `--gpu 2x8xh100`: 2 nodes of 8 H100s (serving-engine plans across machines).
-_NODES = re.compile(r"^(\d+)\s*[x×*]\s*(\d+)\s*[x×*]\s*([^,]+)$", re.IGNORECASE)
 _HINT = "run `fitplan gpus` to list known names, or describe the card with --hardware FILE.yaml"
 
 
@@ -110,7 +109,8 @@ def parse_gpu_catalogue(source: str | bytes | Path, *, source_name: str = _CATAL
         name = get_str(entry, "name", what=what, required=True)
         memory = get_size(entry, "memory", what=what, required=True, minimum=1, maximum=MAX_GPU_MEMORY)
         cc = _cc_field(entry, what)
-        bandwidth = get_number(entry, "bandwidth_gbs", what=what, required=True, minimum=1, maximum=100_000)
+        bandwidth = get_number(entry, "bandwidth_gbs", what=what, required=True, minimum=BANDWIDTH_GBS_RANGE[0],
+                               maximum=BANDWIDTH_GBS_RANGE[1])
         aliases = _aliases(entry, what)
         for word in (key, *aliases):
             owner = claimed.setdefault(_norm(word), key)
@@ -190,16 +190,13 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
     if not text or not text.strip():
         raise InputError("--gpu is empty; name a GPU such as 'rtx4090' or '2x a100-80gb' (`fitplan gpus` lists them)")
     catalogue = load_gpu_catalogue()
-    nodes = _NODES.match(text.strip())
-    if nodes:  # several machines: NODESxGPUSxNAME
-        n, per = int(nodes.group(1)), int(nodes.group(2))
-        if n < 1 or per < 1:
-            raise InputError(f"--gpu {text!r}: nodes and GPUs per node must be at least 1; write e.g. '2x8xh100'")
+    nodes = parse_nodes(text)
+    if nodes:  # several machines (hardware/nodes.py)
+        n, per, word = nodes
         _check_total(n * per, f"--gpu {text!r}")
-        spec = find_gpu(nodes.group(3).strip(), catalogue)
-        return Hardware(gpus=tuple(spec.to_gpu(i) for i in range(n * per)), cpu_ram_bytes=cpu_ram_bytes,
-                        source="catalogue", notes=(CATALOGUE_NOTE, f"{n} nodes of {per} GPUs"),
-                        gpus_per_node=per if n > 1 else None)
+        return Hardware(gpus=tuple(find_gpu(word, catalogue).to_gpu(i) for i in range(n * per)),
+                        cpu_ram_bytes=cpu_ram_bytes, source="catalogue", gpus_per_node=per if n > 1 else None,
+                        notes=(CATALOGUE_NOTE, f"{n} nodes of {per} GPUs"))
     gpus: list[GPU] = []
     for part in text.split(","):
         if not part.strip():
@@ -215,6 +212,32 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
     )
 
 
+#: The keys of a hardware file, and of a profile's `hardware:` mapping, which is the same thing.
+HARDWARE_FILE_KEYS = ("gpus", "cpu_ram", "unified")
+#: The keys of one entry of a `gpus:` list.
+GPU_ITEM_KEYS = ("gpu", "name", "memory", "compute_capability", "free", "bandwidth_gbs", "count")
+#: Bounds of a `bandwidth_gbs` (GB/s), in the catalogue and in files.
+BANDWIDTH_GBS_RANGE = (1, 100_000)
+
+
+def read_hardware_map(doc: YamlMap, *, name: str, what: str,
+                      also: tuple[str, ...] = ()) -> tuple[tuple[GPU, ...], int | None, bool]:
+    """(GPUs, cpu_ram or None, unified) from a hardware file's mapping or a profile's `hardware:`: the one
+    reader of `HARDWARE_FILE_KEYS`. `what` names the mapping in errors; `also`: keys its caller reads itself."""
+    check_keys(doc, HARDWARE_FILE_KEYS + also, what=what)
+    if doc.get("gpus") is None:
+        raise InputError(f"{doc.where('gpus')}: {what} needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
+                         "machine)")
+    gpus = parse_gpu_list(require_list(doc["gpus"], where=doc.where("gpus"), what="gpus"),
+                          what="gpus" if what == "a hardware file" else f"{what}.gpus")
+    ram = get_size(doc, "cpu_ram", what="" if what == "a hardware file" else what, maximum=MAX_CPU_RAM)
+    unified = doc.get("unified", False)
+    if not isinstance(unified, bool):
+        raise InputError(f"{doc.where('unified')}: unified must be true or false (true: the CPU and GPU share "
+                         f"cpu_ram, as on Apple silicon), got {describe(unified)}")
+    return gpus, ram, unified
+
+
 def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) -> Hardware:
     """`--hardware FILE.yaml` -> Hardware. `cpu_ram_bytes` is used when the file has no `cpu_ram`."""
     if not isinstance(path, (str, os.PathLike)):
@@ -223,33 +246,22 @@ def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) ->
     name = str(path)
     doc = load_yaml(path, source_name=name)
     doc = require_map(doc, where=f"{name}:1", what="a hardware file")
-    check_keys(doc, ["gpus", "cpu_ram", "unified", "nodes"], what="a hardware file")
+    check_keys(doc, HARDWARE_FILE_KEYS + ("nodes",), what="a hardware file")  # an unknown key first: 'gpu:' for 'gpus:'
     if "gpus" not in doc:
         raise InputError(f"{name}:1: a hardware file needs a 'gpus:' list (write 'gpus: []' for a CPU-only machine)")
-    items = doc["gpus"]
-    if items is None:
+    if doc["gpus"] is None:
         raise InputError(f"{doc.where('gpus')}: 'gpus' is empty; list GPUs, or write 'gpus: []' for a CPU-only machine")
-    gpus = parse_gpu_list(require_list(items, where=doc.where("gpus"), what="gpus"))
+    gpus, ram, unified = read_hardware_map(doc, name=name, what="a hardware file", also=("nodes",))
     notes = [f"GPUs described in {name}, not probed"]
-    ram = get_size(doc, "cpu_ram", what="", maximum=MAX_CPU_RAM)
     if ram is None:
         if cpu_ram_bytes is None:
             ram = 0
             notes.append(f"{name} gives no cpu_ram: planning with no CPU RAM to offload to")
         else:
             ram = cpu_ram_bytes
-    unified = doc.get("unified", False)
-    if not isinstance(unified, bool):
-        raise InputError(f"{doc.where('unified')}: unified must be true or false (true: the CPU and GPU share "
-                         f"cpu_ram, as on Apple silicon), got {describe(unified)}")
-    nodes = doc.get("nodes", 1)
-    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1 or (gpus and len(gpus) % nodes):
-        raise InputError(f"{doc.where('nodes') if 'nodes' in doc else name}: nodes must be a whole number of machines "
-                         f"that divides the {len(gpus)} GPUs listed (each node has the same GPUs), got {describe(nodes)}")
-    if nodes > 1:
-        notes.append(f"{nodes} nodes of {len(gpus) // nodes} GPUs")
-    return Hardware(gpus=gpus, cpu_ram_bytes=ram, source="file", notes=tuple(notes), unified=unified,
-                    gpus_per_node=len(gpus) // nodes if nodes > 1 else None)
+    per_node = file_nodes(doc, len(gpus), name)  # several machines (hardware/nodes.py)
+    return Hardware(gpus=gpus, cpu_ram_bytes=ram, source="file", unified=unified, gpus_per_node=per_node,
+                    notes=tuple(notes) + ((f"{len(gpus) // per_node} nodes of {per_node} GPUs",) if per_node else ()))
 
 
 def parse_gpu_list(items: YamlList, *, what: str = "gpus") -> tuple[GPU, ...]:
@@ -277,7 +289,7 @@ def _file_gpus(items: YamlList, i: int, item: Any, catalogue: dict[str, GPUSpec]
             f"{where}: {what} must be a catalogue name like 'rtx4090' or a mapping "
             f"with 'gpu:' or 'name:', got {describe(item)}"
         )
-    check_keys(item, ["gpu", "name", "memory", "compute_capability", "free", "bandwidth_gbs", "count"], what=what)
+    check_keys(item, GPU_ITEM_KEYS, what=what)
     count = get_int(item, "count", what=what, minimum=1, maximum=MAX_GPUS)
     count = 1 if count is None else count
     if "gpu" in item:
@@ -304,7 +316,8 @@ def _file_gpus(items: YamlList, i: int, item: Any, catalogue: dict[str, GPUSpec]
     name = get_str(item, "name", what=what, required=True)
     memory = get_size(item, "memory", what=what, required=True, minimum=1, maximum=MAX_GPU_MEMORY)
     cc = _cc_field(item, what)
-    bandwidth = get_number(item, "bandwidth_gbs", what=what, minimum=1, maximum=100_000)
+    bandwidth = get_number(item, "bandwidth_gbs", what=what, minimum=BANDWIDTH_GBS_RANGE[0],
+                           maximum=BANDWIDTH_GBS_RANGE[1])
     free = _free(item, what, memory)
     gpu = GPU(index=0, name=name, total_bytes=memory, free_bytes=memory - DRIVER_RESERVED_BYTES if free is None else free,
               compute_capability=cc, bandwidth_gbs=bandwidth)

@@ -19,7 +19,8 @@ import warnings
 from dataclasses import replace
 
 from ..errors import InputError, LibraryChangedError, UnsupportedModelError
-from .inventory import AUTO_CLASSES, Inventory, TensorInfo, dtype_name
+from ..vocab.classes import AUTO_CLASSES
+from .inventory import Inventory, TensorInfo, dtype_name
 from . import cacheprobe, fields, hf, vision
 from .prequant import mark_converted
 from .source import decode_special_floats

@@ -45,7 +45,7 @@ by one, so a difference there shows up as a refusal from the checks, not a wrong
 | heterogeneous configs (`per_layer_config`, per-layer fields raise on the global config) | none | yes | yes |
 | sparse-attention indexer keys (`DynamicIndexedLayer.indexer_keys`) | no such models | yes | yes |
 
-Why one module: every private transformers name fitplan touches is here and nowhere else
+Why one module (~570 lines): every private transformers name fitplan touches is here and nowhere else
 (tests/test_layout.py holds the rest of the package to that), so a new transformers release is
 checked against this one file.
 """
@@ -55,7 +55,9 @@ import contextlib as _contextlib
 import inspect as _inspect
 from importlib import metadata
 
+from .. import calibration as C
 from ..errors import LibraryChangedError
+from ..versions import parse as parse_version
 from .inventory import dtype_name
 
 #: First release whose bitsandbytes replacement skips subclasses of nn.Linear (Falcon's FalconLinear).
@@ -67,12 +69,9 @@ def version() -> str:
     return metadata.version("transformers")
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    out = []
-    for part in text.split("+")[0].split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits) if digits else 0)
-    return tuple(out)
+def version_tuple() -> tuple[int, ...]:
+    """The installed transformers version as fitplan compares versions (`fitplan.versions.parse`)."""
+    return parse_version(version())
 
 
 def changed(what: str) -> LibraryChangedError:
@@ -149,7 +148,7 @@ def bnb_replaced_modules(model, skip_modules=None) -> tuple[dict[str, int], list
     from transformers.quantizers.base import HfQuantizer
     from transformers.quantizers.quantizers_utils import should_convert_module
 
-    exact = _version_tuple(transformers.__version__) >= EXACT_LINEAR_SINCE
+    exact = parse_version(transformers.__version__) >= EXACT_LINEAR_SINCE
     skip = HfQuantizer.get_modules_to_not_convert(model, list(skip_modules) if skip_modules is not None else None,
                                                   model._keep_in_fp32_modules)
     if not isinstance(skip, list):
@@ -239,7 +238,7 @@ def generate_cache_keyword(model) -> str:
     """The keyword `generate()` hands a `DynamicCache` to this model's forward under: `cache` from
     5.24; before, `cache_params` for classes named after Mamba (5.0 also FalconH1), else
     `past_key_values` (`_prepare_cache_for_generation` of 5.0 and 5.17)."""
-    v = _version_tuple(version())
+    v = parse_version(version())
     if v >= CACHE_KEYWORD_SINCE:
         return "cache"
     name = type(model).__name__.lower()
@@ -498,14 +497,12 @@ def prefill_scratch(model) -> tuple[int, str | None]:
     - Mamba-2 chunk scan (Mamba-2, Falcon-H1, Nemotron-H, Zamba2, Bamba, Granite-4.0-H), chunk l,
       heads h, state n, head_dim p: "broadcast" form l*h*(n + p + 3) + h*p*n (the state-sized and
       the head_dim-sized products, the scores, the decay and the chunk states, all live at once:
-      Mamba-2 at 1k tokens held both products on an H100, transformers 5.17); "einsum" form 13*l*h
-      (the scores, the decay, their product and the copies einsum and segment_sum make: the count
-      that covers Falcon-H1, Nemotron-H and Mamba-2 on the H100 with 5.24, docs/models.md);
-    - Mamba selective scan (Mamba, Falcon-Mamba, Jamba): discrete A, discrete B and deltaB*u, each
+      Mamba-2 at 1k tokens held both products on an H100, transformers 5.17); "einsum" form
+      `calibration.MAMBA2_EINSUM_COPIES`*l*h;
+    - Mamba selective scan (Mamba, Falcon-Mamba, Jamba): `calibration.SELECTIVE_SCAN_COPIES` copies of
       intermediate*state;
-    - gated delta rule (Qwen3-Next, Qwen3.5): 20 value-sized copies (num_v_heads*head_v_dim: q, k,
-      v, k*beta, v*beta, the decays, the output and the chunked products), the count that covers
-      Qwen3-Next (8 layers, 8k x 2 tokens) on an H100 with transformers 5.17 and 5.24 (docs/models.md).
+    - gated delta rule (Qwen3-Next, Qwen3.5): `calibration.GATED_DELTA_COPIES` value-sized copies
+      (num_v_heads*head_v_dim).
     """
     ssm_kernels, delta_kernels = kernels_installed(SSM_KERNELS), kernels_installed(LINEAR_ATTENTION_KERNELS)
     forms: dict[type, str] = {}  # one read of each mixer class's module source, not one per layer
@@ -518,16 +515,16 @@ def prefill_scratch(model) -> tuple[int, str | None]:
                 forms[type(m)] = _mamba2_scan_form(m)
             form = forms[type(m)]
             l, h, n, p = m.chunk_size, m.num_heads, m.ssm_state_size, m.head_dim
-            per = (l * h * (n + p + 3) + h * p * n if form == "broadcast" else 13 * l * h) * 4
+            per = (l * h * (n + p + 3) + h * p * n if form == "broadcast" else C.MAMBA2_EINSUM_COPIES * l * h) * 4
             kind = f"Mamba-2 chunk scan ({form})"
         elif _int_attrs(m, "ssm_state_size", "intermediate_size", "time_step_rank"):
             if ssm_kernels:
                 continue
-            per, kind = 3 * m.intermediate_size * m.ssm_state_size * 4, "Mamba selective scan"
+            per, kind = C.SELECTIVE_SCAN_COPIES * m.intermediate_size * m.ssm_state_size * 4, "Mamba selective scan"
         elif _int_attrs(m, "num_v_heads", "head_v_dim"):
             if delta_kernels:
                 continue
-            per, kind = 20 * m.num_v_heads * m.head_v_dim * 4, "gated delta rule"
+            per, kind = C.GATED_DELTA_COPIES * m.num_v_heads * m.head_v_dim * 4, "gated delta rule"
         else:
             continue
         if per > best:
@@ -538,3 +535,28 @@ def prefill_scratch(model) -> tuple[int, str | None]:
 def _int_attrs(module, *names: str) -> bool:
     """Whether `module` holds each of `names` as a nonzero int (a mixer's sizes)."""
     return all(type(v := getattr(module, n, None)) is int and v for n in names)
+
+
+def mxfp4_kernels() -> tuple[bool, bool]:
+    """(triton >= 3.4.0, kernels in transformers' accepted range) in this environment: transformers' own checks."""
+    from transformers.utils.import_utils import is_kernels_available, is_triton_available
+
+    return bool(is_triton_available("3.4.0")), bool(is_kernels_available())
+
+
+def from_pretrained_kwargs(data: dict) -> dict:
+    """A plan's from_pretrained arguments as data (`Plan.kwargs_as_data()`) in the objects transformers takes:
+    torch dtypes, a `BitsAndBytesConfig`, integer GPU indices in `max_memory`."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    kw = dict(data)
+    kw["dtype"] = getattr(torch, data["dtype"])
+    q = data.get("quantization_config")
+    if q is not None:
+        if "bnb_4bit_compute_dtype" in q:
+            q = {**q, "bnb_4bit_compute_dtype": getattr(torch, q["bnb_4bit_compute_dtype"])}
+        kw["quantization_config"] = BitsAndBytesConfig(**q)
+    if data.get("max_memory") is not None:
+        kw["max_memory"] = {int(k) if k.isdigit() else k: v for k, v in data["max_memory"].items()}
+    return kw

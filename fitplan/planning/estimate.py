@@ -9,20 +9,13 @@ import re
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
-from . import calibration as C
+from .. import calibration as C
 from ..model.inventory import Inventory
-from ..model.prequant import held_by_tensor, is_as_stored, scheme
+from ..model.prequant import scheme
+from .prequant import held_by_tensor, is_as_stored
 from .layout import float_dtype_for, tensor_bytes
-from .precision import DTYPE_BYTES, Precision
-
-
-@dataclass(frozen=True)
-class Workload:
-    """One generation: `context` is the longest sequence (prompt + new tokens), `batch` sequences at once.
-    Made by `PlanOptions.workload(inv)`, which holds the defaults and adds the tokens images take."""
-
-    context: int
-    batch: int
+from .workload import Workload
+from ..vocab.precision import DTYPE_BYTES, Precision
 
 
 @dataclass(frozen=True)
@@ -63,7 +56,7 @@ def load_dtype(precision: Precision, compute_dtype: str) -> str:
 
 def _sizer(inv: Inventory, precision: Precision, dt: str, alignment: int):
     """Bytes of one tensor at `precision`: layout.py's, or for a pre-quantized checkpoint as stored (other than
-    bitsandbytes, whose layout is layout.py's) what its method's loader holds (fitplan.model.prequant)."""
+    bitsandbytes, whose layout is layout.py's) what its method's loader holds (fitplan.planning.prequant)."""
     if is_as_stored(inv, precision) and not precision.quantized and scheme(inv).known:
         held = held_by_tensor(inv, dt, alignment)
         return lambda t: held[t.name]

@@ -11,27 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from . import precision as P
+from ..vocab import precision as P
 from .estimate import Estimate, Sizes, load_dtype, sizes, weights_bytes
+from .workload import Workload
 from ..hardware.machine import Hardware
 from ..errors import InputError
-from ..model import prequant
+from . import prequant
 from ..options import PlanOptions
 from ..model.inventory import Inventory
+from ..model.prequant import scheme
 from .layout import float_dtype_for
-from .precision import BNB_MIN_CC, DTYPE_BYTES, Precision
+from ..vocab.precision import BF16_MIN_CC, BNB_MIN_CC, DTYPE_BYTES, Precision, cc_text
 from .speed import Speed, decode_speed, pcie_seconds
-from ..units import fmt_bytes
-
-#: Orders per preference. `speed` ranks by the decode estimate (fitplan.planning.speed); this
-#: order, from measured decode throughput (docs/accuracy.md), breaks ties and serves where no
-#: estimate exists: 16-bit first, then 4-bit, LLM.int8() last.
-_ORDERS = {
-    "quality": ("bf16", "fp16", "int8", "nf4", "nf4-dq", "fp4", "fp4-dq"),
-    "memory": ("nf4-dq", "fp4-dq", "nf4", "fp4", "int8", "bf16", "fp16"),
-    "speed": ("bf16", "fp16", "nf4", "fp4", "nf4-dq", "fp4-dq", "int8"),
-}
-
+from ..vocab.units import fmt_bytes
 
 @dataclass(frozen=True)
 class DeviceShare:
@@ -82,7 +74,7 @@ class Decision:
 
 
 def compute_dtype_for(hw: Hardware) -> str:
-    """bf16 where every GPU has it (compute capability >= 8.0), else fp16; bf16 on the CPU."""
+    """bf16 where every GPU has it (`BF16_MIN_CC`), else fp16; bf16 on the CPU."""
     if hw.gpus and not all(g.supports_bf16 for g in hw.gpus):
         return "float16"
     return "bfloat16"
@@ -180,10 +172,11 @@ def _offload(sz: Sizes, est: Estimate, opts: PlanOptions, hw: Hardware, gpus, wh
                     f"at most {ceiling:.1f} tokens/s over PCIe", placement, cpu, speed)
 
 
-def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, hw: Hardware, compute: str) -> Decision:
-    """Whether `prec` fits in memory on `hw` (offloading only if `opts.offload`), where, and why."""
+def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, work: Workload, hw: Hardware,
+            compute: str) -> Decision:
+    """Whether `prec` fits in memory on `hw` for `work` (offloading only if `opts.offload`), where, and why."""
     device = "cuda" if hw.gpus else "cpu"
-    sz = sizes(inv, prec, opts.workload(inv), compute, device)
+    sz = sizes(inv, prec, work, compute, device)
     est = sz.estimate()
     if not hw.gpus:
         budget = cpu_budget(hw, opts)
@@ -220,10 +213,7 @@ def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, hw: Hardware, co
 
 def _candidates(opts: PlanOptions, hw: Hardware, compute: str) -> list[tuple[Precision, str | None]]:
     """Precisions in preference order, each with a reason it is ruled out whatever its size (or None)."""
-    if not hw.gpus:
-        order = ["fp32", "bf16", "fp16", "int8", "nf4", "nf4-dq", "fp4", "fp4-dq"]
-    else:
-        order = ["fp32", *_ORDERS[opts.prefer]]
+    order = P.CPU_ORDER if not hw.gpus else ("fp32", *P.ORDERS[opts.prefer])
     floor = P.ALL.index(P.get(opts.min_precision)) if opts.min_precision else None
     out = []
     for name in order:
@@ -236,13 +226,13 @@ def _candidates(opts: PlanOptions, hw: Hardware, compute: str) -> list[tuple[Pre
         elif hw.gpus and name == "fp32" and not opts.precision:
             why = "fp32 doubles the memory of 16-bit weights for no inference gain on a GPU"
         elif hw.gpus and name == "bf16" and compute == "float16":
-            why = "a GPU here has no bf16 (compute capability < 8.0); fp16 is used instead"
+            why = f"a GPU here has no bf16 (compute capability < {cc_text(BF16_MIN_CC)}); fp16 is used instead"
         elif hw.gpus and name == "fp16" and compute == "bfloat16" and not opts.precision:
-            why = "bf16 is preferred on compute capability >= 8.0 (same size, wider range)"
+            why = f"bf16 is preferred on compute capability >= {cc_text(BF16_MIN_CC)} (same size, wider range)"
         elif not hw.gpus and p.quantized and not opts.precision:
             why = "bitsandbytes on the CPU only when asked for by precision; it is slower than 16-bit"
         elif hw.gpus and p.quantized and any(g.compute_capability < BNB_MIN_CC for g in hw.gpus):
-            why = "bitsandbytes needs compute capability 5.0 or newer"
+            why = f"bitsandbytes needs compute capability {cc_text(BNB_MIN_CC)} or newer"
         out.append((p, why))
     return out
 
@@ -258,7 +248,7 @@ class Choice:
 
 def _prequantized_candidates(inv: Inventory, opts: PlanOptions, hw: Hardware,
                              compute: str) -> list[tuple[Precision, str | None]]:
-    """A pre-quantized checkpoint loads as stored: its rows (fitplan.model.prequant.rows), `--precision` only
+    """A pre-quantized checkpoint loads as stored: its rows (fitplan.planning.prequant.rows), `--precision` only
     picks among them, and bitsandbytes or float precisions do not apply to it."""
     rows = prequant.rows(inv, prequant.target_of(inv, hw.gpus), P.get("bf16" if compute == "bfloat16" else "fp16"))
     names = [p.name for p, _ in rows]
@@ -271,7 +261,7 @@ def _prequantized_candidates(inv: Inventory, opts: PlanOptions, hw: Hardware,
 
 def precision_named(inv: Inventory, name: str) -> Precision:
     """The `Precision` of a plan's row name: a pre-quantized checkpoint's as-stored row, or one of `P.ALL`."""
-    if inv.prequantized and name == prequant.scheme(inv).label:
+    if inv.prequantized and name == scheme(inv).label:
         return prequant.as_stored(inv)
     return P.get(name)
 
@@ -310,16 +300,17 @@ def _why_not(d: Decision, chosen: Decision | None, prefer: str) -> str | None:
     return f"fits, but {chosen.precision} ranks higher (prefer={prefer})"
 
 
-def choose(inv: Inventory, hw: Hardware, opts: PlanOptions) -> Choice:
+def choose(inv: Inventory, hw: Hardware, opts: PlanOptions, work: Workload) -> Choice:
+    """Every precision considered for `work` on `hw`, each with its reason, and the one chosen."""
     compute = compute_dtype_for(hw)
     if inv.prequantized:
         candidates = _prequantized_candidates(inv, opts, hw, compute)
-    elif opts.precision and prequant.is_label(opts.precision):
+    elif opts.precision and P.is_label(opts.precision):
         raise InputError(f"precision {opts.precision!r} names a pre-quantized checkpoint's stored form, and "
                          f"{inv.model_id} is not pre-quantized; choose one of {', '.join(P.BY_NAME)}")
     else:
         candidates = _candidates(opts, hw, compute)
-    decisions = [replace(_decide(inv, prec, opts, hw, compute), ruled_out=why) for prec, why in candidates]
+    decisions = [replace(_decide(inv, prec, opts, work, hw, compute), ruled_out=why) for prec, why in candidates]
     chosen = _best(decisions, opts.prefer)
     decisions = tuple(replace(d, rejected_because=_why_not(d, chosen, opts.prefer)) for d in decisions)
     chosen = next((d for d in decisions if chosen is not None and d.precision == chosen.precision), None)

@@ -9,8 +9,9 @@ from ..errors import ref, render_refs
 from ..hardware.machine import Hardware
 from ..model.inventory import Inventory
 from ..options import PlanOptions
-from ..units import fmt_bytes
+from ..vocab.units import fmt_bytes
 from .policy import Choice, choose
+from .workload import workload_of
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,12 @@ class Suggestion:
 
 
 def suggestions(inv: Inventory, hw: Hardware, opts: PlanOptions, choice: Choice) -> list[Suggestion]:
+    def choice_with(**changes) -> Choice:
+        changed = replace(opts, **changes)
+        return choose(inv, hw, changed, workload_of(changed, inv))
+
     def fits(**changes) -> bool:
-        return choose(inv, hw, replace(opts, **changes)).chosen is not None
+        return choice_with(**changes).chosen is not None
 
     out = []
     # Longest context that fits at this batch (binary search over powers of two, then refine).
@@ -44,7 +49,7 @@ def suggestions(inv: Inventory, hw: Hardware, opts: PlanOptions, choice: Choice)
         if b >= 1:
             out.append(Suggestion(f"smaller batch: {ref('batch', b)} fits", {"batch": b}))
     if not opts.offload and hw.gpus and fits(offload=True):
-        d = choose(inv, hw, replace(opts, offload=True)).chosen
+        d = choice_with(offload=True).chosen
         slow = f" (at most {d.speed.pcie_ceiling:.1f} tokens/s)" if d.speed and d.speed.pcie_ceiling else ""
         out.append(Suggestion(f"allow offload to CPU RAM ({ref('offload', True)}): {d.precision} fits, but generation "
                               f"will be much slower{slow}", {"offload": True}))
@@ -82,4 +87,4 @@ def _ram_that_fits(inv: Inventory, hw: Hardware, opts: PlanOptions, choice: Choi
     if not (opts.offload and hw.gpus and short):
         return None
     ram = _with_headroom(min(d.offload_bytes for d in short), opts.headroom) + 1
-    return ram if choose(inv, replace(hw, cpu_ram_bytes=ram), opts).chosen is not None else None
+    return ram if choose(inv, replace(hw, cpu_ram_bytes=ram), opts, workload_of(opts, inv)).chosen is not None else None
