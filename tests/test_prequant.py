@@ -429,3 +429,11 @@ def test_a_folder_of_bin_files_plans_from_the_config_and_with_safetensors_from_t
     assert from_headers["estimates"][0]["weights_bytes"] == stored
     # the config path aligns each allocation to 512 bytes on CUDA and counts the rotary buffers
     assert stored <= from_config["estimates"][0]["weights_bytes"] < stored + 512 * 200
+
+
+def test_the_model_and_planning_tables_name_the_same_methods():
+    """A method's scheme and module rule (model stage) and its byte layout (planning) are two rows of one
+    fact: a method in one table and not the other would be parsed and then sized as nothing."""
+    from fitplan.model.prequant import METHODS
+
+    assert set(METHODS) == set(prequant.LAYOUTS) and METHODS

@@ -45,20 +45,28 @@ by one, so a difference there shows up as a refusal from the checks, not a wrong
 | heterogeneous configs (`per_layer_config`, per-layer fields raise on the global config) | none | yes | yes |
 | sparse-attention indexer keys (`DynamicIndexedLayer.indexer_keys`) | no such models | yes | yes |
 
-Why one module (~570 lines): every private transformers name fitplan touches is here and nowhere else
+Why one module (~730 lines): every private transformers name fitplan touches is here and nowhere else
 (tests/test_layout.py holds the rest of the package to that), so a new transformers release is
-checked against this one file.
+checked against this one file; the meta build (`build`, `tensors`, `tied_apart`) lives here too
+because each of its steps is a transformers rule (which class an Auto class picks, the init
+contexts, the dtype plan, weight tying), so a build is one call from the model stage, not a walk
+back and forth between it and this file.
 """
 from __future__ import annotations
 
 import contextlib as _contextlib
 import inspect as _inspect
+import io as _io
+import warnings as _warnings
+from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
 
 from .. import calibration as C
-from ..errors import LibraryChangedError
+from ..errors import InputError, LibraryChangedError, UnsupportedModelError
 from ..versions import parse as parse_version
-from .inventory import dtype_name
+from ..vocab.classes import AUTO_CLASSES
+from .inventory import TensorInfo, dtype_name
 
 #: First release whose bitsandbytes replacement skips subclasses of nn.Linear (Falcon's FalconLinear).
 EXACT_LINEAR_SINCE = (5, 5)
@@ -72,6 +80,13 @@ def version() -> str:
 def version_tuple() -> tuple[int, ...]:
     """The installed transformers version as fitplan compares versions (`fitplan.versions.parse`)."""
     return parse_version(version())
+
+
+def reason(exc: BaseException) -> str:
+    """transformers' exception as one line: its messages span lines (the reason often on the second)
+    and some are empty."""
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
 
 
 def changed(what: str) -> LibraryChangedError:
@@ -560,3 +575,166 @@ def from_pretrained_kwargs(data: dict) -> dict:
     if data.get("max_memory") is not None:
         kw["max_memory"] = {int(k) if k.isdigit() else k: v for k, v in data["max_memory"].items()}
     return kw
+
+
+# -- the model on the meta device, as `from_pretrained` builds it ------------------------------------------
+
+@_contextlib.contextmanager
+def quiet():
+    """transformers logs and warns freely while building; none of it is for fitplan's user."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with _warnings.catch_warnings(), _contextlib.redirect_stderr(_io.StringIO()):
+            _warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _config_object(cfg: dict, trust_remote_code: bool):
+    from transformers import CONFIG_MAPPING
+
+    model_type = cfg["model_type"]
+    if model_type not in CONFIG_MAPPING:
+        if cfg.get("auto_map"):
+            raise UnsupportedModelError(
+                f"model_type {model_type!r:.80} needs the repo's own code (trust_remote_code); fitplan only "
+                "plans architectures built into transformers"
+            )
+        raise UnsupportedModelError(
+            f"model_type {model_type!r:.80} is unknown to transformers; upgrade transformers or check config.json"
+        )
+    try:
+        return CONFIG_MAPPING[model_type].from_dict(dict(cfg))
+    except Exception as exc:  # transformers' validation errors are of many types
+        raise InputError(f"config.json is not valid for {model_type!r:.80}: {reason(exc)}") from None
+
+
+def _mapping(auto_class: str):
+    import transformers
+
+    return getattr(transformers, AUTO_CLASSES[auto_class])._model_mapping
+
+
+def default_auto_class(config) -> str:
+    """The Auto class a checkpoint is meant for: image-text-to-text when its `architectures` name
+    the class `AutoModelForImageTextToText` picks (a saved vision-language model: Qwen3.5, Gemma 3,
+    LLaVA, ...), or when only that mapping has its config type; causal-lm otherwise."""
+    causal, vlm = _mapping("causal-lm"), _mapping("image-text-to-text")
+    in_causal, in_vlm = type(config) in causal, type(config) in vlm
+    if in_vlm and (not in_causal or _names_class(config, vlm)):
+        return "image-text-to-text"
+    return "causal-lm"
+
+
+def _names_class(config, mapping) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return model_class(config, mapping).__name__ in archs
+
+
+def _model_class(config, auto_class: str):
+    """(model class, the config it is built from) as `AutoModelFor...from_pretrained` picks them."""
+    mapping = _mapping(auto_class)
+    if type(config) not in mapping:
+        what = {"causal-lm": "causal-LM", "image-text-to-text": "image-text-to-text"}[auto_class]
+        raise UnsupportedModelError(f"'{config.model_type}' has no {what} class in transformers "
+                                    f"({AUTO_CLASSES[auto_class]} cannot load it)")
+    cls = model_class(config, mapping)
+    return cls, auto_model_config(config, cls)
+
+
+@dataclass(frozen=True)
+class Built:
+    """A config built on the meta device as the Auto class `auto_class` builds it: `whole` when that is the
+    class the checkpoint is meant for (the model it stores, all of it)."""
+
+    config: Any
+    cls: type
+    model: Any
+    auto_class: str
+    whole: bool
+
+
+def build(cfg: dict, auto_class: str | None, dtype, trust_remote_code: bool = False) -> Built:
+    """`cfg` (a config.json dict) built on the meta device in `dtype` with the class `auto_class` picks (None:
+    the class the checkpoint is meant for, `default_auto_class`). Call inside `quiet()`."""
+    config = _config_object(cfg, trust_remote_code)
+    default = default_auto_class(config)
+    chosen = auto_class or default
+    cls, build_config = _model_class(config, chosen)
+    try:
+        model = build_meta_model(cls, build_config, dtype)
+    except LibraryChangedError:
+        raise
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"transformers {version()} could not build {cls.__name__} from this config: {reason(exc)}") from None
+    return Built(config, cls, model, chosen, auto_class in (None, default))
+
+
+def quant_method(model) -> str | None:
+    """The `quant_method` of a pre-quantized checkpoint's config (an enum's value as its string), else None."""
+    quant = getattr(model.config, "quantization_config", None)
+    if quant is None:
+        return None
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    return str(getattr(method, "value", method))
+
+
+def tied_apart(model, stored_parameters: int | None) -> list[str]:
+    """The weights transformers ties by this config (lm_head to the input embeddings) that the
+    checkpoint stores apart, so that loading keeps them apart: `from_pretrained` (5.0-5.24,
+    `PreTrainedModel.tie_weights(missing_keys=...)`) does not tie a pair whose both halves the
+    checkpoint holds (Magistral-Small-2509: Mistral3Config ties by default, the checkpoint has its own
+    lm_head, 1.3 GB in bf16). Decided by the count the checkpoint stores: closer to the model with
+    the tied weights counted twice than once means stored apart. [] when the count is unknown."""
+    tied = tied_weight_names(model)
+    if not tied or stored_parameters is None:
+        return []
+    named = list(model.named_parameters(remove_duplicate=False))  # the meta build may or may not have tied them
+    once = sum({id(p): p.numel() for n, p in named if n not in tied}.values())
+    twice = once + sum(p.numel() for n, p in named if n in tied)
+    if abs(stored_parameters - twice) < abs(stored_parameters - once):
+        return sorted(tied)
+    return []
+
+
+def tensors(model, build_dtype, apart: list[str] = ()) -> tuple[TensorInfo, ...]:
+    """Every parameter and buffer as the loaded model holds it; a tied weight once, unless it is in
+    `apart` (see `tied_apart`)."""
+    import torch
+
+    keep_fp16 = pattern_matcher(list(keep_in_fp32_plan(model, torch.float16)))
+    keep_always = pattern_matcher(list(keep_in_fp32_plan(model, torch.bfloat16)))
+    tied_targets = tied_weight_names(model) - set(apart)
+
+    out = []
+    params = list(model.named_parameters())
+    listed = {n for n, _ in params}
+    params += [(n, p) for n, p in model.named_parameters(remove_duplicate=False) if n in apart and n not in listed]
+    named = [(n, p, False) for n, p in params] + [(n, b, True) for n, b in model.named_buffers()]
+    for name, t, is_buffer in named:
+        if name in tied_targets:
+            continue
+        if t.is_complex():  # Llama 4's rotary `freqs_ci`: held as torch.view_as_real holds it, 2 reals each
+            t = torch.view_as_real(t)
+        # Built under the load dtype, a tensor that came out in another dtype keeps that one.
+        fixed = None if t.dtype == build_dtype else dtype_name(t.dtype)
+        keep = "always" if keep_always(name) else ("fp16" if keep_fp16(name) else None)
+        out.append(
+            TensorInfo(
+                name=name,
+                shape=tuple(int(s) for s in t.shape),
+                dtype=fixed,
+                keep_fp32=keep if t.is_floating_point() else None,
+                buffer=is_buffer,
+            )
+        )
+    if not any(not t.buffer and t.numel > 0 for t in out):
+        raise changed(f"{type(model).__name__} lists no parameters after tied weights are removed")
+    return tuple(out)
+
+

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from math import ceil
 
-from ..model.inventory import TensorInfo
+from ..model.inventory import Inventory, TensorInfo
 from ..vocab.precision import DTYPE_BYTES, Precision
 from ..vocab.units import align
 
@@ -52,3 +52,12 @@ def tensor_bytes(t: TensorInfo, precision: Precision, load_dtype: str, alignment
         rows = t.out_features or t.shape[0]
         return align(t.numel, alignment) + align(rows * 4, alignment)
     return align(t.numel * DTYPE_BYTES[float_dtype_for(t, load_dtype)], alignment)
+
+
+def per_tensor(inv: Inventory, precision: Precision, load_dtype: str, alignment: int = 1,
+               held: dict[str, int] | None = None) -> tuple[tuple[int, int], ...]:
+    """For each tensor of `inv`, in order: (bytes at `precision`, bytes unquantized at `load_dtype`, unaligned:
+    what it holds in CPU RAM when offloaded). The first comes from `held` where given (a pre-quantized
+    checkpoint as stored, fitplan.planning.prequant), else from `tensor_bytes`."""
+    return tuple((held[t.name] if held is not None else tensor_bytes(t, precision, load_dtype, alignment),
+                  t.numel * DTYPE_BYTES[float_dtype_for(t, load_dtype)]) for t in inv.tensors)

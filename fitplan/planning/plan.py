@@ -347,6 +347,6 @@ def decide(inv: Inventory, hw: Hardware, options: PlanOptions, *, model_id: str,
 
     work = workload_of(options, inv)
     choice = choose(inv, hw, options, work)
-    advice = () if choice.chosen else tuple(suggestions(inv, hw, options, choice))
+    advice = () if choice.chosen else tuple(suggestions(inv, hw, options, work, choice))
     return Plan(model_id=model_id, revision=revision, origin=origin, inventory=inv, hardware=hw, options=options,
                 workload=work, choice=choice, advice=advice, pin=pin if choice.chosen else None, extra_notes=notes)

@@ -65,6 +65,7 @@ class Decision:
     placement: tuple[DeviceShare, ...] = field(default_factory=tuple)
     offload_bytes: int = 0  # weights in CPU RAM, as they sit there, copied to the GPU every step
     speed: Speed | None = None
+    sizes: Sizes | None = field(default=None, repr=False, compare=False)  # what the decision was made from
     ruled_out: str | None = None
     rejected_because: str | None = None
 
@@ -166,10 +167,9 @@ def _offload(sz: Sizes, est: Estimate, opts: PlanOptions, hw: Hardware, gpus, wh
     if cpu > budget:
         return Decision(sz.precision, est, False, f"{why}; {what}, {fmt_bytes(cpu - budget)} more than the "
                         f"{fmt_bytes(budget)} of RAM usable (offload is to CPU RAM only)", placement, cpu)
-    speed = decode_speed(sz, placement, hw.gpus, opts.batch)
     ceiling = opts.batch / pcie_seconds(cpu)
     return Decision(sz.precision, est, True, f"{why}; {what}, copied to GPU {shares[0].device} every step: "
-                    f"at most {ceiling:.1f} tokens/s over PCIe", placement, cpu, speed)
+                    f"at most {ceiling:.1f} tokens/s over PCIe", placement, cpu, sizes=sz)
 
 
 def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, work: Workload, hw: Hardware,
@@ -192,7 +192,7 @@ def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, work: Workload, 
         s = one[0][0]
         return Decision(prec.name, est, True,
                         f"fits on GPU {best.index} ({fmt_bytes(s.total_bytes)} of {fmt_bytes(s.budget_bytes)} usable)",
-                        one[0], speed=decode_speed(sz, one[0], hw.gpus, opts.batch))
+                        one[0], sizes=sz)
     budget_one = best.free_bytes - headroom_bytes(best.total_bytes, opts.headroom)
     if len(hw.gpus) > 1:
         split = _place_layers(sz, opts, list(hw.gpus))
@@ -200,7 +200,7 @@ def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, work: Workload, 
             used = tuple(s for s in split[0] if s.layers or s.weights_bytes)
             return Decision(prec.name, est, True,
                             f"fits split over {len(used)} GPUs ({', '.join(fmt_bytes(s.total_bytes) for s in used)})",
-                            used, speed=decode_speed(sz, used, hw.gpus, opts.batch))
+                            used, sizes=sz)
         rest = set(split[1]) if split else set()
         left = sum(b for li, b in sz.layer_weights if li in rest) if split else est.weights_bytes
         why = (f"needs {fmt_bytes(est.total_bytes)}; over all {len(hw.gpus)} GPUs "
@@ -214,14 +214,15 @@ def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, work: Workload, 
 def _candidates(opts: PlanOptions, hw: Hardware, compute: str) -> list[tuple[Precision, str | None]]:
     """Precisions in preference order, each with a reason it is ruled out whatever its size (or None)."""
     order = P.CPU_ORDER if not hw.gpus else ("fp32", *P.ORDERS[opts.prefer])
-    floor = P.ALL.index(P.get(opts.min_precision)) if opts.min_precision else None
+    # names were checked when the options were made (`fitplan.options`): read, not parsed again
+    floor = P.NAMES.index(opts.min_precision) if opts.min_precision else None
     out = []
     for name in order:
-        p = P.get(name)
+        p = P.BY_NAME[name]
         why = None
-        if opts.precision and name != P.get(opts.precision).name:
+        if opts.precision and name != opts.precision:
             why = f"not asked for (precision {opts.precision} was)"
-        elif floor is not None and P.ALL.index(p) > floor:
+        elif floor is not None and P.NAMES.index(name) > floor:
             why = f"below min_precision {opts.min_precision}"
         elif hw.gpus and name == "fp32" and not opts.precision:
             why = "fp32 doubles the memory of 16-bit weights for no inference gain on a GPU"
@@ -235,6 +236,14 @@ def _candidates(opts: PlanOptions, hw: Hardware, compute: str) -> list[tuple[Pre
             why = f"bitsandbytes needs compute capability {cc_text(BNB_MIN_CC)} or newer"
         out.append((p, why))
     return out
+
+
+def _with_speed(d: Decision, hw: Hardware, work: Workload) -> Decision:
+    """A decision that fits on GPUs with its decode speed (`fitplan.planning.speed`), from the sizes and
+    placement it was made with; the one place a speed is computed."""
+    if not (d.fits and hw.gpus and d.sizes is not None):
+        return d
+    return replace(d, speed=decode_speed(d.sizes, d.placement, hw.gpus, work.batch))
 
 
 @dataclass(frozen=True)
@@ -311,6 +320,7 @@ def choose(inv: Inventory, hw: Hardware, opts: PlanOptions, work: Workload) -> C
     else:
         candidates = _candidates(opts, hw, compute)
     decisions = [replace(_decide(inv, prec, opts, work, hw, compute), ruled_out=why) for prec, why in candidates]
+    decisions = [_with_speed(d, hw, work) for d in decisions]
     chosen = _best(decisions, opts.prefer)
     decisions = tuple(replace(d, rejected_because=_why_not(d, chosen, opts.prefer)) for d in decisions)
     chosen = next((d for d in decisions if chosen is not None and d.precision == chosen.precision), None)

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,35 +38,15 @@ from .schema import ENV_VARS, HARDWARE_KEYS, OVERRIDE_KEYS, SCHEMA, SETTINGS, Fi
 
 # -- what a profile holds -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class WorkloadSpec:
-    context: int | None = None
-    batch: int | None = None
-    images: int | None = None
-    concurrency: int | None = None
+def _section_class(section: Field):
+    """A profile section (`workload:`, `constraints:`) as a frozen record of its keys, each None when unset:
+    its fields are the section's keys in the schema, read off the option declarations."""
+    return make_dataclass(section.key.title(), [(g.key, Any, dataclass_field(default=None)) for g in section.fields],
+                          frozen=True)
 
 
-@dataclass(frozen=True)
-class Serving:
-    """`serving:`: the engine's own settings (engine vllm or sglang), by the engine's names."""
-
-    tensor_parallel_size: int | None = None
-    pipeline_parallel_size: int | None = None
-    gpu_memory_utilization: float | None = None
-    kv_cache_dtype: str | None = None
-    quantization: str | None = None
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    enforce_eager: bool | None = None
-
-
-@dataclass(frozen=True)
-class Constraints:
-    precision: str | None = None
-    min_precision: str | None = None
-    prefer: str | None = None
-    headroom: float | int | None = None  # share (< 1) or bytes
-    offload: bool | None = None
+WorkloadSpec, Constraints, Serving = (_section_class(next(f for f in SCHEMA if f.key == name))
+                                      for name in ("workload", "constraints", "serving"))
 
 
 @dataclass(frozen=True)
