@@ -191,3 +191,14 @@ def test_bitsandbytes_checkpoint_is_sized_in_its_layout_for_vllm_and_refused_for
     assert "--quantization" not in q.plan.command[0]
     with pytest.raises(UnsupportedModelError, match="bitsandbytes"):
         plan_engine(inv, cfg, hw, engine="sglang", knobs=Knobs(), max_model_len=4096, concurrency=1, model_id="q")
+
+
+def test_layouts_keep_tp_within_a_node_and_pp_across_nodes():
+    from fitplan.engines.choose import _layouts
+
+    geo = AttentionGeometry(61, 128, 128, 128)
+    assert _layouts(geo, 8, 8, Knobs()) == [(1, 1), (2, 1), (4, 1), (8, 1)]
+    assert _layouts(geo, 16, 8, Knobs())[-1] == (8, 2)
+    odd = AttentionGeometry(30, 15, 5, 64)  # no TP above 1 divides 15 heads: stages within the node
+    assert (1, 3) in _layouts(odd, 4, 4, Knobs()) and all(tp == 1 for tp, _ in _layouts(odd, 4, 4, Knobs()))
+    assert _layouts(geo, 8, 8, Knobs(tensor_parallel_size=4, pipeline_parallel_size=2)) == [(4, 2)]

@@ -40,18 +40,23 @@ class EngineChoice:
 
 
 def _layouts(geo: AttentionGeometry, n_gpus: int, per_node: int, knobs: Knobs) -> list[tuple[int, int]]:
-    """(tp, pp) pairs to try, fewest GPUs first; a forced size is the only one tried."""
+    """(tp, pp) pairs to try, fewest GPUs first; a forced size is the only one tried. Within a node only tensor
+    parallelism (a power of two that divides the attention heads, and the KV heads it does not exceed); pipeline
+    stages across nodes, or within a node only where no TP above 1 divides the heads (as vLLM's and SGLang's
+    docs advise)."""
     if knobs.tensor_parallel_size or knobs.pipeline_parallel_size:
         return [(knobs.tensor_parallel_size or 1, knobs.pipeline_parallel_size or 1)]
-    out = []
-    for world in range(1, n_gpus + 1):
-        for tp in sorted((t for t in range(1, min(world, per_node) + 1) if world % t == 0), reverse=True):
-            pp = world // tp
-            if geo.num_heads % tp == 0 and (geo.kv_heads <= tp or geo.kv_heads % tp == 0) and pp <= geo.num_layers \
-                    and (tp & (tp - 1)) == 0:
-                out.append((tp, pp))
-                break
-    return out
+
+    def divides(tp: int) -> bool:
+        return geo.num_heads % tp == 0 and (geo.kv_heads <= tp or geo.kv_heads % tp == 0)
+
+    tps = [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= per_node and divides(t)]
+    out = {(t, 1) for t in tps}
+    nodes = n_gpus // per_node
+    out |= {(tps[-1], k) for k in range(2, nodes + 1) if k <= geo.num_layers}  # whole nodes, one stage each
+    if tps == [1]:  # no TP divides the heads: pipeline stages within the node too
+        out |= {(1, k) for k in range(2, min(n_gpus, geo.num_layers) + 1)}
+    return sorted(out, key=lambda tp_pp: (tp_pp[0] * tp_pp[1], tp_pp[1]))
 
 
 def _variants(inv: Inventory, cc: tuple[int, int], knobs: Knobs) -> list[Knobs]:
