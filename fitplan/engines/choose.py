@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..errors import InputError, UnsupportedModelError
+from ..errors import OptionError, UnsupportedModelError
 from ..hardware.machine import Hardware
 from ..model import prequant
 from ..model.inventory import Inventory
@@ -102,30 +102,31 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
     """The deployment of `model_id` on `engine` over `hw`'s GPUs (one kind; `gpus_per_node` from the hardware).
     `explore` False plans `knobs` as they are (no fp8 variants)."""
     if not hw.gpus:
-        raise InputError(f"{engine} plans need GPUs: give --gpu (e.g. --gpu 4xh100) or a hardware file",
-                         option="engine")
+        raise OptionError(f"{engine} plans need GPUs: give --gpu (e.g. --gpu 4xh100) or a hardware file",
+                          option="engine")
     if any(k.state_elements or k.state_fixed_bytes for k in inv.kv_layers):
         raise UnsupportedModelError(f"{model_id} keeps recurrent (Mamba / linear-attention) state; fitplan does not "
-                                    f"mirror {engine}'s state pool yet: plan it with engine transformers")
+                                    f"mirror {engine}'s state pool yet: plan it with engine transformers",
+                                    model_type=inv.model_type)
     if inv.prequantized and prequant.scheme(inv).method == "bitsandbytes" and engine == "sglang":
         raise UnsupportedModelError(f"{model_id} is a bitsandbytes checkpoint; fitplan sizes bitsandbytes for "
-                                    "transformers and vllm only")
+                                    "transformers and vllm only", model_type=inv.model_type)
     geo = geometry(config)
     gpu = hw.gpus[0]
     n = len(hw.gpus)
     if knobs.quantization == "fp8" and gpu.compute_capability < (8, 0):
         cc = ".".join(map(str, gpu.compute_capability))
-        raise InputError(f"quantization fp8 needs compute capability 8.0 (weight-only, Marlin) or 8.9 (W8A8); "
+        raise OptionError(f"quantization fp8 needs compute capability 8.0 (weight-only, Marlin) or 8.9 (W8A8); "
                          f"{gpu.name} has {cc}: drop --quantization", option="quantization")
     per_node = hw.gpus_per_node or n
     tp0, pp0 = knobs.tensor_parallel_size or 1, knobs.pipeline_parallel_size or 1
     if knobs.tensor_parallel_size or knobs.pipeline_parallel_size:
         check_parallel(geo, tp0, pp0)
         if tp0 * pp0 > n:
-            raise InputError(f"tensor_parallel_size {tp0} x pipeline_parallel_size {pp0} = {tp0 * pp0} ranks, but the "
+            raise OptionError(f"tensor_parallel_size {tp0} x pipeline_parallel_size {pp0} = {tp0 * pp0} ranks, but the "
                              f"hardware has {n} GPU{'s' if n > 1 else ''}", option="tensor_parallel_size")
     if max_model_len > (inv.max_positions or max_model_len):
-        raise InputError(f"context {max_model_len} exceeds {model_id}'s max_position_embeddings {inv.max_positions}; "
+        raise OptionError(f"context {max_model_len} exceeds {model_id}'s max_position_embeddings {inv.max_positions}; "
                          "the engine refuses a longer --max-model-len", option="context")
     rejected: list[Rejected] = []
     best: EnginePlan | None = None
@@ -143,7 +144,7 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
                                                                                    best.available_kv_cache_bytes):
                 best = p  # nothing fits: show the one that comes closest
     if best is None:
-        raise InputError(f"no tensor parallel size up to {n} divides {model_id}'s {geo.num_heads} attention heads",
+        raise OptionError(f"no tensor parallel size up to {n} divides {model_id}'s {geo.num_heads} attention heads",
                          option="tensor_parallel_size")
     return EngineChoice(best, tuple(rejected))
 

@@ -5,7 +5,7 @@ version in `fitplan.versions.ENGINE_VERSIONS`; docs/engines.md gives each with t
 """
 from __future__ import annotations
 
-from ..errors import InputError
+from ..errors import OptionError
 from ..model import prequant as model_prequant
 from ..model.inventory import Inventory
 from ..planning import prequant
@@ -31,7 +31,7 @@ def load_dtype(inv: Inventory, gpu_cc: tuple[int, int]) -> str:
 
 def kv_element_bytes(kv_cache_dtype: str, dtype: str) -> int:
     if kv_cache_dtype not in KV_DTYPE_BYTES:
-        raise InputError(f"kv_cache_dtype must be one of {', '.join(KV_DTYPE_BYTES)}, got {kv_cache_dtype!r:.30}",
+        raise OptionError(f"kv_cache_dtype must be one of {', '.join(KV_DTYPE_BYTES)}, got {kv_cache_dtype!r:.30}",
                          option="kv_cache_dtype")
     return KV_DTYPE_BYTES[kv_cache_dtype] or DTYPE_BYTES[dtype]
 
@@ -48,7 +48,7 @@ def sizer(inv: Inventory, dtype: str, quantization: str | None):
     float dtype."""
     if inv.prequantized:
         if quantization:
-            raise InputError(f"quantization: {inv.model_id} is pre-quantized ({inv.prequantized}); the engine reads "
+            raise OptionError(f"quantization: {inv.model_id} is pre-quantized ({inv.prequantized}); the engine reads "
                              "its method from the checkpoint: drop --quantization", option="quantization")
         if model_prequant.scheme(inv).method == "bitsandbytes":  # bitsandbytes' own layout (planning/layout.py)
             from ..planning.layout import tensor_bytes
@@ -60,7 +60,7 @@ def sizer(inv: Inventory, dtype: str, quantization: str | None):
     if quantization:
         per = ONLINE_QUANT_BYTES.get(quantization)
         if per is None:
-            raise InputError(f"quantization {quantization!r:.30}: fitplan sizes online "
+            raise OptionError(f"quantization {quantization!r:.30}: fitplan sizes online "
                              f"{', '.join(ONLINE_QUANT_BYTES)} for float checkpoints", option="quantization")
         return lambda t: (t.numel * per if t.quantizable or (_is_linear_weight(t) and len(t.shape) == 3)
                           else t.numel * DTYPE_BYTES[float_dtype_for(t, dtype)])

@@ -51,7 +51,7 @@ def geometry(config: dict) -> AttentionGeometry:
     except (KeyError, TypeError, ValueError):
         raise UnsupportedModelError(
             f"config.json of model_type {c.get('model_type')!r:.40} has no num_hidden_layers/num_attention_heads; "
-            "the engine plans need them") from None
+            "the engine plans need them", model_type=c.get("model_type")) from None
     kv = int(c.get("num_key_value_heads") or heads)
     head_dim = int(c.get("head_dim") or int(c["hidden_size"]) // heads)
     mla = bool(c.get("kv_lora_rank"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import InputError
+from ..errors import FileError, OptionError
 from ..yamlsource import YamlMap, describe
 
 #: `--gpu 2x8xh100`: 2 nodes of 8 H100s.
@@ -18,7 +18,8 @@ def parse_nodes(text: str) -> tuple[int, int, str] | None:
         return None
     n, per = int(m.group(1)), int(m.group(2))
     if n < 1 or per < 1:
-        raise InputError(f"--gpu {text!r}: nodes and GPUs per node must be at least 1; write e.g. '2x8xh100'")
+        raise OptionError(f"--gpu {text!r}: nodes and GPUs per node must be at least 1; write e.g. '2x8xh100'",
+                          option="gpu")
     return n, per, m.group(3).strip()
 
 
@@ -26,6 +27,8 @@ def file_nodes(doc: YamlMap, n_gpus: int, name: str) -> int | None:
     """GPUs per node of a hardware file's `nodes:` (None: one machine), checked against the GPUs it lists."""
     nodes = doc.get("nodes", 1)
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1 or (n_gpus and n_gpus % nodes):
-        raise InputError(f"{doc.where('nodes') if 'nodes' in doc else name}: nodes must be a whole number of machines "
-                         f"that divides the {n_gpus} GPUs listed (each node has the same GPUs), got {describe(nodes)}")
+        where = doc.at("nodes") if "nodes" in doc else {"path": name, "key": "nodes"}
+        raise FileError(f"{doc.where('nodes') if 'nodes' in doc else name}: nodes must be a whole number of machines "
+                        f"that divides the {n_gpus} GPUs listed (each node has the same GPUs), got {describe(nodes)}",
+                        **where)
     return n_gpus // nodes if nodes > 1 else None
