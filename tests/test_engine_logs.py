@@ -12,7 +12,7 @@ from fitplan.engines.sglang import plan_sglang
 from fitplan.engines.vllm import plan_vllm
 from fitplan.hardware.catalogue import hardware_from_gpu_flag
 from fitplan.model.cache import get_inventory
-from fitplan.model.source import resolve
+from fitplan.model.sources import resolve
 
 CASES = yaml.safe_load((Path(__file__).parent / "data" / "engine_logs.yaml").read_text())["cases"]
 GiB = 1 << 30

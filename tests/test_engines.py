@@ -130,7 +130,7 @@ def test_bad_parallel_sizes_are_one_line_input_errors(knobs, words):
 
 def _shipped(model):
     from fitplan.model.cache import get_inventory
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
 
     src = resolve(model, offline=True)
     return get_inventory(src.config, model_id=src.model_id, stored_bytes=None, stored_parameters=None,
@@ -176,7 +176,7 @@ def test_fp8_kv_cache_halves_the_bytes_per_token_and_online_fp8_needs_ampere():
 def test_bitsandbytes_checkpoint_is_sized_in_its_layout_for_vllm_and_refused_for_sglang():
     from fitplan.errors import UnsupportedModelError
     from fitplan.model.cache import get_inventory
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
 
     src = resolve("meta-llama/Llama-3.2-1B", offline=True)
     cfg = {**src.config, "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True,
