@@ -200,7 +200,9 @@ def rescore(rows: list[dict]) -> list[dict]:
             continue
         if r["model"] not in invs:
             invs[r["model"]] = get_inventory(resolve(r["model"], offline=True).config, model_id=r["model"])
-        e = estimate(invs[r["model"]], get(r["precision"]), Workload(r["context"], r["batch"]), "bfloat16")
+        # these rows ran with torch's default allocator (fitplan.load() set none up before issue 19)
+        e = estimate(invs[r["model"]], get(r["precision"]), Workload(r["context"], r["batch"]), "bfloat16",
+                     allocator=r.get("allocator", "caching"))
         out.append({**r, "now": e, "same_model": r.get("inventory_digest") == inventory_digest(invs[r["model"]])})
     return out
 

@@ -28,6 +28,18 @@ LOAD_FRAGMENTATION = {"float": 0.01, "4bit": 0.06, "int8": 0.22, "fused_experts"
 #: Fixed part of the reserve: cuBLAS/cuBLASLt workspaces and the allocator's 2 MiB small-block pool.
 ALLOCATOR_RESERVE_FIXED_BYTES = 64 << 20
 
+#: The reserve above is that of torch's default allocator ("caching", hardware.machine.ALLOCATORS);
+#: the one below that of expandable segments, which `fitplan.load()` sets up.
+#: With expandable segments the allocator maps 2 MiB pages into one growing virtual segment per
+#: stream and, when an allocation would fail, unmaps the free pages inside it before retrying, so the
+#: holes a load leaves and the blocks generation frees are given back under pressure instead of
+#: staying reserved. What it holds beyond its allocated peak at headroom 0 is then a small share of
+#: the dynamic memory (measured on an H200; docs/accuracy.md, "Expandable segments").
+EXPANDABLE_RESERVE_FRACTION = 0.07
+#: Fixed part of that reserve: cuBLAS workspaces, the small-block pool and the page rounding of the
+#: segments, measured on the same H200 runs.
+EXPANDABLE_RESERVE_FIXED_BYTES = 64 << 20
+
 #: Each allocation is rounded up to this many bytes by the CUDA caching allocator.
 CUDA_ALLOCATION_ALIGNMENT = 512
 
@@ -42,19 +54,30 @@ ACT_MLP_COPIES = 3
 #: peak, fitted on Gemma-2-2B (2048x4 and 8192x1 tokens) together with the reserve share.
 EAGER_SCORE_BYTES = 11
 #: The same for SDPA's math fallback (scores and softmax, no soft-capping), fitted on Falcon-7B
-#: at 2048x4 tokens.
-MATH_SDPA_SCORE_BYTES = 7
+#: at 2048x4 tokens to its allocated peak (8.5 bytes a score above the other terms; 7 had been
+#: fitted together with the default allocator's reserve share, which the expandable plan lacks).
+MATH_SDPA_SCORE_BYTES = 9
 
 #: MoE layers dispatch each token to `experts_per_token` experts: per routed token, the gathered
 #: hidden state and its expert output (2 x hidden) and the expert MLP's gate, up and product
 #: (3 x expert intermediate), in compute-dtype elements. Fits OLMoE-1B-7B's measured peak.
 ACT_MOE_HIDDEN_COPIES = 2
 ACT_MOE_MLP_COPIES = 3
+#: Besides the routed copies, the MoE block holds this many hidden-size copies per token (the
+#: router's input and the combined output being accumulated): OLMoE-1B-7B at 16384 tokens allocated
+#: 0.19 GiB above the routed terms, on an H100 (4096x4) and an H200 (8192x2) alike.
+ACT_MOE_TOKEN_HIDDEN_COPIES = 3
 
 #: LLM.int8() splits outlier columns (|x| > 6, data-dependent) into an fp16 matmul that needs fp16
 #: copies of those weight columns: up to this many fp16 copies of the largest packed layer were
 #: live at once (Llama-3.1-8B shape, first generation after load).
 INT8_OUTLIER_WEIGHT_COPIES = 3.5
+
+#: LLM.int8()'s matmul returns int32 products (4 bytes per output element) and dequantizes them into
+#: a fp16 result (2 bytes) while the int32 buffer is still alive: bytes per output element at its
+#: peak, on top of the int8 copy of the input (Mistral-7B at 32768 tokens allocated 1.05 GiB more
+#: than int32 alone accounts for: one fp16 copy of the gate/up output).
+INT8_MATMUL_OUT_BYTES = 6
 
 #: generate() keeps fp32 logits of the last position for each sequence, plus the processed copy.
 LOGITS_COPIES = 2

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from .errors import OptionError
-from .hardware.machine import Hardware
+from .hardware.machine import Hardware, allocator_planned
 from .hardware.resolve import resolve_hardware
 from .model.cache import get_inventory
 from .options import OPTION_KEYS, PLAN_KEYS, SOURCE_KEYS, PlanOptions, check_keys
@@ -54,11 +54,13 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
     key_id = src.local_path if src.origin == "local" else src.model_id
     inv = get_inventory(src.config, model_id=key_id, stored_bytes=stored, stored_parameters=src.stored_parameters,
                         auto_class=req.options.auto_class, use_cache=use_cache, on_build=on_build)
-    plan = decide(inv, req.hardware, req.options, model_id=src.model_id, origin=src.origin, revision=src.revision,
+    # the reserve planned is that of the allocator a load from this environment runs under
+    hardware = replace(req.hardware, allocator=allocator_planned(os.environ))
+    plan = decide(inv, hardware, req.options, model_id=src.model_id, origin=src.origin, revision=src.revision,
                   pin=req.pin, notes=req.notes)
     if req.options.engine != "transformers":
         return replace(plan, engine=_engine(plan, src.config))
-    if not req.hardware.gpus or not plan.fits:
+    if not hardware.gpus or not plan.fits:
         plan = replace(plan, gguf=_gguf_rows(plan))
     if len(req.hardware.gpus) > 1 and (not plan.fits or len({s.device for s in plan.decision.placement}) > 1):
         plan = replace(plan, tp_hint=_tp_hint(plan, src.config))

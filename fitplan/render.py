@@ -151,7 +151,11 @@ def _kwargs_code(plan) -> list[str]:
         args.append(f"max_memory={{{mm}}}")
     if kw.get("revision"):
         args.append(f"revision={kw['revision']!r}")
-    out = ["  AutoModelForCausalLM.from_pretrained("]
+    out = []
+    if plan.hardware.gpus and plan.hardware.allocator == "expandable":  # the reserve was planned for it
+        out += ["  # the plan budgets the allocator fitplan.load() sets up; before torch first touches CUDA:",
+                "  os.environ.setdefault('PYTORCH_CUDA_ALLOC_CONF', 'expandable_segments:True')"]
+    out += ["  AutoModelForCausalLM.from_pretrained("]
     for a in args:
         out += textwrap.wrap(f"{a},", WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 10,
                              break_long_words=False, break_on_hyphens=False)
@@ -165,6 +169,8 @@ def render_load_report(report) -> str:
         p, m = report.predicted_weights.get(dev), report.measured_weights.get(dev)
         rows.append(f"  {dev}: weights predicted {fmt_bytes(p or 0)}, measured {fmt_bytes(m or 0)}")
     rows += [f"  user override: {o}" for o in report.overrides]
+    if report.allocator:
+        rows.append(f"  {report.allocator}")
     return "\n".join(rows)
 
 

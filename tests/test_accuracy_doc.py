@@ -31,8 +31,10 @@ def _size(text: str) -> int:
 def test_constants_in_the_document_are_the_code_s():
     assert _size(_doc_value("CUDA_CONTEXT_BYTES")) == C.CUDA_CONTEXT_BYTES
     assert _size(_doc_value("ALLOCATOR_RESERVE_FIXED_BYTES")) == C.ALLOCATOR_RESERVE_FIXED_BYTES
-    for name in ("ALLOCATOR_RESERVE_FRACTION", "ACT_HIDDEN_COPIES", "ACT_MLP_COPIES", "EAGER_SCORE_BYTES",
-                 "MATH_SDPA_SCORE_BYTES", "INT8_OUTLIER_WEIGHT_COPIES", "LOGITS_COPIES", "CUDA_ALLOCATION_ALIGNMENT"):
+    assert _size(_doc_value("EXPANDABLE_RESERVE_FIXED_BYTES")) == C.EXPANDABLE_RESERVE_FIXED_BYTES
+    for name in ("ALLOCATOR_RESERVE_FRACTION", "EXPANDABLE_RESERVE_FRACTION", "ACT_HIDDEN_COPIES", "ACT_MLP_COPIES",
+                 "ACT_MOE_TOKEN_HIDDEN_COPIES", "EAGER_SCORE_BYTES", "MATH_SDPA_SCORE_BYTES",
+                 "INT8_OUTLIER_WEIGHT_COPIES", "INT8_MATMUL_OUT_BYTES", "LOGITS_COPIES", "CUDA_ALLOCATION_ALIGNMENT"):
         assert float(_doc_value(name)) == getattr(C, name), name
     moe = [float(x) for x in _doc_value("ACT_MOE_HIDDEN_COPIES").split("/")]
     assert moe == [C.ACT_MOE_HIDDEN_COPIES, C.ACT_MOE_MLP_COPIES]

@@ -55,6 +55,9 @@ class Hardware:
     source: str
     notes: tuple[str, ...] = field(default_factory=tuple)
     unified: bool = False  # CPU and GPU share one memory (Apple silicon): `cpu_ram_bytes` is that pool
+    # The CUDA allocator setting the loading process runs with, whose reserve the plan budgets:
+    # "expandable" (what fitplan.load() sets up) or "caching" (torch's default); see `allocator_planned`.
+    allocator: str = "expandable"
     gpus_per_node: int | None = None  # several machines (`--gpu 2x8xh100`): GPUs per node; None: one machine
 
     @property
@@ -78,6 +81,35 @@ class Hardware:
             "gpus": [g.to_dict() for g in self.gpus],
             "cpu_ram_bytes": self.cpu_ram_bytes,
             "unified": self.unified,
+            "allocator": self.allocator,
             **({"gpus_per_node": self.gpus_per_node} if self.gpus_per_node else {}),
             "notes": list(self.notes),
         }
+
+
+#: The settings of PyTorch's CUDA caching allocator fitplan plans for: "expandable" (expandable
+#: segments, which `fitplan.load()` turns on before the weights are allocated unless the user's own
+#: PYTORCH_CUDA_ALLOC_CONF says otherwise) and "caching" (torch's default, fixed-size segments).
+ALLOCATORS = ("expandable", "caching")
+#: Where torch reads its allocator settings, the first one set wins (torch >= 2.9 reads both).
+ALLOC_CONF_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
+
+
+def user_alloc_conf(environ) -> tuple[str, str] | None:
+    """(variable, value) of the user's own allocator settings in `environ`, or None where none is set."""
+    for var in ALLOC_CONF_VARS:
+        if environ.get(var, "").strip():
+            return var, environ[var].strip()
+    return None
+
+
+def allocator_planned(environ) -> str:
+    """The allocator setting a process started with `environ` loads under: with no allocator settings of
+    the user's, "expandable" (fitplan.load() turns expandable segments on); else what they say:
+    "expandable" where they turn expandable segments on, "caching" otherwise (torch's default
+    segments, or another backend, whose reserve the default's covers at most)."""
+    conf = user_alloc_conf(environ)
+    if conf is None:
+        return "expandable"
+    pairs = dict(p.split(":", 1) for p in conf[1].replace(" ", "").split(",") if ":" in p)
+    return "expandable" if pairs.get("expandable_segments", "").lower() in ("true", "1") else "caching"

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 
 from .. import calibration as C
+from ..hardware.machine import ALLOCATORS
 from ..model.inventory import Inventory
 from ..model.prequant import scheme
 from .prequant import held_by_tensor, is_as_stored
@@ -139,7 +140,8 @@ def workspace_bytes(inv: Inventory, precision: Precision, work: Workload, comput
 
     4-bit: with more than one token, the weight is dequantized to the compute dtype before the
     matmul (out x in elements). LLM.int8(): the input is quantized to int8 and the product comes
-    back as int32 before rescaling (tokens x in + 4 x tokens x out bytes), or, when larger, the
+    back as int32 and is dequantized into fp16 (tokens x in + INT8_MATMUL_OUT_BYTES x tokens x out
+    bytes), or, when larger, the
     fp16 copies of outlier weight columns (calibration.INT8_OUTLIER_WEIGHT_COPIES).
     """
     packed = [t for t in inv.tensors if t.quantizable]
@@ -149,8 +151,8 @@ def workspace_bytes(inv: Inventory, precision: Precision, work: Workload, comput
     largest = max(t.numel for t in packed)
     if precision.bits == 4:
         return largest * DTYPE_BYTES[compute_dtype]
-    per_tokens = max(tokens * (t.numel // (t.out_features or t.shape[0])) + 4 * tokens * (t.out_features or t.shape[0])
-                     for t in packed)
+    per_tokens = max(tokens * (t.numel // (t.out_features or t.shape[0]))
+                     + C.INT8_MATMUL_OUT_BYTES * tokens * (t.out_features or t.shape[0]) for t in packed)
     return max(int(C.INT8_OUTLIER_WEIGHT_COPIES * largest * 2), per_tokens)
 
 
@@ -180,6 +182,7 @@ def activation_bytes(inv: Inventory, work: Workload, compute_dtype: str, precisi
     if inv.experts_per_token:
         mlp += tokens * inv.experts_per_token * eb * (
             C.ACT_MOE_HIDDEN_COPIES * inv.hidden_size + C.ACT_MOE_MLP_COPIES * inv.expert_intermediate_size)
+        mlp += tokens * eb * C.ACT_MOE_TOKEN_HIDDEN_COPIES * inv.hidden_size
     if precision is not None:
         mlp += workspace_bytes(inv, precision, work, compute_dtype)
     scan = tokens * inv.prefill_scratch_per_token  # a state-space layer's torch path, in place of attention
@@ -200,11 +203,20 @@ def load_fragmentation_bytes(inv: Inventory, precision: Precision, compute_dtype
     return int(frag)
 
 
-def overhead_bytes(dynamic_bytes: int, device: str, n_devices: int = 1, fragmentation: int = 0) -> int:
-    """CUDA context per device plus the caching allocator's reserve: the larger of the share of
-    the dynamic allocations and the load's fragmentation (generation reuses those holes)."""
+def overhead_bytes(dynamic_bytes: int, device: str, n_devices: int = 1, fragmentation: int = 0,
+                   allocator: str = "expandable") -> int:
+    """CUDA context per device plus the allocator's reserve. With expandable segments (what
+    `fitplan.load()` sets up) a small share of the dynamic allocations: free pages are unmapped under
+    pressure, so the load's holes do not stay reserved. With torch's default caching allocator the
+    larger of a share of the dynamic allocations and the load's fragmentation (generation reuses
+    those holes)."""
     if device != "cuda":
         return 0
+    if allocator == "expandable":
+        return n_devices * (C.CUDA_CONTEXT_BYTES + C.EXPANDABLE_RESERVE_FIXED_BYTES) + int(
+            C.EXPANDABLE_RESERVE_FRACTION * dynamic_bytes)
+    if allocator != "caching":
+        raise ValueError(f"allocator must be one of {ALLOCATORS}, not {allocator!r}")
     reserve = max(int(C.ALLOCATOR_RESERVE_FRACTION * dynamic_bytes), fragmentation)
     return n_devices * C.CUDA_CONTEXT_BYTES + reserve + n_devices * C.ALLOCATOR_RESERVE_FIXED_BYTES
 
@@ -231,6 +243,7 @@ class Sizes:
 
     quantized: bool = False  # the precision packs weights (bitsandbytes, or a pre-quantized format)
     bits: int | None = None  # its bits per packed weight, where it has one
+    allocator: str = "expandable"  # the CUDA allocator setting the reserve is planned for (machine.ALLOCATORS)
 
     def kv_of(self, layer: int) -> int:
         return self.layer_kv[layer] if layer < len(self.layer_kv) else 0
@@ -252,7 +265,8 @@ class Sizes:
     def overhead(self, weights: int, kv: int) -> int:
         """Context and allocator reserve of one device holding `weights` and `kv` of these sizes: its
         share of the load's fragmentation, in proportion to the weights it holds."""
-        return overhead_bytes(kv + self.activation, self.device, fragmentation=int(weights * self._fragmentation_rate))
+        return overhead_bytes(kv + self.activation, self.device, fragmentation=int(weights * self._fragmentation_rate),
+                              allocator=self.allocator)
 
     @cached_property
     def _fragmentation_rate(self) -> float:
@@ -264,12 +278,14 @@ class Sizes:
         """The whole model on one device."""
         kv = sum(self.layer_kv)
         return Estimate(self.precision, self.load_dtype, self.weights_total, kv, self.activation,
-                        overhead_bytes(kv + self.activation, self.device, fragmentation=self.fragmentation),
+                        overhead_bytes(kv + self.activation, self.device, fragmentation=self.fragmentation,
+                                       allocator=self.allocator),
                         self.device)
 
 
-def sizes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str, device: str = "cuda") -> Sizes:
-    """Every size of `precision` at `work`, per layer; see `Sizes`."""
+def sizes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str, device: str = "cuda",
+          allocator: str = "expandable") -> Sizes:
+    """Every size of `precision` at `work`, per layer, with the reserve of `allocator`; see `Sizes`."""
     alignment = C.CUDA_ALLOCATION_ALIGNMENT if device == "cuda" else 1
     dt = load_dtype(precision, compute_dtype)
     outside, per_layer, floats, stream = _by_layer(inv, precision, _per_tensor(inv, precision, dt, alignment))
@@ -277,10 +293,10 @@ def sizes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: s
     return Sizes(precision.name, dt, device, outside, tuple(sorted(per_layer.items())),
                  tuple(kv_bytes_per_layer(inv, work, dt)), activation_bytes(inv, work, dt, precision), total,
                  load_fragmentation_bytes(inv, precision, compute_dtype), tuple(sorted(floats.items())),
-                 tuple(sorted(stream.items())), precision.quantized, precision.bits)
+                 tuple(sorted(stream.items())), precision.quantized, precision.bits, allocator)
 
 
 def estimate(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str,
-             device: str = "cuda") -> Estimate:
+             device: str = "cuda", allocator: str = "expandable") -> Estimate:
     """Everything one device would hold to run `work` with the whole model on it."""
-    return sizes(inv, precision, work, compute_dtype, device).estimate()
+    return sizes(inv, precision, work, compute_dtype, device, allocator).estimate()

@@ -176,7 +176,7 @@ def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, work: Workload, 
             compute: str) -> Decision:
     """Whether `prec` fits in memory on `hw` for `work` (offloading only if `opts.offload`), where, and why."""
     device = "cuda" if hw.gpus else "cpu"
-    sz = sizes(inv, prec, work, compute, device)
+    sz = sizes(inv, prec, work, compute, device, hw.allocator)
     est = sz.estimate()
     if not hw.gpus:
         budget = cpu_budget(hw, opts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..errors import DoesNotFitError, OptionError
+from ..errors import DoesNotFitError, LibraryChangedError, OptionError
 from ..vocab.classes import AUTO_CLASSES
 from ..options import OPTION_KEYS
 from ..planning.plan import Plan
@@ -33,6 +33,7 @@ class LoadReport:
     predicted_weights: dict = field(default_factory=dict)  # device -> bytes
     measured_weights: dict = field(default_factory=dict)  # device -> bytes
     overrides: tuple[str, ...] = ()
+    allocator: str = ""  # how the CUDA allocator was set up for the load, in words (`configure_allocator`)
 
     def __str__(self) -> str:  # `print(model.fitplan)`; the words live with the other renderers
         from ..render import render_load_report
@@ -83,6 +84,67 @@ def _recheck(plan: Plan, replan) -> Plan:
                               model_id=new.model_id)
     log.warning("fitplan: free GPU memory changed since planning; re-planned: %s", new.summary_line())
     return new
+
+
+EXPANDABLE = "expandable_segments:True"
+
+
+def configure_allocator(plan: Plan, environ=None) -> str:
+    """Set PyTorch's CUDA allocator up as the plan budgeted its reserve (`Hardware.allocator`), before
+    any weight is allocated; returns what was done, in words, for the load report.
+
+    With no allocator settings of the user's, expandable segments are turned on at run time (torch
+    reads the setting again for every new segment, so this holds whether or not CUDA is initialised;
+    segments the process already reserved stay as they are). A user's own PYTORCH_CUDA_ALLOC_CONF /
+    PYTORCH_ALLOC_CONF is left alone: the plan was made for it (`allocator_planned`)."""
+    import os
+
+    from ..hardware.machine import user_alloc_conf
+
+    if not plan.hardware.gpus:
+        return ""
+    conf = user_alloc_conf(os.environ if environ is None else environ)
+    if conf is not None:
+        return (f"allocator: your {conf[0]}={conf[1]!r} is kept; the plan budgets the reserve of "
+                f"{'expandable segments' if plan.hardware.allocator == 'expandable' else 'torch default segments'}")
+    if plan.hardware.allocator != "expandable":  # a plan made for another environment's allocator
+        return "allocator: torch's default segments, as the plan was made for"
+    import torch
+
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)  # torch >= 2.9
+    if setter is None:
+        setter = getattr(getattr(torch.cuda, "memory", None), "_set_allocator_settings", None)  # torch 2.1-2.8
+    if setter is None:
+        raise LibraryChangedError(
+            f"fitplan.load() cannot turn on the CUDA allocator's expandable segments on torch {torch.__version__}, "
+            "which the plan assumes; set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False to plan and load with "
+            "torch's default allocator", library="torch", version=torch.__version__,
+            what="no allocator-settings function (torch._C._accelerator_setAllocatorSettings)")
+    getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+    setter(EXPANDABLE)
+    if getter is not None and "expandable_segments:true" not in getter().replace(" ", "").lower():
+        raise LibraryChangedError(
+            f"torch {torch.__version__} did not take {EXPANDABLE!r} (its allocator settings read {getter()!r}); set "
+            "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False to plan and load with torch's default allocator",
+            library="torch", version=torch.__version__, what=f"allocator settings read {getter()!r}")
+    held = torch.cuda.memory_reserved() if torch.cuda.is_available() and torch.cuda.is_initialized() else 0
+    already = (f"; the {held / 2**30:.2f} GiB this process had already reserved stays in default segments"
+               if held else "")
+    return f"allocator: expandable segments turned on before loading, as the plan budgets{already}"
+
+
+def expandable_in_use() -> bool | None:
+    """Whether the allocator holds expandable segments now (torch's memory snapshot says so per
+    segment); None where there is no CUDA or the snapshot does not tell."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    segs = torch.cuda.memory_snapshot()
+    flags = [s.get("is_expandable") for s in segs if isinstance(s, dict)]
+    if not flags or any(f is None for f in flags):
+        return None
+    return any(flags)
 
 
 def _allocated() -> dict:
@@ -163,11 +225,15 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     tok = _tokenizer(model, user, processor=vlm) if tokenizer else None  # before any weight is read or allocated
     import torch
 
+    allocator = configure_allocator(plan)  # before the first weight is allocated
     before = _allocated()
     loaded = cls.from_pretrained(model, **kwargs)
     loaded.eval()
     loaded.requires_grad_(False)
-    report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed)
+    if allocator.startswith("allocator: expandable") and expandable_in_use() is False:
+        allocator = "allocator: expandable segments were asked for, but torch's snapshot shows none"
+        log.warning("fitplan: %s; the plan budgeted their smaller reserve", allocator)
+    report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed, allocator)
     loaded.fitplan = report
     if torch.cuda.is_available():
         torch.cuda.synchronize()
