@@ -13,7 +13,8 @@ def plan(model: str, *, use_cache: bool = True, **options) -> Plan:
 
     Never downloads weights; raises a `FitplanError` for bad input. A plan that does not fit is
     returned (check `plan.fits`), not raised: `load()` is what refuses to go on. `plan.inventory.auto_class`
-    says which transformers Auto class the plan is for. `options`: those of `fitplan.options` (None or
+    says which transformers Auto class the plan is for; with `engine="vllm"` or `"sglang"`, `plan.engine` is the
+    deployment on that engine (fitplan.engines). `options`: those of `fitplan.options` (None or
     absent: the default), `hardware` also as a fitplan `Hardware`.
     """
     from .pipeline import plan_model

@@ -32,7 +32,14 @@ MAX_CONTEXT = 1 << 24
 MAX_BATCH = 1 << 16
 MAX_IMAGES = 1 << 10
 #: Profile sections that group options, with their documentation.
-SECTIONS = {"workload": "What one generation needs.", "constraints": "What the chosen plan must respect."}
+SECTIONS = {"workload": "What one generation needs.", "constraints": "What the chosen plan must respect.",
+            "serving": "The serving engine's own settings, by its own names (engine vllm or sglang)."}
+#: What `engine` may say: transformers (fitplan.load(), one process) or a serving engine (fitplan.engines).
+ENGINES = ("transformers", "vllm", "sglang")
+#: `--kv-cache-dtype` and `--quantization` values the engine plans size (fitplan.engines.common).
+KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2")
+ENGINE_QUANTIZATIONS = ("fp8",)
+MAX_RANKS = 1024
 
 
 def option(default: Any, help: str, *, kind: str, profile: tuple[str, ...] | None = None,
@@ -114,6 +121,43 @@ class PlanOptions(_Checked):
     kv_type: str = option("f16", "KV cache type of the llama.cpp (GGUF) runs planned: f16, or q8_0 / q4_0 (quantized, "
                                  "about half / a quarter of the bytes).", kind="enum", choices=KV_CACHE_TYPES,
                           profile=("workload", "kv_type"))
+    engine: str = option("transformers", "What runs the model: transformers (fitplan.load(), one process) or a serving "
+                                         "engine, vllm or sglang, planned per rank with tensor/pipeline parallelism.",
+                         kind="enum", choices=ENGINES, profile=("engine",))
+    concurrency: int | None = option(None, "Sequences at the full context the engine must hold at once (engine "
+                                           "plans; default 1).", kind="int", profile=("workload", "concurrency"),
+                                     minimum=1, maximum=MAX_BATCH)
+    tensor_parallel_size: int | None = option(None, "Engine tensor parallel size (vLLM --tensor-parallel-size, "
+                                                    "SGLang --tp).", kind="int", minimum=1, maximum=MAX_RANKS,
+                                              profile=("serving", "tensor_parallel_size"), default_text="chosen")
+    pipeline_parallel_size: int | None = option(None, "Engine pipeline parallel size (vLLM --pipeline-parallel-size, "
+                                                      "SGLang --pp-size).", kind="int", minimum=1, maximum=MAX_RANKS,
+                                                profile=("serving", "pipeline_parallel_size"), default_text="chosen")
+    gpu_memory_utilization: float | None = option(None, "Share of each GPU the engine may use (vLLM "
+                                                        "--gpu-memory-utilization, SGLang --mem-fraction-static).",
+                                                  kind="fraction", profile=("serving", "gpu_memory_utilization"),
+                                                  default_text="the engine's")
+    kv_cache_dtype: str | None = option(None, "Engine KV cache dtype (--kv-cache-dtype).", kind="enum",
+                                        choices=KV_CACHE_DTYPES, profile=("serving", "kv_cache_dtype"),
+                                        default_text="chosen")
+    quantization: str | None = option(None, "Engine online quantization of a float checkpoint (--quantization).",
+                                      kind="enum", choices=ENGINE_QUANTIZATIONS, profile=("serving", "quantization"),
+                                      default_text="chosen")
+    max_num_seqs: int | None = option(None, "Engine --max-num-seqs.", kind="int", minimum=1, maximum=MAX_BATCH,
+                                      profile=("serving", "max_num_seqs"), default_text="the engine's")
+    max_num_batched_tokens: int | None = option(None, "Engine --max-num-batched-tokens (SGLang "
+                                                      "--chunked-prefill-size).", kind="int", minimum=1,
+                                                maximum=MAX_CONTEXT, profile=("serving", "max_num_batched_tokens"),
+                                                default_text="the engine's")
+    enforce_eager: bool = option(False, "Engine --enforce-eager (no CUDA graphs).", kind="bool",
+                                 profile=("serving", "enforce_eager"))
+
+    def __post_init__(self):
+        super().__post_init__()
+        engine_only = [n for n in ENGINE_KEYS if getattr(self, n) not in (None, False)]
+        if self.engine == "transformers" and engine_only:
+            raise OptionError(f"{engine_only[0]} is a serving-engine setting; set engine to vllm or sglang to plan "
+                              "for an engine", option=engine_only[0])
 
 
 @dataclass(frozen=True)
@@ -135,6 +179,10 @@ def fields_by_name() -> dict:
 
 
 PLAN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(PlanOptions))
+#: The options only a serving-engine plan reads.
+ENGINE_KEYS: tuple[str, ...] = ("concurrency", "tensor_parallel_size", "pipeline_parallel_size",
+                                "gpu_memory_utilization", "kv_cache_dtype", "quantization", "max_num_seqs",
+                                "max_num_batched_tokens", "enforce_eager")
 SOURCE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(SourceOptions))
 #: Every keyword `fitplan.plan()`, `fitplan.load()` and the CLI take for planning.
 OPTION_KEYS: tuple[str, ...] = PLAN_KEYS + SOURCE_KEYS

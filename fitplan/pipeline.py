@@ -74,8 +74,12 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
                   pin=req.pin, notes=req.notes)
     if digest is not None:
         plan = replace(plan, model_digest=digest)
+    if req.options.engine != "transformers":
+        return replace(plan, engine=_engine(plan, src.config))
     if not hardware.gpus or not plan.fits:
         plan = replace(plan, gguf=_gguf_rows(plan))
+    if len(req.hardware.gpus) > 1 and (not plan.fits or len({s.device for s in plan.decision.placement}) > 1):
+        plan = replace(plan, tp_hint=_tp_hint(plan, src.config))
     if plan.pin is not None:
         from .profiles.lock import check_pin
 
@@ -102,6 +106,35 @@ def fit_positions(inv, req: Request) -> Request:
     note = (f"context {fits} (not the default {req.options.context}): {inv.model_id} has {limit} learned absolute "
             "positions and cannot run a longer sequence")
     return replace(req, options=replace(req.options, context=fits), notes=req.notes + (note,))
+def _knobs(options: PlanOptions):
+    """The engine settings of `options` as `fitplan.engines.plan.Knobs`."""
+    from .engines.plan import Knobs
+    from .options import ENGINE_KEYS
+
+    return Knobs(**{n: getattr(options, n) for n in ENGINE_KEYS if n != "concurrency"})
+
+
+def _engine(plan: Plan, config: dict):
+    """The serving-engine deployment the request asks for (fitplan.engines), at the plan's workload."""
+    from .engines.choose import plan_engine
+
+    o = plan.options
+    return plan_engine(plan.inventory, config, plan.hardware, engine=o.engine, knobs=_knobs(o),
+                       max_model_len=plan.workload.context, concurrency=o.concurrency or plan.workload.batch,
+                       model_id=plan.model_id)
+
+
+def _tp_hint(plan: Plan, config: dict):
+    """What vLLM tensor parallelism gives on the same GPUs, when one GPU is not enough (None if fitplan cannot plan
+    this model for vLLM)."""
+    from .engines.choose import tp_hint
+    from .errors import FitplanError
+
+    try:
+        return tp_hint(plan.inventory, config, plan.hardware, max_model_len=plan.workload.context,
+                       concurrency=plan.workload.batch, model_id=plan.model_id)
+    except FitplanError:
+        return None
 
 
 def _gguf_rows(plan: Plan):

@@ -34,6 +34,11 @@ GPU_IMAGE = {"transformers": "5.17.0", "huggingface_hub": "1.33.0"}
 #: (CUDA) torch into a leg; every leg shares the main venv's CPU torch.
 NO_DEPS = ("accelerate", "bitsandbytes")
 
+#: The serving engines fitplan plans for (not dependencies): the version whose source the engine formulas mirror
+#: (fitplan/engines/, docs/engines.md) and against whose public startup logs they are checked
+#: (tests/data/engine_logs.yaml).
+ENGINE_VERSIONS = {"vllm": "0.11.0", "sglang": "0.4.9"}
+
 
 def newest() -> dict[str, str]:
     """The main CI venv's versions: the newest each library is tested at."""

@@ -136,7 +136,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("errors", "vocab", "versions", "calibration", "atomic", "safeio"),
     ("yamlsource", "options"),
     ("hardware", "model"),
-    ("planning", "gguf"),
+    ("planning", "gguf", "engines"),
     ("render", "profiles"),
     ("pipeline",),
     ("runtime", "api"),

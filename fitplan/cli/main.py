@@ -84,7 +84,7 @@ def check(model, profile, as_json, no_cache, **kw):
             sys.exit(0 if choice.fits else 1)
         p = plan_model(model, use_cache=not no_cache, progress=progress, **given)
     click.echo(json.dumps(p.to_dict("cli"), indent=2) if as_json else render_text(p))
-    sys.exit(0 if p.fits else 1)
+    sys.exit(0 if (p.engine.plan.fits if p.engine is not None else p.fits) else 1)
 
 
 @main.command()

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import FileError, HardwareError, InputError, OptionError
 from .machine import GPU, Hardware
+from .nodes import file_nodes, parse_nodes
 from ..vocab.units import fmt_bytes
 from ..yamlsource import (
     at,
@@ -200,6 +201,13 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
         raise OptionError("--gpu is empty; name a GPU such as 'rtx4090' or '2x a100-80gb' (`fitplan gpus` lists them)",
                           option="gpu")
     catalogue = load_gpu_catalogue()
+    nodes = parse_nodes(text)
+    if nodes:  # several machines (hardware/nodes.py)
+        n, per, word = nodes
+        _check_total(n * per, f"--gpu {text!r}")
+        return Hardware(gpus=tuple(find_gpu(word, catalogue).to_gpu(i) for i in range(n * per)),
+                        cpu_ram_bytes=cpu_ram_bytes, source="catalogue", gpus_per_node=per if n > 1 else None,
+                        notes=(CATALOGUE_NOTE, f"{n} nodes of {per} GPUs"))
     gpus: list[GPU] = []
     for part in text.split(","):
         if not part.strip():
@@ -223,10 +231,11 @@ GPU_ITEM_KEYS = ("gpu", "name", "memory", "compute_capability", "free", "bandwid
 BANDWIDTH_GBS = {"minimum": 1, "maximum": 100_000}
 
 
-def read_hardware_map(doc: YamlMap, *, name: str, what: str) -> tuple[tuple[GPU, ...], int | None, bool]:
+def read_hardware_map(doc: YamlMap, *, name: str, what: str,
+                      also: tuple[str, ...] = ()) -> tuple[tuple[GPU, ...], int | None, bool]:
     """(GPUs, cpu_ram or None, unified) from a hardware file's mapping or a profile's `hardware:`: the one
-    reader of `HARDWARE_FILE_KEYS`. `what` names the mapping in errors."""
-    check_keys(doc, HARDWARE_FILE_KEYS, what=what)
+    reader of `HARDWARE_FILE_KEYS`. `what` names the mapping in errors; `also`: keys its caller reads itself."""
+    check_keys(doc, HARDWARE_FILE_KEYS + also, what=what)
     if doc.get("gpus") is None:
         raise FileError(f"{doc.where('gpus')}: {what} needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
                         "machine)", **doc.at("gpus"))
@@ -249,14 +258,14 @@ def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) ->
     name = str(path)
     doc = load_yaml(path, source_name=name)
     doc = require_map(doc, where=f"{name}:1", what="a hardware file")
-    check_keys(doc, HARDWARE_FILE_KEYS, what="a hardware file")  # an unknown key ('gpu:') is said first
+    check_keys(doc, HARDWARE_FILE_KEYS + ("nodes",), what="a hardware file")  # an unknown key ('gpu:') is said first
     if "gpus" not in doc:
         raise FileError(f"{name}:1: a hardware file needs a 'gpus:' list (write 'gpus: []' for a CPU-only machine)",
                         path=name, line=1, key="gpus")
     if doc["gpus"] is None:
         raise FileError(f"{doc.where('gpus')}: 'gpus' is empty; list GPUs, or write 'gpus: []' for a CPU-only machine",
                         **doc.at("gpus"))
-    gpus, ram, unified = read_hardware_map(doc, name=name, what="a hardware file")
+    gpus, ram, unified = read_hardware_map(doc, name=name, what="a hardware file", also=("nodes",))
     notes = [f"GPUs described in {name}, not probed"]
     if ram is None:
         if cpu_ram_bytes is None:
@@ -264,7 +273,9 @@ def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) ->
             notes.append(f"{name} gives no cpu_ram: planning with no CPU RAM to offload to")
         else:
             ram = cpu_ram_bytes
-    return Hardware(gpus=gpus, cpu_ram_bytes=ram, source="file", notes=tuple(notes), unified=unified)
+    per_node = file_nodes(doc, len(gpus), name)  # several machines (hardware/nodes.py)
+    return Hardware(gpus=gpus, cpu_ram_bytes=ram, source="file", unified=unified, gpus_per_node=per_node,
+                    notes=tuple(notes) + ((f"{len(gpus) // per_node} nodes of {per_node} GPUs",) if per_node else ()))
 
 
 def parse_gpu_list(items: YamlList, *, what: str = "gpus") -> tuple[GPU, ...]:

@@ -58,6 +58,7 @@ class Hardware:
     # The CUDA allocator setting the loading process runs with, whose reserve the plan budgets:
     # "expandable" (what fitplan.load() sets up) or "caching" (torch's default); see `allocator_planned`.
     allocator: str = "expandable"
+    gpus_per_node: int | None = None  # several machines (`--gpu 2x8xh100`): GPUs per node; None: one machine
 
     @property
     def has_gpu(self) -> bool:
@@ -81,6 +82,7 @@ class Hardware:
             "cpu_ram_bytes": self.cpu_ram_bytes,
             "unified": self.unified,
             "allocator": self.allocator,
+            **({"gpus_per_node": self.gpus_per_node} if self.gpus_per_node else {}),
             "notes": list(self.notes),
         }
 

@@ -63,6 +63,8 @@ class Plan:
     extra_notes: tuple[str, ...] = ()  # notes from the request (e.g. a stale lock beside a profile)
     gguf: Any = None  # llama.cpp rows (fitplan.gguf.GGUFChoice) when no GPU is present or nothing fits
     model_digest: str | None = None  # a local folder's content when planned (fitplan.model.digest)
+    engine: Any = None  # the serving-engine deployment (fitplan.engines.choose.EngineChoice) when engine is not transformers
+    tp_hint: Any = None  # what vLLM tensor parallelism gives on these GPUs when one GPU is not enough (EngineChoice)
 
     @property
     def fits(self) -> bool:
@@ -286,6 +288,8 @@ class Plan:
                          for x in self.choice.decisions if d is None or x.precision != d.precision],
             "suggestions": self.suggestions(style),
             "gguf": None if self.gguf is None else self.gguf.to_dict(),
+            **({"engine": self.engine.to_dict()} if self.engine is not None else {}),
+            **({"tensor_parallel_hint": self.tp_hint.to_dict()} if self.tp_hint is not None else {}),
             "versions": dict(self.inventory.versions),
             "notes": self.notes,
         }

@@ -59,8 +59,31 @@ class Lock:
     kv_type: str = "f16"  # the llama.cpp KV cache type the plan's GGUF rows were made for
 
 
+def _render_engine_lock(plan: Plan, profile: Profile, settings: Settings, profile_path) -> str:
+    """The lock of a serving-engine plan: the deployment (sizes, engine settings, command) it was made with."""
+    e = plan.engine.plan
+    if not e.fits:
+        raise DoesNotFitError(f"{e.name}: " + (plan.engine.rejected[-1].reason if plan.engine.rejected else "no fit"),
+                              model_id=plan.model_id)
+    data = {
+        "lock_version": LOCK_VERSION, "profile": Path(profile_path).name, "profile_sha256": profile.digest,
+        "model": plan.model_id, "revision": plan.revision or settings.revision, "origin": plan.origin,
+        "workload": {"context": plan.options.context, "concurrency": e.concurrency},
+        "engine": {k: v for k, v in e.to_dict().items() if k not in ("per_rank", "notes")},
+        "hardware": {"source": plan.hardware.source, "gpus": [{"index": g.index, "name": g.name,
+                                                               "total_bytes": g.total_bytes} for g in plan.hardware.gpus]},
+        "versions": {"fitplan": fitplan_version(), **lib_versions()},
+    }
+    head = (f"# fitplan lock for {Path(profile_path).name}: written by `fitplan lock`. Do not edit.\n"
+            f"# {e.name} {e.version}: TP {e.tensor_parallel_size} x PP {e.pipeline_parallel_size}, "
+            f"{e.kv_cache_tokens:,} KV tokens\n")
+    return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None)
+
+
 def render_lock(plan: Plan, profile: Profile, settings: Settings, profile_path: str | os.PathLike) -> str:
     """The lock file's text: the resolved plan a load must reproduce, and what it was made from."""
+    if plan.engine is not None:
+        return _render_engine_lock(plan, profile, settings, profile_path)
     if not plan.fits:
         raise DoesNotFitError(plan.summary_line(), model_id=plan.model_id)
     d = plan.decision

@@ -54,7 +54,7 @@ def _schema() -> tuple[Field, ...]:
     hardware = Field("hardware", "hardware",
                      "'auto' probes this machine; or 'gpus:' (and optional 'cpu_ram:') as in a --hardware file.",
                      "auto")
-    return (*top, sections["workload"], hardware, sections["constraints"])
+    return (*top, sections["workload"], hardware, sections["constraints"], sections["serving"])
 
 
 SCHEMA: tuple[Field, ...] = _schema()

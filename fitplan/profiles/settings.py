@@ -45,8 +45,8 @@ def _section_class(section: Field):
                           frozen=True)
 
 
-WorkloadSpec, Constraints = (_section_class(next(f for f in SCHEMA if f.key == name))
-                             for name in ("workload", "constraints"))
+WorkloadSpec, Constraints, Serving = (_section_class(next(f for f in SCHEMA if f.key == name))
+                                      for name in ("workload", "constraints", "serving"))
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,11 @@ class Profile:
     model: str | None = None
     revision: str | None = None
     auto_class: str | None = None
+    engine: str | None = None
     workload: WorkloadSpec = WorkloadSpec()
     hardware: HardwareSpec | None = None
     constraints: Constraints = Constraints()
+    serving: Serving = Serving()
     digest: str = ""
 
     def get(self, name: str) -> Any:
@@ -158,8 +160,9 @@ def _parse(doc: Any, name: str) -> tuple[Profile | None, list[FitplanError]]:
         return None, problems
     work, cons = values.get("workload", {}), values.get("constraints", {})
     return Profile(path=name, model=values.get("model"), revision=values.get("revision"),
-                   auto_class=values.get("auto_class"), workload=WorkloadSpec(**work), hardware=values.get("hardware"),
-                   constraints=Constraints(**cons), digest=_digest(doc)), []
+                   auto_class=values.get("auto_class"), engine=values.get("engine"), workload=WorkloadSpec(**work),
+                   hardware=values.get("hardware"), constraints=Constraints(**cons),
+                   serving=Serving(**values.get("serving", {})), digest=_digest(doc)), []
 
 
 def _digest(doc: YamlMap) -> str:

@@ -58,6 +58,15 @@ def _flow(value: Any) -> str:
     return text.removesuffix("\n...").removesuffix("...").strip()
 
 
+def _serving(plan: Plan) -> dict:
+    """The engine settings the plan resolved (what fitplan chose), so the profile plans the same deployment."""
+    o, p = plan.options, plan.engine.plan
+    return {"tensor_parallel_size": p.tensor_parallel_size, "pipeline_parallel_size": p.pipeline_parallel_size,
+            "gpu_memory_utilization": p.gpu_memory_utilization, "kv_cache_dtype": p.kv_cache_dtype,
+            "quantization": p.quantization, "max_num_seqs": o.max_num_seqs,
+            "max_num_batched_tokens": o.max_num_batched_tokens, "enforce_eager": p.enforce_eager}
+
+
 def render_profile(plan: Plan, *, given: Mapping[str, Any]) -> str:
     """A commented profile that reproduces `plan`: explicit values as given, the rest as resolved.
 
@@ -70,6 +79,11 @@ def render_profile(plan: Plan, *, given: Mapping[str, Any]) -> str:
               "workload": {"context": o.context, "batch": o.batch, "images": o.images, "kv_type": o.kv_type},
               "constraints": {"precision": o.precision, "min_precision": o.min_precision, "prefer": o.prefer,
                               "headroom": format_headroom(o.headroom), "offload": o.offload}}
+    engine = o.engine != "transformers"  # a transformers profile is written as before the engines existed
+    if engine:
+        values["engine"] = o.engine
+        values["workload"]["concurrency"] = o.concurrency
+        values["serving"] = _serving(plan)
     lines = ["# fitplan deployment profile, written by `fitplan profile init` (reference: docs/profiles.md).",
              "# CI gate: fitplan check --profile THIS_FILE   (exit 0 fits, 1 does not, 2 invalid)",
              f"# Planned when written: {plan.summary_line()}"]
@@ -79,11 +93,17 @@ def render_profile(plan: Plan, *, given: Mapping[str, Any]) -> str:
         return f"{body:<36} # {doc}" if doc else body
 
     for f in SCHEMA:
+        if f.key not in values and f.kind != "hardware":
+            continue
         if f.kind == "section":
             lines.append(row(0, f"{f.key}:", f.doc))
             for g in f.fields:
+                if g.key not in values[f.key]:
+                    continue
                 v = values[f.key][g.key]
-                if v is None:
+                if v is None and not g.decl["choices"]:
+                    lines.append(row(2, f"# {g.key}:", g.doc))
+                elif v is None:
                     hint = g.doc
                     if g.key == "min_precision" and plan.precision:
                         hint = f"the plan chose {plan.precision}; uncomment to fail the check below it"

@@ -217,6 +217,32 @@ class Headroom(Kind):
                           {"type": "string", "pattern": SIZE_WITH_UNIT}]}
 
 
+class Fraction(Kind):
+    """A share in (0, 1]: an engine's `--gpu-memory-utilization` / `--mem-fraction-static`."""
+
+    name = "fraction"
+
+    def check(self, value, decl):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise BadValue(f"must be a share in (0, 1], e.g. 0.9, got {describe(value)}")
+        return float(value)
+
+    def from_text(self, text, decl):
+        try:
+            value = float(text)
+        except ValueError:
+            raise BadValue(f"must be a number in (0, 1], e.g. 0.9, got {text!r}") from None
+        return self.check(value, decl)
+
+    def click(self, decl):
+        import click
+
+        return {"type": click.FloatRange(min=0, min_open=True, max=1)}
+
+    def schema(self, decl):
+        return {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+
+
 class Bool(Kind):
     name = "bool"
 
@@ -266,8 +292,8 @@ class Path(String):
         return {"type": click.Path(dir_okay=False)}
 
 
-KINDS: dict[str, Kind] = {k.name: k for k in (Int(), Enum(), PrecisionName(), Headroom(), Bool(), Flag(), String(),
-                                              Path())}
+KINDS: dict[str, Kind] = {k.name: k for k in (Int(), Enum(), PrecisionName(), Headroom(), Fraction(), Bool(), Flag(),
+                                              String(), Path())}
 
 
 def kind(name: str) -> Kind:

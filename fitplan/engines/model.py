@@ -1,0 +1,82 @@
+"""What an engine needs to know about a model beyond fitplan's `Inventory`: the attention geometry the engine
+shards (KV heads, head size, MLA latents, sliding windows), read once from the checkpoint's config.
+
+Pure data from a config dict; no torch, no engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class AttentionGeometry:
+    """The attention shape of one model as vLLM and SGLang read it from config.json.
+
+    `kv_heads`: key/value heads (`num_key_value_heads`, else `num_attention_heads`); `head_dim` the K/V head size;
+    `mla`: DeepSeek-style multi-head latent attention, whose cache holds `kv_lora_rank + qk_rope_head_dim` per
+    token on every rank; `layer_windows`: per decoder layer, the sliding window (None: full attention).
+    """
+
+    num_layers: int
+    num_heads: int
+    kv_heads: int
+    head_dim: int
+    mla: bool = False
+    mla_cache_elements: int = 0
+    layer_windows: tuple[int | None, ...] = ()
+    experts: int = 0
+    vocab_size: int = 0
+
+    @property
+    def sliding_layers(self) -> int:
+        return sum(1 for w in self.layer_windows if w)
+
+    def kv_heads_per_rank(self, tp: int) -> int:
+        """vLLM's and SGLang's `get_num_kv_heads(tp)`: max(1, kv_heads // tp) — replicated once tp exceeds them."""
+        return max(1, self.kv_heads // tp)
+
+
+def _text(config: dict) -> dict:
+    return config.get("text_config") or config.get("llm_config") or config
+
+
+def geometry(config: dict) -> AttentionGeometry:
+    """The `AttentionGeometry` of a config.json (a vision-language config: its text model)."""
+    c = _text(config)
+    try:
+        layers = int(c["num_hidden_layers"])
+        heads = int(c["num_attention_heads"])
+    except (KeyError, TypeError, ValueError):
+        raise UnsupportedModelError(
+            f"config.json of model_type {c.get('model_type')!r:.40} has no num_hidden_layers/num_attention_heads; "
+            "the engine plans need them", model_type=c.get("model_type")) from None
+    kv = int(c.get("num_key_value_heads") or heads)
+    head_dim = int(c.get("head_dim") or int(c["hidden_size"]) // heads)
+    mla = bool(c.get("kv_lora_rank"))
+    mla_elems = int(c.get("kv_lora_rank") or 0) + int(c.get("qk_rope_head_dim") or 0) if mla else 0
+    windows = _windows(c, layers)
+    experts = int(c.get("n_routed_experts") or c.get("num_experts") or c.get("num_local_experts") or 0)
+    return AttentionGeometry(layers, heads, kv, head_dim, mla, mla_elems, windows, experts,
+                             int(c.get("vocab_size") or 0))
+
+
+def _windows(c: dict, layers: int) -> tuple[int | None, ...]:
+    """Per layer the sliding window as vLLM applies it: `layer_types` when the config lists them, else Gemma 2/3's
+    interleave (`sliding_window_pattern`), else a window on every layer only when `use_sliding_window` is not False
+    (Qwen2 configs carry a window they do not use)."""
+    w = c.get("sliding_window")
+    types = c.get("layer_types")
+    if isinstance(types, list) and len(types) == layers:
+        return tuple(int(w) if (t == "sliding_attention" and w) else None for t in types)
+    if not w or c.get("use_sliding_window") is False:
+        return (None,) * layers
+    pattern = c.get("sliding_window_pattern")
+    if isinstance(pattern, int) and pattern > 1:
+        return tuple(None if (i + 1) % pattern == 0 else int(w) for i in range(layers))
+    if c.get("model_type") == "gemma2":
+        return tuple(int(w) if i % 2 == 0 else None for i in range(layers))
+    if c.get("model_type") in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe"):
+        return (None,) * layers  # use_sliding_window defaults to False there
+    return (int(w),) * layers

@@ -1,0 +1,100 @@
+"""Engine plans from `fitplan check`, the API, profiles and locks; bad engine input is one line, exit 2."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fitplan
+from fitplan.errors import InputError
+
+MODEL = "meta-llama/Llama-3.1-70B-Instruct"  # shipped config: answers offline
+SMALL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return {**os.environ, "FITPLAN_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")])}
+
+
+def run(env, *args):
+    return subprocess.run([sys.executable, "-m", "fitplan", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_check_engine_json_has_the_engine_object(env):
+    r = run(env, "check", MODEL, "--gpu", "4xh100", "--engine", "vllm", "--context", "32768",
+            "--tensor-parallel-size", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    e = json.loads(r.stdout)["engine"]
+    for key in ("name", "version", "tensor_parallel_size", "pipeline_parallel_size", "per_rank",
+                "available_kv_cache_bytes", "kv_cache_tokens", "max_concurrency", "max_model_len", "command"):
+        assert key in e, key
+    assert (e["name"], e["tensor_parallel_size"], e["pipeline_parallel_size"]) == ("vllm", 4, 1)
+    assert len(e["per_rank"]) == 4 and all(r["weights_bytes"] > 0 for r in e["per_rank"])
+    # 70B in bf16 over 4 ranks: a quarter of ~131 GiB each, plus the padded vocab shards
+    assert 32 * 2**30 < e["per_rank"][0]["weights_bytes"] < 34 * 2**30
+    assert e["available_kv_cache_bytes"] == min(r["available_kv_cache_bytes"] for r in e["per_rank"])
+    assert e["command"] == [f"vllm serve {MODEL} --tensor-parallel-size 4 --pipeline-parallel-size 1 "
+                            "--max-model-len 32768 --gpu-memory-utilization 0.9"]
+
+
+def test_check_engine_text_says_what_the_log_will_say(env):
+    r = run(env, "check", MODEL, "--gpu", "4xh100", "--engine", "sglang", "--context", "32768")
+    assert r.returncode == 0, r.stderr
+    assert "sglang" in r.stdout and "GPU KV cache size:" in r.stdout and "python -m sglang.launch_server" in r.stdout
+
+
+def test_one_gpu_plan_points_to_tensor_parallelism(env):
+    r = run(env, "check", MODEL, "--gpu", "4xh100", "--context", "8192")
+    assert "tensor parallel: vLLM" in r.stdout and "--tensor-parallel-size 4" in r.stdout
+
+
+def test_without_engine_the_json_has_no_engine_key(env):
+    r = run(env, "check", SMALL, "--gpu", "h100", "--json")
+    assert r.returncode == 0 and "engine" not in json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--engine", "vllm", "--tensor-parallel-size", "3"], "does not divide the 64 attention heads"),
+    (["--engine", "vllm", "--tensor-parallel-size", "8"], "8 ranks, but the hardware has 4 GPUs"),
+    (["--engine", "tgi"], "Invalid value for '--engine'"),
+    (["--engine", "vllm", "--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization"),
+    (["--engine", "vllm", "--concurrency", "0"], "--concurrency"),
+    (["--tensor-parallel-size", "2"], "is a serving-engine setting"),
+])
+def test_bad_engine_input_is_one_line_exit_2(env, args, words):
+    r = run(env, "check", MODEL, "--gpu", "4xh100", *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and words in lines[0], lines
+    assert "Traceback" not in r.stderr
+
+
+def test_api_engine_and_several_nodes():
+    p = fitplan.plan(MODEL, gpu="2x8xh100", engine="vllm", context=131072, concurrency=8, offline=True,
+                     tensor_parallel_size=8, pipeline_parallel_size=2)
+    e = p.engine.plan
+    assert (e.tensor_parallel_size, e.pipeline_parallel_size, e.nodes) == (8, 2, 2)
+    assert e.command[1] == "ray start --head --port 6379" and e.command[-1].endswith("--distributed-executor-backend ray")
+    with pytest.raises(InputError, match="gpu_memory_utilization"):
+        fitplan.plan(MODEL, gpu="4xh100", engine="vllm", gpu_memory_utilization=0, offline=True)
+
+
+def test_profile_and_lock_carry_the_engine(tmp_path, env):
+    prof = tmp_path / "p.yaml"
+    prof.write_text(f"model: {MODEL}\nengine: vllm\nworkload: {{context: 16384, concurrency: 4}}\n"
+                    "hardware: {gpus: [4x h100]}\nserving: {tensor_parallel_size: 4, gpu_memory_utilization: 0.85}\n")
+    r = run(env, "check", "--profile", str(prof), "--json")
+    assert r.returncode == 0, r.stderr
+    e = json.loads(r.stdout)["engine"]
+    assert (e["tensor_parallel_size"], e["gpu_memory_utilization"], e["concurrency"]) == (4, 0.85, 4)
+    r = run(env, "lock", str(prof))
+    assert r.returncode == 0, r.stderr
+    lock = (tmp_path / "p.lock.yaml").read_text() if (tmp_path / "p.lock.yaml").exists() else \
+        next(tmp_path.glob("*.lock*")).read_text()
+    assert "engine:" in lock and "tensor_parallel_size: 4" in lock and "vllm serve" in lock

@@ -1,0 +1,204 @@
+"""Pure functions of fitplan.engines: sharding, pipeline split, KV pages, choice, command, bad input."""
+from __future__ import annotations
+
+import pytest
+
+from fitplan.engines.choose import plan_engine
+from fitplan.engines.model import AttentionGeometry, geometry
+from fitplan.engines.plan import Knobs
+from fitplan.engines.shard import pad_vocab, pp_layers, rank_weights
+from fitplan.engines.vllm import _blocks_per_request, _groups, batch_defaults, plan_vllm
+from fitplan.errors import InputError
+from fitplan.hardware.catalogue import hardware_from_gpu_flag
+from fitplan.model.inventory import Inventory, KVLayer, TensorInfo
+
+
+def test_vocab_is_padded_to_64_then_split():
+    assert pad_vocab(151936, 1) == 151936
+    assert pad_vocab(128256, 8) == 16032
+    assert pad_vocab(32001, 2) == 16032  # 32001 -> 32064 -> 16032
+
+
+def test_pipeline_stages_split_layers_as_get_pp_indices():
+    assert [len(r) for r in pp_layers(80, 2)] == [40, 40]
+    assert [len(r) for r in pp_layers(61, 4)] == [15, 15, 16, 15]  # the remainder goes to the stage before the last
+    assert [r.start for r in pp_layers(61, 4)] == [0, 15, 30, 46]
+
+
+def _tiny(kv_heads=2, heads=8, hd=16, layers=4, vocab=1000, hidden=128, inter=256):
+    t = []
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t += [TensorInfo(p + "self_attn.q_proj.weight", (heads * hd, hidden), quantizable=True),
+              TensorInfo(p + "self_attn.k_proj.weight", (kv_heads * hd, hidden), quantizable=True),
+              TensorInfo(p + "self_attn.v_proj.weight", (kv_heads * hd, hidden), quantizable=True),
+              TensorInfo(p + "self_attn.o_proj.weight", (hidden, heads * hd), quantizable=True),
+              TensorInfo(p + "mlp.gate_proj.weight", (inter, hidden), quantizable=True),
+              TensorInfo(p + "mlp.up_proj.weight", (inter, hidden), quantizable=True),
+              TensorInfo(p + "mlp.down_proj.weight", (hidden, inter), quantizable=True),
+              TensorInfo(p + "input_layernorm.weight", (hidden,))]
+    t += [TensorInfo("model.embed_tokens.weight", (vocab, hidden)), TensorInfo("model.norm.weight", (hidden,)),
+          TensorInfo("lm_head.weight", (vocab, hidden))]
+    inv = Inventory("tiny", "llama", "LlamaForCausalLM", 0, tuple(t),
+                    tuple(KVLayer(2 * kv_heads * hd) for _ in range(layers)), hidden, inter, layers, heads, vocab,
+                    "sdpa", "bfloat16", max_positions=4096)
+    geo = AttentionGeometry(layers, heads, kv_heads, hd, layer_windows=(None,) * layers, vocab_size=vocab)
+    return inv, geo
+
+
+def test_tp_shards_linears_replicates_norms_and_kv_heads_past_tp():
+    inv, geo = _tiny(kv_heads=2)
+    size = lambda t: t.numel * 2
+    whole = rank_weights(inv, geo, size, 1, 1)[0].total
+    tp4 = rank_weights(inv, geo, size, 4, 1)[0].total
+    per_layer_q = 8 * 16 * 128 * 2
+    kv_whole = 2 * 2 * 16 * 128 * 2  # k and v, 2 heads
+    # TP 4 > 2 KV heads: each rank keeps one head of k and of v (max(1, 2 // 4)), not half a head
+    kv_rank = 2 * 1 * 16 * 128 * 2
+    norms = 4 * 128 * 2 + 128 * 2
+    vocab_rank = 2 * pad_vocab(1000, 4) * 128 * 2
+    linears = 4 * (2 * per_layer_q + 3 * 256 * 128 * 2)
+    assert tp4 == linears // 4 + 4 * kv_rank + norms + vocab_rank
+    assert whole == linears + 4 * kv_whole + norms + 2 * 1000 * 128 * 2
+
+
+def test_pp_puts_embedding_first_and_lm_head_last():
+    inv, geo = _tiny()
+    first, last = rank_weights(inv, geo, lambda t: t.numel * 2, 1, 2)
+    assert first.vocab == last.vocab == 1000 * 128 * 2
+    assert first.layers == last.layers == 2
+    assert last.total - first.total == 128 * 2  # the final norm
+
+
+def test_hybrid_sliding_layers_group_as_kv_cache_utils():
+    geo = AttentionGeometry(62, 32, 16, 128, layer_windows=tuple(None if (i + 1) % 6 == 0 else 1024
+                                                                 for i in range(62)))
+    size, windows = _groups(geo, range(62))
+    assert size == 10 and windows.count(None) == 1 and len(windows) == 7
+    # a sliding group needs window - 1 + batched tokens of blocks per request, plus one
+    assert _blocks_per_request([1024], 32768, 2048, 16) == -(-(1023 + 2048) // 16) + 1
+
+
+def test_vllm_budget_is_utilization_times_total_less_non_kv():
+    inv, geo = _tiny()
+    gpu = hardware_from_gpu_flag("h100", 0).gpus[0]
+    p = plan_vllm(inv, geo, gpu, Knobs(gpu_memory_utilization=0.5), tp=1, pp=1, max_model_len=4096)
+    r = p.per_rank[0]
+    assert r.available_kv_cache_bytes == int(gpu.free_bytes * 0.5) - r.weights_bytes - r.activation_bytes \
+        - r.non_torch_bytes
+    per_token = 4 * 2 * 2 * 16 * 2
+    assert p.kv_cache_tokens == r.available_kv_cache_bytes // (16 * per_token // 4) // 4 * 16
+    assert p.max_concurrency == pytest.approx(p.kv_cache_tokens / 4096, rel=0.01)
+    assert batch_defaults(gpu) == (8192, 1024)
+    assert batch_defaults(hardware_from_gpu_flag("a100-80gb", 0).gpus[0]) == (2048, 256)
+
+
+def test_geometry_reads_windows_and_mla():
+    g = geometry({"num_hidden_layers": 4, "num_attention_heads": 8, "hidden_size": 256, "num_key_value_heads": 2,
+                  "sliding_window": 512, "layer_types": ["sliding_attention", "full_attention"] * 2})
+    assert g.layer_windows == (512, None, 512, None) and g.head_dim == 32
+    m = geometry({"num_hidden_layers": 2, "num_attention_heads": 128, "hidden_size": 7168, "kv_lora_rank": 512,
+                  "qk_rope_head_dim": 64})
+    assert m.mla and m.mla_cache_elements == 576
+
+
+def test_choice_and_command_and_rejections():
+    inv, geo = _tiny(heads=8, kv_heads=8)
+    cfg = {"num_hidden_layers": 4, "num_attention_heads": 8, "hidden_size": 128, "num_key_value_heads": 8,
+           "vocab_size": 1000}
+    hw = hardware_from_gpu_flag("2xh100", 0)
+    c = plan_engine(inv, cfg, hw, engine="vllm", knobs=Knobs(), max_model_len=4096, concurrency=1, model_id="m/x")
+    assert c.plan.fits and c.plan.tensor_parallel_size == 1 and not c.rejected
+    assert c.plan.command == ("vllm serve m/x --tensor-parallel-size 1 --pipeline-parallel-size 1 --max-model-len "
+                              "4096 --gpu-memory-utilization 0.9",)
+    s = plan_engine(inv, cfg, hw, engine="sglang", knobs=Knobs(tensor_parallel_size=2), max_model_len=4096,
+                    concurrency=1, model_id="m/x")
+    assert s.plan.command[0].startswith("python -m sglang.launch_server --model-path m/x --tp 2 --pp-size 1")
+
+
+@pytest.mark.parametrize("knobs, words", [
+    (Knobs(tensor_parallel_size=3), "does not divide the 8 attention heads"),
+    (Knobs(tensor_parallel_size=4), "4 ranks, but the hardware has 2 GPUs"),
+])
+def test_bad_parallel_sizes_are_one_line_input_errors(knobs, words):
+    inv, _ = _tiny(heads=8, kv_heads=8)
+    cfg = {"num_hidden_layers": 4, "num_attention_heads": 8, "hidden_size": 128, "num_key_value_heads": 8}
+    with pytest.raises(InputError, match=words):
+        plan_engine(inv, cfg, hardware_from_gpu_flag("2xh100", 0), engine="vllm", knobs=knobs, max_model_len=4096,
+                    concurrency=1, model_id="m/x")
+
+
+def _shipped(model):
+    from fitplan.model.cache import get_inventory
+    from fitplan.model.sources import resolve
+
+    src = resolve(model, offline=True)
+    return get_inventory(src.config, model_id=src.model_id, stored_bytes=None, stored_parameters=None,
+                         auto_class=None), src.config
+
+
+def test_mla_latents_are_whole_on_every_rank_and_gqa_heads_split():
+    inv, cfg = _shipped("deepseek-ai/DeepSeek-V3")
+    geo, h200 = geometry(cfg), hardware_from_gpu_flag("h200", 0).gpus[0]
+    p4, p8 = (plan_vllm(inv, geo, h200, Knobs(), tp=tp, pp=1, max_model_len=8192) for tp in (4, 8))
+    assert geo.mla and p4.kv_bytes_per_token == p8.kv_bytes_per_token == 61 * 576 * 2
+    inv, cfg = _shipped("meta-llama/Llama-3.1-70B-Instruct")
+    geo = geometry(cfg)
+    p2, p4 = (plan_vllm(inv, geo, h200, Knobs(), tp=tp, pp=1, max_model_len=8192) for tp in (2, 4))
+    assert p2.kv_bytes_per_token == 2 * p4.kv_bytes_per_token == 80 * 2 * 4 * 128 * 2
+    # 8 KV heads under TP 16 stay one head per rank: replicated, not halved
+    p16 = plan_vllm(inv, geo, h200, Knobs(), tp=16, pp=1, max_model_len=8192)
+    assert p16.kv_bytes_per_token == 80 * 2 * 1 * 128 * 2 and any("replicated" in n for n in p16.notes)
+
+
+def test_gemma3_sliding_layers_come_from_the_config():
+    _, cfg = _shipped("google/gemma-3-27b-it")
+    geo = geometry(cfg)
+    assert geo.sliding_layers == 52 and geo.layer_windows.count(None) == 10
+
+
+def test_fp8_kv_cache_halves_the_bytes_per_token_and_online_fp8_needs_ampere():
+    inv, cfg = _shipped("meta-llama/Llama-3.1-8B-Instruct")
+    geo, h100 = geometry(cfg), hardware_from_gpu_flag("h100", 0).gpus[0]
+    auto, fp8 = (plan_vllm(inv, geo, h100, Knobs(kv_cache_dtype=k), tp=1, pp=1, max_model_len=8192)
+                 for k in ("auto", "fp8"))
+    assert auto.kv_bytes_per_token == 2 * fp8.kv_bytes_per_token
+    assert fp8.kv_cache_tokens == pytest.approx(2 * auto.kv_cache_tokens, rel=0.001)
+    with pytest.raises(InputError, match="compute capability 8.0"):
+        plan_engine(inv, cfg, hardware_from_gpu_flag("t4", 0), engine="vllm", knobs=Knobs(quantization="fp8"),
+                    max_model_len=4096, concurrency=1, model_id="m")
+    with pytest.raises(InputError, match="pre-quantized"):
+        ds, dcfg = _shipped("deepseek-ai/DeepSeek-V3")
+        plan_engine(ds, dcfg, hardware_from_gpu_flag("8xh200", 0), engine="vllm", knobs=Knobs(quantization="fp8"),
+                    max_model_len=4096, concurrency=1, model_id="m")
+
+
+def test_bitsandbytes_checkpoint_is_sized_in_its_layout_for_vllm_and_refused_for_sglang():
+    from fitplan.errors import UnsupportedModelError
+    from fitplan.model.cache import get_inventory
+    from fitplan.model.sources import resolve
+
+    src = resolve("meta-llama/Llama-3.2-1B", offline=True)
+    cfg = {**src.config, "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True,
+                                                 "bnb_4bit_quant_type": "nf4"}}
+    inv = get_inventory(cfg, model_id="x/llama-1b-bnb", stored_bytes=None, stored_parameters=None, auto_class=None)
+    bf16, _ = _shipped("meta-llama/Llama-3.2-1B")
+    hw = hardware_from_gpu_flag("a100-80gb", 0)
+    q = plan_engine(inv, cfg, hw, engine="vllm", knobs=Knobs(), max_model_len=4096, concurrency=1, model_id="q")
+    f = plan_engine(bf16, src.config, hw, engine="vllm", knobs=Knobs(), max_model_len=4096, concurrency=1,
+                    model_id="f")
+    assert q.plan.per_rank[0].weights_bytes < 0.6 * f.plan.per_rank[0].weights_bytes
+    assert "--quantization" not in q.plan.command[0]
+    with pytest.raises(UnsupportedModelError, match="bitsandbytes"):
+        plan_engine(inv, cfg, hw, engine="sglang", knobs=Knobs(), max_model_len=4096, concurrency=1, model_id="q")
+
+
+def test_layouts_keep_tp_within_a_node_and_pp_across_nodes():
+    from fitplan.engines.choose import _layouts
+
+    geo = AttentionGeometry(61, 128, 128, 128)
+    assert _layouts(geo, 8, 8, Knobs()) == [(1, 1), (2, 1), (4, 1), (8, 1)]
+    assert _layouts(geo, 16, 8, Knobs())[-1] == (8, 2)
+    odd = AttentionGeometry(30, 15, 5, 64)  # no TP above 1 divides 15 heads: stages within the node
+    assert (1, 3) in _layouts(odd, 4, 4, Knobs()) and all(tp == 1 for tp, _ in _layouts(odd, 4, 4, Knobs()))
+    assert _layouts(geo, 8, 8, Knobs(tensor_parallel_size=4, pipeline_parallel_size=2)) == [(4, 2)]
