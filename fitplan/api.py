@@ -9,7 +9,7 @@ def plan(model: str, *, context: int | None = None, batch: int | None = None, im
          auto_class: str | None = None, precision: str | None = None,
          gpu: str | None = None, hardware: "str | Hardware | None" = None, headroom=None,
          offload: bool | None = None, min_precision: str | None = None, prefer: str | None = None,
-         revision: str | None = None, token: str | None = None, offline: bool | None = None,
+         fast: bool | None = None, revision: str | None = None, token: str | None = None, offline: bool | None = None,
          use_cache: bool = True) -> Plan:
     """Plan `model` (Hub id or local folder) for this machine, or for `gpu`/`hardware` if given.
 
@@ -22,4 +22,4 @@ def plan(model: str, *, context: int | None = None, batch: int | None = None, im
     return plan_model(model, context=context, batch=batch, images=images, auto_class=auto_class,
                       precision=precision, gpu=gpu, hardware=hardware,
                       headroom=headroom, offload=offload, min_precision=min_precision, prefer=prefer,
-                      revision=revision, token=token, offline=offline, use_cache=use_cache)
+                      fast=fast, revision=revision, token=token, offline=offline, use_cache=use_cache)

@@ -103,3 +103,9 @@ class LibraryChangedError(UnsupportedModelError):
         super().__init__(f"{library} {version}: {what}; fitplan is tested with the versions in its "
                          f"docs/compatibility.md: install one of those, or report this with the model id",
                          library=library, version=version, what=what)
+
+
+class PlannedShapeError(InputError):
+    """A generate() call outside what the loaded model was planned and sized for: longer than the
+    planned context (prompt plus new tokens) or more sequences than the planned batch, with a static
+    cache allocated for exactly those. Carries `tokens`, `context`, `batch` and `planned_batch`."""

@@ -94,6 +94,9 @@ class PlanOptions:
                                    kind="headroom", profile=("constraints", "headroom"), default_text="10%")
     offload: bool = option(False, "Allow CPU offload when nothing fits on the GPUs (slow).", kind="bool",
                            profile=("constraints", "offload"))
+    fast: bool = option(True, "Generate with the fastest setup measured to work here (static cache, compiled "
+                              "decode, attention kernel; see the plan's generation); false: plain transformers.",
+                        kind="bool", profile=("constraints", "fast"))
 
     def __post_init__(self):
         for name in ("context", "batch", "images"):

@@ -80,3 +80,16 @@ DECODE_OVERHEAD_S_PER_LAYER = {"float": 0.76e-3, "int8": 4.55e-3, "nf4": 1.06e-3
 #: weight to the compute dtype first: that copy is written and then read by the matmul, on top of
 #: the packed bytes. With one row it runs a fused kernel over the packed bytes alone.
 DEQUANT_COPIES = 2
+
+#: Decode time per token step that is not memory traffic when generate() runs a static cache and
+#: compiles the decode step (fitplan.planning.generation: torch.compile reduce-overhead, CUDA
+#: graphs), in seconds per decoder layer, by kind of weights. Only kinds measured faster than plain
+#: generate() have one: bitsandbytes' quantizers cannot be compiled, and a static cache without
+#: compile decoded slower (shared/FINDINGS.md), so no quantized kind is here. PROVISIONAL: from
+#: FINDINGS' H200 rows (Qwen3-8B bf16 110.2 tokens/s at batch 1, Llama-3.2-1B 274.1), refitted on
+#: benchmarks/results/generation-*.jsonl (docs/accuracy.md, "Generation setup").
+COMPILED_DECODE_OVERHEAD_S_PER_LAYER = {"float": 0.18e-3}
+
+#: Memory a compiled static-cache decode holds besides the cache and the plain activation peak: CUDA
+#: graphs' private pool and inductor's buffers. PROVISIONAL until benchmarks/generation_gpu.py's peaks.
+COMPILE_WORKSPACE_BYTES = 256 << 20

@@ -51,6 +51,7 @@ class Constraints:
     prefer: str | None = None
     headroom: float | int | None = None  # share (< 1) or bytes
     offload: bool | None = None
+    fast: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,8 @@ def render_profile(plan: Plan, *, given: Mapping[str, Any]) -> str:
               "auto_class": o.auto_class or plan.inventory.auto_class,
               "workload": {"context": o.context, "batch": o.batch, "images": o.images},
               "constraints": {"precision": o.precision, "min_precision": o.min_precision, "prefer": o.prefer,
-                              "headroom": format_headroom(o.headroom), "offload": o.offload}}
+                              "headroom": format_headroom(o.headroom), "offload": o.offload,
+                              "fast": o.fast}}
     lines = ["# fitplan deployment profile, written by `fitplan profile init` (reference: docs/profiles.md).",
              "# CI gate: fitplan check --profile THIS_FILE   (exit 0 fits, 1 does not, 2 invalid)",
              f"# Planned when written: {plan.summary_line()}"]

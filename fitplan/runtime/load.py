@@ -6,7 +6,8 @@ measured after loading is attached to the model as `model.fitplan`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..errors import DoesNotFitError, InputError
 from ..model.inventory import AUTO_CLASSES
@@ -33,6 +34,8 @@ class LoadReport:
     predicted_weights: dict = field(default_factory=dict)  # device -> bytes
     measured_weights: dict = field(default_factory=dict)  # device -> bytes
     overrides: tuple[str, ...] = ()
+    generation: Any = None  # the setup applied (fitplan.planning.generation.Generation)
+    warmup_s: float | None = None  # the first generate() (compile included) with warmup=True
 
     def __str__(self) -> str:  # `print(model.fitplan)`; the words live with the other renderers
         from ..cli.render import render_load_report
@@ -113,7 +116,7 @@ def _predicted(plan: Plan) -> dict:
 
 
 def load(model: str | None = None, *, profile: str | None = None, tokenizer: bool = True, use_cache: bool = True,
-         **kwargs):
+         warmup: bool = False, **kwargs):
     """Plan `model` for this machine and load it as planned. Returns (model, tokenizer), or the model
     alone with `tokenizer=False`; for a vision-language model (planned as image-text-to-text) the
     second item is its processor (`AutoProcessor`: tokenizer and image processor). Raises
@@ -125,6 +128,12 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     arguments (PLANNED_KEYS override the plan with a warning; PASSTHROUGH_KEYS are handed through).
     The Auto class is the one the plan is for: the checkpoint's own unless `auto_class=` says
     "causal-lm" or "image-text-to-text" (or passes that transformers class).
+
+    The model generates as `plan.generation` says (`fast=False`: plain transformers). With a static
+    cache, it is sized for the planned `context` x `batch`: generate() calls past that context or with
+    more sequences raise `PlannedShapeError`, and a smaller batch makes transformers compile again.
+    `warmup=True` runs one short generate() at the planned batch before returning, so the first
+    compile happens here; `model.fitplan.warmup_s` says how long it took.
     """
     from ..pipeline import plan_for_load
 
@@ -151,7 +160,11 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
         hint = plan.suggestions()
         raise DoesNotFitError(plan.summary_line() + (f"; try: {hint[0]}" if hint else ""))
     plan = _recheck(plan, replan)
-    kwargs, changed = merge_kwargs(plan.from_pretrained_kwargs(), user)
+    gen = plan.generation
+    planned = plan.from_pretrained_kwargs()
+    if gen is not None and gen.attn_implementation == "flash_attention_2":
+        planned["attn_implementation"] = gen.attn_implementation
+    kwargs, changed = merge_kwargs(planned, user)
     for c in changed:
         log.warning("fitplan: user argument overrides the plan: %s", c)
     import transformers
@@ -165,10 +178,17 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     loaded = cls.from_pretrained(model, **kwargs)
     loaded.eval()
     loaded.requires_grad_(False)
-    report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed)
+    report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed, gen)
+    from . import generation as apply_gen
+
+    if gen is not None:
+        apply_gen.apply(loaded, gen, context=plan.workload.context, batch=plan.options.batch)
     loaded.fitplan = report
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+    if warmup:
+        took = apply_gen.warmup(loaded, batch=plan.options.batch, vocab_size=plan.inventory.vocab_size)
+        loaded.fitplan = replace(report, warmup_s=took)
     return (loaded, tok) if tokenizer else loaded
 
 
