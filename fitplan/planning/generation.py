@@ -113,15 +113,15 @@ def choose(inv, precision: Precision, work, *, gpus=(), placement: str = "one-gp
         return plain(inv, "offloaded layers: transformers does not compile a model with CPU offload", gpus, compute_dtype)
     if placement == "split":
         return plain(inv, "split over GPUs: a compiled static-cache decode was not measured there", gpus, compute_dtype)
-    tf = version_tuple(inv.versions.get("transformers"))
-    if tf < STATIC_MIN_TRANSFORMERS:
-        return plain(inv, f"transformers {inv.versions.get('transformers')} sizes a static cache to each call (no "
-                          "generation_config.max_cache_len), so the plan's context would not bound it", gpus, compute_dtype)
     if precision.quantized or inv.prequantized:
         what = inv.prequantized or ("bitsandbytes LLM.int8()" if precision.bits == 8 else "bitsandbytes 4-bit")
         return plain(inv, f"{what} cannot be compiled by transformers (its quantizer says so), and a static cache "
                           "without compile decoded slower than the dynamic one (nf4: 37 vs 56 tokens/s, H200)",
                      gpus, compute_dtype)
+    tf = version_tuple(inv.versions.get("transformers"))
+    if tf < STATIC_MIN_TRANSFORMERS:
+        return plain(inv, f"transformers {inv.versions.get('transformers')} sizes a static cache to each call (no "
+                          "generation_config.max_cache_len), so the plan's context would not bound it", gpus, compute_dtype)
     if any(k.state_elements or k.state_fixed_bytes for k in inv.kv_layers) or not inv.kv_layers:
         return plain(inv, "recurrent state layers: transformers builds their own cache, not a static one", gpus, compute_dtype)
     if not inv.compile_fullgraph:
