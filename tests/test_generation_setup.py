@@ -192,9 +192,87 @@ def test_the_fast_option_is_a_flag_a_profile_key_and_in_the_lock(llama, tmp_path
     from fitplan.profiles.schema import json_schema
 
     assert "fast" in json_schema()["properties"]["constraints"]["properties"]
-    plan = _plan(llama, precision="bf16")
-    from fitplan.profiles.lock import render_lock  # the lock records the setup it pins
-    import inspect
 
-    assert '"generation": None if d.generation is None else d.generation.to_dict()' in inspect.getsource(render_lock)
-    assert plan.generation is not None
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_lock_records_the_generation_setup_the_profile_asks_for(tmp_path, fast):
+    import yaml
+    from click.testing import CliRunner
+
+    from fitplan.cli.main import main
+    from fitplan.profiles.lock import lock_path_for
+
+    profile = tmp_path / "fitplan.yaml"
+    profile.write_text("model: meta-llama/Llama-3.2-1B\nworkload: {context: 2048, batch: 4}\nhardware: {gpus: [h200]}\n"
+                       f"constraints: {{precision: bf16, fast: {str(fast).lower()}}}\n")
+    res = CliRunner().invoke(main, ["lock", str(profile)])
+    assert res.exit_code == 0, res.output
+    gen = yaml.safe_load(lock_path_for(profile).read_text())["plan"]["generation"]
+    static = fast and STATIC_HERE
+    assert gen["cache_implementation"] == ("static" if static else "dynamic")
+    assert (gen["max_cache_len"], gen["batch"]) == ((2048, 4) if static else (None, None))
+    assert gen["why"]
+
+
+# -- docs/accuracy.md "Generation setup" is the measured rows and what the code estimates -----------
+
+def _doc_rows():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "accuracy.md").read_text()
+    section = doc[doc.index("## Generation setup"):doc.index("## Overheads of fitplan itself")]
+    pat = re.compile(r"^\| Qwen3-8B \| (\S+) \| (\d) \| ([\d.]+) \| ([\d.]+|not run)[^|]*\|[^|]*\|[^|]*\| (static \+ compiled|plain) "
+                     r"\| ([\d.]+) \| ([+-][\d.]+)% \|$", re.M)
+    return section, pat.findall(section)
+
+
+def _measured():
+    import json
+    from pathlib import Path
+
+    out = {}
+    for line in (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "generation-h200-tf5.17.jsonl").open():
+        r = json.loads(line)
+        if "decode_tokens_per_s" in r and r["model"] == "Qwen/Qwen3-8B":
+            out[(r["precision"], r["batch"], r["setup"])] = r
+    return out
+
+
+@pytest.mark.slow
+def test_the_generation_table_is_the_measured_rows_and_today_s_estimates(monkeypatch, tmp_path):
+    from fitplan.pipeline import plan_model
+
+    monkeypatch.setenv("FITPLAN_CACHE", str(tmp_path / "cache"))
+    section, rows = _doc_rows()
+    measured = _measured()
+    assert len(rows) == 8
+    assert f"| `COMPILED_DECODE_OVERHEAD_S_PER_LAYER` float | {C.COMPILED_DECODE_OVERHEAD_S_PER_LAYER['float'] * 1e3:.2f} ms |" in section
+    assert f"| `COMPILE_WORKSPACE_BYTES` | {C.COMPILE_WORKSPACE_BYTES >> 20} MiB |" in section
+    for precision, batch, plain_tps, static_tps, setup, estimated, error in rows:
+        batch = int(batch)
+        plain = measured[(precision, batch, "plain")]
+        assert float(plain_tps) == pytest.approx(plain["decode_tokens_per_s"], abs=0.051)
+        key = "static" if setup.startswith("static") else "plain"
+        assert (static_tps != "not run") == ((precision, batch, "static") in measured)
+        m = measured[(precision, batch, key)]
+        plan = plan_model("Qwen/Qwen3-8B", gpu=H200, precision=precision, context=m["prompt"] + m["new_tokens"] // 2,
+                          batch=batch, offline=True)
+        assert plan.generation.cache_implementation == ("static" if key == "static" else "dynamic")
+        est = plan.decision.speed.tokens_per_s
+        assert float(estimated) == round(est, 1)
+        assert float(error) == round(100 * (est / m["decode_tokens_per_s"] - 1), 1)
+        if key == "static":  # the chosen setup is never slower than plain, and the fit holds
+            assert m["decode_tokens_per_s"] > plain["decode_tokens_per_s"]
+            assert abs(est / m["decode_tokens_per_s"] - 1) <= 0.25
+
+
+def test_verify_reports_measured_tokens_per_s_against_the_estimate():
+    from fitplan.cli.render import render_verify
+    from fitplan.runtime.verify import DeviceCheck, VerifyReport
+
+    rep = VerifyReport("m: bf16", (DeviceCheck("cuda:0", 10, 10, 100, 90),), 2.0, 86.7, 91.0,
+                       "static cache 4096 x 1, compiled decode", 24.3)
+    text = render_verify(rep)
+    assert "86.7 tokens/s measured, estimated 91.0 (static cache 4096 x 1, compiled decode)" in text
+    assert "no estimate" in render_verify(VerifyReport("m", (), 1.0, 5.0, None, "plain generate()"))
