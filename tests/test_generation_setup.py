@@ -240,6 +240,8 @@ def _measured():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not STATIC_HERE, reason=f"the rows were measured with transformers 5.17's static setup, which "
+                                            f"fitplan does not choose on {TF}")
 def test_the_generation_table_is_the_measured_rows_and_today_s_estimates(monkeypatch, tmp_path):
     from fitplan.pipeline import plan_model
 
