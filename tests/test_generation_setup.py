@@ -278,3 +278,17 @@ def test_verify_reports_measured_tokens_per_s_against_the_estimate():
     text = render_verify(rep)
     assert "86.7 tokens/s measured, estimated 91.0 (static cache 4096 x 1, compiled decode)" in text
     assert "no estimate" in render_verify(VerifyReport("m", (), 1.0, 5.0, None, "plain generate()"))
+
+
+def test_a_gpu_too_small_for_the_static_workspace_gets_plain_generate_not_offload(llama):
+    from fitplan.hardware.machine import GPU, Hardware
+
+    plain = _plan(llama, precision="bf16", fast=False, headroom="0%")
+    need = plain.decision.placement[0].total_bytes
+    room = need + (C.COMPILE_WORKSPACE_BYTES // 4)  # plain fits; the static setup's workspace does not
+    hw = Hardware((GPU(0, "small", room, room, (9, 0), bandwidth_gbs=1000.0),), 64 << 30, "file")
+    plan = fitplan.plan(llama, hardware=hw, context=64, batch=2, precision="bf16", headroom="0%", offload=True)
+    assert plan.fits and not plan.offloaded
+    assert plan.generation.cache_implementation == "dynamic"
+    if STATIC_HERE:
+        assert "do not fit" in plan.generation.why

@@ -103,12 +103,16 @@ def plain(inv, reason: str, gpus=(), compute_dtype: str = "bfloat16") -> Generat
 def choose(inv, precision: Precision, work, *, gpus=(), placement: str = "one-gpu", fast: bool = True,
            compute_dtype: str = "bfloat16") -> Generation:
     """The fastest setup known to work for `inv` at `precision` on `gpus`, placed as `placement`
-    ("one-gpu", "split", "offload", "cpu"); `fast=False`: plain transformers."""
+    ("one-gpu", "split", "offload", "cpu"; "no-room": one GPU that holds it only without the static
+    setup's workspace); `fast=False`: plain transformers."""
     if not fast:
         return plain(inv, "fast=False: plain transformers generate() with its dynamic cache", gpus, compute_dtype)
     if placement == "cpu" or not gpus:
         return plain(inv, "no GPU: transformers compiles generation on CUDA only, and a static cache alone is no "
                           "faster", gpus, compute_dtype)
+    if placement == "no-room":
+        return plain(inv, "the static cache and its compiled decode's workspace do not fit with the weights on one "
+                          "GPU, plain generate() does", gpus, compute_dtype)
     if placement == "offload":
         return plain(inv, "offloaded layers: transformers does not compile a model with CPU offload", gpus, compute_dtype)
     if placement == "split":

@@ -211,8 +211,11 @@ def _decide_placed(inv: Inventory, prec: Precision, opts: PlanOptions, hw: Hardw
         return Decision(prec.name, est, fits, why, (share,), generation=gen)
     best = max(hw.gpus, key=lambda g: g.free_bytes)
     gen, sz = setup("one-gpu")
-    est = sz.estimate()
     one = _place_layers(sz, opts, [best])
+    if gen.static and not (one and not one[1]):  # without the static setup's workspace it may still fit
+        gen, sz = setup("no-room")
+        one = _place_layers(sz, opts, [best])
+    est = sz.estimate()
     if one and not one[1]:
         s = one[0][0]
         return Decision(prec.name, est, True,
