@@ -51,7 +51,7 @@ def make_checkpoint(model_id: str, root: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
 
     path = root / model_id.replace("/", "--")
     if (path / "config.json").exists():
@@ -72,7 +72,7 @@ def measure_case(path: Path, model_id: str, precision: str, workloads, baseline:
 
     import fitplan
     from fitplan.planning.estimate import Workload, estimate
-    from fitplan.planning.precision import get
+    from fitplan.vocab.precision import get
 
     import json as _json
 
@@ -190,8 +190,8 @@ def rescore(rows: list[dict]) -> list[dict]:
     `inventory_digest` is today's). Re-scoring a row where it is False compares two different models."""
     from fitplan.planning.estimate import Workload, estimate
     from fitplan.pipeline import get_inventory
-    from fitplan.planning.precision import get
-    from fitplan.model.source import resolve
+    from fitplan.vocab.precision import get
+    from fitplan.model.sources import resolve
 
     invs: dict = {}
     out = []

@@ -17,11 +17,11 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from .errors import InputError
+from .errors import OptionError
 from .hardware.machine import Hardware
 from .hardware.resolve import resolve_hardware
 from .model.cache import get_inventory
-from .options import PLAN_KEYS, SOURCE_KEYS, PlanOptions
+from .options import OPTION_KEYS, PLAN_KEYS, SOURCE_KEYS, PlanOptions, check_keys
 from .planning.plan import Pin, Plan, decide
 
 
@@ -42,7 +42,7 @@ class Request:
 def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str], None] | None = None) -> Plan:
     """The plan for `req`: source, inventory, the policy's choice, and what would make it fit.
     `progress(text)` hears about slow steps (the first meta-device build of a config)."""
-    from .model.source import resolve
+    from .model.sources import resolve
 
     src = resolve(req.model, revision=req.revision, token=req.token, offline=req.offline)
     stored = None
@@ -57,7 +57,7 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
     plan = decide(inv, req.hardware, req.options, model_id=src.model_id, origin=src.origin, revision=src.revision,
                   pin=req.pin, notes=req.notes)
     if not req.hardware.gpus or not plan.fits:
-        plan = replace(plan, gguf=_gguf_rows(inv, req))
+        plan = replace(plan, gguf=_gguf_rows(plan))
     if plan.pin is not None:
         from .profiles.lock import check_pin
 
@@ -65,15 +65,15 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
     return plan
 
 
-def _gguf_rows(inv, req: Request):
-    """llama.cpp (GGUF) options for the same workload, for a machine without a GPU or a plan that does
+def _gguf_rows(plan: Plan):
+    """llama.cpp (GGUF) options for the plan's workload, for a machine without a GPU or a plan that does
     not fit with bitsandbytes; None for architectures the GGUF what-if cannot map."""
     from .errors import UnsupportedModelError
     from .gguf import plan_gguf
 
     try:
-        return plan_gguf(inv, req.hardware, context=req.options.workload(inv).context, n_parallel=req.options.batch,
-                         headroom=req.options.headroom, unified=req.hardware.unified)
+        return plan_gguf(plan.inventory, plan.hardware, context=plan.workload.context, n_parallel=plan.workload.batch,
+                         headroom=plan.options.headroom, unified=plan.hardware.unified)
     except UnsupportedModelError:
         return None
 
@@ -88,10 +88,7 @@ def plan_gguf_file(path: str, *, hardware: Hardware, options: PlanOptions):
 
 
 def _split(keywords: dict[str, Any]) -> tuple[PlanOptions, dict[str, Any]]:
-    unknown = set(keywords) - set(PLAN_KEYS) - set(SOURCE_KEYS)
-    if unknown:
-        raise InputError(f"unknown option {', '.join(sorted(unknown))}; options are "
-                         f"{', '.join(PLAN_KEYS + SOURCE_KEYS)}")
+    check_keys(keywords, OPTION_KEYS)
     return (PlanOptions.from_values(**{k: v for k, v in keywords.items() if k in PLAN_KEYS}),
             {k: keywords.get(k) for k in SOURCE_KEYS})
 
@@ -135,8 +132,9 @@ def plan_for_load(model: str | None = None, *, profile=None, hardware: Hardware 
     followed (`Request.pin`); a lock the profile, model, workload or GPUs left is refused.
     """
     if keywords.get("gpu") or not (hardware is None or isinstance(hardware, Hardware)):
-        raise InputError("load() plans for the GPUs of this machine; gpu names and hardware files are for "
-                         "fitplan.plan() and `fitplan check` (pass hardware= a fitplan Hardware to emulate a card)")
+        raise OptionError("load() plans for the GPUs of this machine; gpu names and hardware files are for "
+                         "fitplan.plan() and `fitplan check` (pass hardware= a fitplan Hardware to emulate a card)",
+                          option="gpu" if keywords.get("gpu") else "hardware")
     keywords.pop("gpu", None)
     if hardware is None:
         from .hardware.probe import probe
@@ -144,7 +142,7 @@ def plan_for_load(model: str | None = None, *, profile=None, hardware: Hardware 
         hardware = probe()
     if profile is None:
         if not model:
-            raise InputError("load() needs a model (Hub id or local folder) or profile=")
+            raise OptionError("load() needs a model (Hub id or local folder) or profile=", option="model")
         options, where = _split(keywords)
         return make_plan(Request(model, options, hardware, where["revision"], where["token"], where["offline"]),
                          use_cache=use_cache)

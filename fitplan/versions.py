@@ -59,9 +59,10 @@ def lib_versions() -> dict[str, str | None]:
     return {name: installed(name) for name in LIBRARIES}
 
 
-def _key(v: str) -> tuple[int, ...]:
+def parse(v: str) -> tuple[int, ...]:
+    """`5.17.0`, `2.11.0+cu130`, `5.25.0.dev0` -> (major, minor, patch): how fitplan compares versions."""
     out = []
-    for part in v.split(".")[:3]:
+    for part in v.split("+")[0].split(".")[:3]:
         digits = "".join(ch for ch in part if ch.isdigit())
         out.append(int(digits) if digits else 0)
     return tuple(out)
@@ -75,10 +76,10 @@ def untested_notes(versions: dict[str, str | None]) -> list[str]:
         if not v or not tested:
             continue
         lo, hi = tested[0], tested[-1]
-        if _key(v) < _key(lo):
+        if parse(v) < parse(lo):
             out.append(f"{lib} {v} is older than fitplan supports (tested {lo} to {hi}); upgrade it: "
                        "the plan may be wrong")
-        elif _key(v)[:2] > _key(hi)[:2]:
+        elif parse(v)[:2] > parse(hi)[:2]:
             out.append(f"{lib} {v} is newer than fitplan was tested with (up to {hi}); the plan is checked "
                        "for silent gaps, but not measured on this version")
     return out

@@ -9,9 +9,9 @@ import pytest
 
 import fitplan
 from fitplan.errors import PlannedShapeError
-from fitplan.planning import calibration as C
+from fitplan import calibration as C
 from fitplan.planning import generation as G
-from fitplan.planning import precision as P
+from fitplan.vocab import precision as P
 from fitplan.planning.estimate import Workload, sizes
 from fitplan.planning.speed import decode_speed
 from fitplan.versions import installed
@@ -270,7 +270,7 @@ def test_the_generation_table_is_the_measured_rows_and_today_s_estimates(monkeyp
 
 
 def test_verify_reports_measured_tokens_per_s_against_the_estimate():
-    from fitplan.cli.render import render_verify
+    from fitplan.render import render_verify
     from fitplan.runtime.verify import DeviceCheck, VerifyReport
 
     rep = VerifyReport("m: bf16", (DeviceCheck("cuda:0", 10, 10, 100, 90),), 2.0, 86.7, 91.0,

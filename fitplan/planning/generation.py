@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import calibration as C
-from .precision import DTYPE_BYTES, Precision
+from .. import calibration as C
+from ..vocab.precision import DTYPE_BYTES, Precision
 
 #: The first transformers whose `GenerationConfig` takes `max_cache_len` that fitplan checked (5.17 and
 #: 5.24 have it, 5.0 has not); below it a static cache is sized per call, so it is not chosen.

@@ -7,9 +7,9 @@ which constraints; `fitplan check --profile` is the CI gate, `fitplan lock` pins
 Where each setting comes from, first match wins (docs/profiles.md):
 
 1. CLI flags / Python keyword arguments (`overrides`, `model=`);
-2. the environment: FITPLAN_MODEL, FITPLAN_REVISION, FITPLAN_CONTEXT, FITPLAN_BATCH,
-   FITPLAN_PRECISION, FITPLAN_MIN_PRECISION, FITPLAN_PREFER, FITPLAN_HEADROOM, FITPLAN_OFFLOAD,
-   FITPLAN_GPU (an empty variable counts as unset; a bad value is an error naming the variable);
+2. the environment: FITPLAN_MODEL and the FITPLAN_<OPTION> variable of every option that declares
+   one (`schema.ENV_VARS`, derived from `fitplan.options`; an empty variable counts as unset; a bad
+   value is an error naming the variable);
 3. the profile;
 4. fitplan's defaults.
 
@@ -24,34 +24,29 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field, make_dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import FitplanError, InputError
-from ..hardware.catalogue import MAX_CPU_RAM, parse_gpu_list
+from ..errors import FileError, FitplanError, OptionError
+from ..hardware.catalogue import read_hardware_map
 from ..hardware.machine import GPU, Hardware
-from ..options import PLAN_KEYS, PlanOptions
-from ..yamlsource import YamlMap, check_keys, describe, load_yaml, require_list, require_map, get_size
-from .schema import ENV_VARS, HARDWARE_KEYS, OVERRIDE_KEYS, SCHEMA, SETTINGS, Field, _Bad, _from_text, check_value, field_for
+from ..options import PLAN_KEYS, PlanOptions, check_keys as check_keys_given
+from ..yamlsource import YamlMap, check_keys, load_yaml, require_map
+from ..vocab.kinds import BadValue, describe
+from .schema import ENV_VARS, HARDWARE_KEYS, OVERRIDE_KEYS, SCHEMA, SETTINGS, Field, check_value, field_for, from_text
 
 # -- what a profile holds -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class WorkloadSpec:
-    context: int | None = None
-    batch: int | None = None
-    images: int | None = None
+def _section_class(section: Field):
+    """A profile section (`workload:`, `constraints:`) as a frozen record of its keys, each None when unset:
+    its fields are the section's keys in the schema, read off the option declarations."""
+    return make_dataclass(section.key.title(), [(g.key, Any, dataclass_field(default=None)) for g in section.fields],
+                          frozen=True)
 
 
-@dataclass(frozen=True)
-class Constraints:
-    precision: str | None = None
-    min_precision: str | None = None
-    prefer: str | None = None
-    headroom: float | int | None = None  # share (< 1) or bytes
-    offload: bool | None = None
-    fast: bool | None = None
+WorkloadSpec, Constraints = (_section_class(next(f for f in SCHEMA if f.key == name))
+                             for name in ("workload", "constraints"))
 
 
 @dataclass(frozen=True)
@@ -64,6 +59,7 @@ class HardwareSpec:
     auto: bool = True
     gpus: tuple[GPU, ...] = ()
     cpu_ram_bytes: int | None = None
+    unified: bool = False
 
     def resolve(self, source_name: str) -> Hardware:
         from ..hardware.probe import cpu_ram_bytes, probe
@@ -71,7 +67,7 @@ class HardwareSpec:
         if self.auto:
             return probe()
         ram = cpu_ram_bytes() if self.cpu_ram_bytes is None else self.cpu_ram_bytes
-        return Hardware(gpus=self.gpus, cpu_ram_bytes=ram, source="file",
+        return Hardware(gpus=self.gpus, cpu_ram_bytes=ram, source="file", unified=self.unified,
                         notes=(f"GPUs described in {source_name}, not probed",))
 
 
@@ -175,8 +171,8 @@ def _digest(doc: YamlMap) -> str:
 def _section(doc: YamlMap, f: Field) -> YamlMap:
     value = doc[f.key]
     if value is None:
-        raise InputError(f"{doc.where(f.key)}: '{f.key}' is empty; put its keys under it "
-                         f"({', '.join(g.key for g in f.fields)}) or delete the line")
+        raise FileError(f"{doc.where(f.key)}: '{f.key}' is empty; put its keys under it "
+                         f"({', '.join(g.key for g in f.fields)}) or delete the line", **doc.at(f.key))
     return require_map(value, where=doc.where(f.key), what=f.key)
 
 
@@ -185,32 +181,31 @@ def _value(m: YamlMap, f: Field, section: str) -> Any:
     where = m.where(f.key)
     value = m[f.key]
     if value is None:
-        raise InputError(f"{where}: {what} is empty; give it a value (default: {f.default}) or delete the line")
+        raise FileError(f"{where}: {what} is empty; give it a value (default: {f.default}) or delete the line",
+                        **m.at(f.key))
     try:
         return check_value(f, value)
-    except _Bad as bad:
-        raise InputError(f"{where}: {what}{'' if str(bad).startswith(':') else ' '}{bad}") from None
+    except BadValue as bad:
+        raise FileError(f"{where}: {bad.after(what)}", **m.at(f.key)) from None
 
 
 def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
-    """`hardware: auto`, or a mapping with the --hardware file's keys (`gpus:`, `cpu_ram:`)."""
+    """`hardware: auto`, or a mapping with the --hardware file's keys (`HARDWARE_KEYS`)."""
     value, where = doc[key], doc.where(key)
     if value == "auto":
         return HardwareSpec(auto=True)
     if value is None:
-        raise InputError(f"{where}: hardware is empty; write 'hardware: auto' to probe the machine, or list "
-                         "GPUs: 'hardware: {gpus: [rtx4090]}'")
+        raise FileError(f"{where}: hardware is empty; write 'hardware: auto' to probe the machine, or list "
+                         "GPUs: 'hardware: {gpus: [rtx4090]}'", **doc.at(key))
     if not isinstance(value, YamlMap):
         hint = (f"; for a catalogue GPU write 'hardware: {{gpus: [{value}]}}'" if isinstance(value, str) else "")
-        raise InputError(f"{where}: hardware must be 'auto' or a mapping with 'gpus:', got {describe(value)}{hint}")
-    check_keys(value, HARDWARE_KEYS, what="hardware")
-    if value.get("gpus") is None:
-        raise InputError(f"{value.where('gpus')}: hardware needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
-                         "machine), or write 'hardware: auto' to probe")
-    items = require_list(value["gpus"], where=value.where("gpus"), what="hardware.gpus")
-    gpus = parse_gpu_list(items, what="hardware.gpus")  # the --hardware file's own parser
-    ram = get_size(value, "cpu_ram", what="hardware", maximum=MAX_CPU_RAM)
-    return HardwareSpec(auto=False, gpus=tuple(gpus), cpu_ram_bytes=ram)
+        raise FileError(f"{where}: hardware must be 'auto' or a mapping with 'gpus:', got {describe(value)}{hint}",
+                        **doc.at(key))
+    if value.get("gpus") is None and set(value) <= set(HARDWARE_KEYS):
+        raise FileError(f"{value.where('gpus')}: hardware needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
+                        "machine), or write 'hardware: auto' to probe", **value.at("gpus"))
+    gpus, ram, unified = read_hardware_map(value, name=doc.source, what="hardware")  # the --hardware file's reader
+    return HardwareSpec(auto=False, gpus=gpus, cpu_ram_bytes=ram, unified=unified)
 
 
 # -- the environment and precedence ----------------------------------------------------------------
@@ -231,9 +226,10 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             continue
         f = field_for(name)
         try:
-            out[name] = check_value(f, _from_text(f, text))
-        except _Bad as bad:
-            raise InputError(f"environment variable {var}={raw!r}: the value {bad}; fix it or unset {var}") from None
+            out[name] = from_text(f, text)
+        except BadValue as bad:
+            raise OptionError(f"environment variable {var}={raw!r}: the value {bad}; fix it or unset {var}",
+                              option=name) from None
     return out
 
 
@@ -258,9 +254,7 @@ FROM_ARGUMENT = "flag or keyword argument"
 def merge_settings(profile: Profile, *, model: str | None, overrides: Mapping[str, Any],
                    env: Mapping[str, Any]) -> Settings:
     """flags > environment > profile > defaults, for every setting (hardware is handled apart)."""
-    unknown = set(overrides) - set(OVERRIDE_KEYS)
-    if unknown:
-        raise InputError(f"unknown override {', '.join(sorted(unknown))}; use: {', '.join(OVERRIDE_KEYS)}")
+    check_keys_given(overrides, OVERRIDE_KEYS)
     flags = {k: v for k, v in overrides.items() if v is not None}
     if model:
         flags["model"] = model
@@ -277,8 +271,8 @@ def merge_settings(profile: Profile, *, model: str | None, overrides: Mapping[st
         if value is not None:
             origin.append((name, where))
     if not merged["model"]:
-        raise InputError(f"{profile.path}: no model: add 'model: org/name' to the profile, pass MODEL, "
-                         "or set FITPLAN_MODEL")
+        raise FileError(f"{profile.path}: no model: add 'model: org/name' to the profile, pass MODEL, "
+                         "or set FITPLAN_MODEL", path=str(profile.path), key="model")
     opts = PlanOptions.from_values(**{k: merged[k] for k in PLAN_KEYS})
     return Settings(model=merged["model"], revision=merged["revision"], options=opts, token=flags.get("token"),
                     offline=flags.get("offline"), origin=tuple(origin))
@@ -299,7 +293,7 @@ def profile_hardware(profile: Profile, overrides: Mapping[str, Any], env: Mappin
             return hardware_from_gpu_flag(env["gpu"], cpu_ram_bytes())
         except FitplanError as err:
             raise type(err)(f"environment variable {ENV_VARS['gpu']}={env['gpu']!r}: "
-                            f"{str(err).removeprefix('--gpu: ')}") from None
+                            f"{str(err).removeprefix('--gpu: ')}", **err.data) from None
     if profile.hardware is not None:
         return profile.hardware.resolve(profile.path)
     return resolve_hardware(None, None)

@@ -73,12 +73,12 @@ def guard(model, *, context: int, batch: int) -> None:
                     f"this generate() call runs to {total} tokens ({prompt} prompt + {total - prompt} new), past the "
                     f"{context} the model was planned and its static cache allocated for; shorten it, or load with "
                     f"{ref('context', total)} (or {ref('fast', False)} for a dynamic cache)",
-                    tokens=total, context=context, batch=rows, planned_batch=batch)
+                    tokens=total, context=context, batch=rows, planned_batch=batch, option="context")
             if rows > batch:
                 raise PlannedShapeError(
                     f"this generate() call runs {rows} sequences, more than the planned {ref('batch', batch)} its "
                     f"static cache was allocated for; split the batch, or load with {ref('batch', rows)}",
-                    tokens=total, context=context, batch=rows, planned_batch=batch)
+                    tokens=total, context=context, batch=rows, planned_batch=batch, option="batch")
         return original(*args, **kwargs)
 
     model.generate = generate
