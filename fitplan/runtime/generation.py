@@ -23,7 +23,7 @@ def apply(model, gen: Generation, *, context: int, batch: int) -> None:
     import transformers
 
     cfg = model.generation_config
-    known = type(cfg)()  # a GenerationConfig of this transformers: does it have the field at all?
+    known = cfg.__class__()  # a GenerationConfig of this transformers: does it have the field at all?
     for key, value in gen.generation_config().items():
         setattr(cfg, key, value)
     if not hasattr(known, "max_cache_len") or cfg.max_cache_len != context or cfg.cache_implementation != "static":
