@@ -15,7 +15,7 @@ import inspect
 from typing import Any
 
 
-_OPEN, _CLOSE = "\x02", "\x03"
+_OPEN, _CLOSE, _SUBJECT = "\x02", "\x03", "\x04"
 _UNSET = object()
 
 
@@ -25,6 +25,12 @@ def ref(name: str, value: Any = _UNSET) -> str:
     renders as a bare flag on the CLI (`--offline`)."""
     shown = "" if value is _UNSET else f"={value}"
     return f"{_OPEN}{name}{shown}{_CLOSE}"
+
+
+def subject(name: str) -> str:
+    """An option as the subject of a sentence (`context must be at least 1`): the API renders it
+    `context`, the CLI `--context`, a profile `'context:'`."""
+    return f"{_OPEN}{_SUBJECT}{name}{_CLOSE}"
 
 
 def flag_of(name: str) -> str:
@@ -40,7 +46,10 @@ def render_refs(text: str, style: str) -> str:
         b = text.find(_CLOSE, a)
         name, eq, value = text[a + 1:b].partition("=")
         out.append(text[i:a])
-        if style == "api":
+        if name.startswith(_SUBJECT):
+            name = name[1:]
+            out.append(name if style == "api" else f"'{name}:'" if style == "profile" else flag_of(name))
+        elif style == "api":
             out.append(f"{name}={value}")
         elif style == "profile":  # a key of a deployment profile (`fitplan lock` takes no option flags)
             shown = {"True": "true", "False": "false"}.get(value, value)

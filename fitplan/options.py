@@ -22,7 +22,7 @@ import functools
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import OptionError, flag_of
+from .errors import OptionError, flag_of, subject
 from .vocab.classes import AUTO_CLASSES, why_not_planned
 from .vocab.kinds import BadValue, kind
 from .vocab.precision import NAMES as PRECISIONS, PREFERENCES
@@ -56,7 +56,7 @@ def check_option(name: str, value: Any) -> Any:
         return kind(meta["kind"]).check(value, meta)
     except BadValue as bad:
         why = why_not_planned(value) if name == "auto_class" else ""
-        raise OptionError(bad.after(name) + why, option=name) from None
+        raise OptionError(bad.after(subject(name)) + why, option=name) from None
 
 
 def check_keys(given, allowed: tuple[str, ...], what: str = "option") -> None:
