@@ -117,3 +117,20 @@ SELECTIVE_SCAN_COPIES = 3
 #:   q, k, v, k*beta, v*beta, the decays, the output and the chunked products: the count that covers
 #:   Qwen3-Next (8 layers, 8k x 2 tokens) on an H100 with transformers 5.17 and 5.24 (docs/models.md).
 GATED_DELTA_COPIES = 20
+
+#: Decode time per token step that is not memory traffic when generate() runs a static cache and
+#: compiles the decode step (fitplan.planning.generation: torch.compile reduce-overhead, CUDA
+#: graphs), in seconds per decoder layer, by kind of weights. Only kinds measured faster than plain
+#: generate() have one: bitsandbytes' quantizers cannot be compiled, and a static cache without
+#: compile decoded slower (shared/FINDINGS.md), so no quantized kind is here. Fitted on
+#: benchmarks/results/generation-h200-tf5.17.jsonl (Qwen3-8B shape, H200, transformers 5.17, torch
+#: 2.11: 86.7 tokens/s at batch 1, 751.4 at batch 8) so that the errors at batch 1 and 8 balance;
+#: checked against FINDINGS' H200 rows (docs/accuracy.md, "Generation setup").
+COMPILED_DECODE_OVERHEAD_S_PER_LAYER = {"float": 0.21e-3}
+
+#: Memory a compiled static-cache decode holds besides the cache and the plain activation peak (CUDA
+#: graphs' private pool, inductor's buffers): the reserved peak of the static setup less plain
+#: generate()'s, Qwen3-8B bf16, prompt 512 + 48 new, H200, transformers 5.17 (+201 MB at batch 1,
+#: +361 MB at batch 8, of which generation.workspace_bytes' K/V repeated to the query heads is 9 and
+#: 73 MB): the larger rest, 288 MB, rounded up (benchmarks/results/generation-h200-tf5.17.jsonl).
+COMPILE_WORKSPACE_BYTES = 288 << 20

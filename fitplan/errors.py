@@ -315,3 +315,13 @@ class ModelChangedError(FileError):
     since: str
     expected: str
     found: str
+class PlannedShapeError(OptionError):
+    """A generate() call outside what the loaded model was planned and sized for: longer than the
+    planned context (prompt plus new tokens) or more sequences than the planned batch, with a static
+    cache allocated for exactly those. `option` is the one to change (`context` or `batch`);
+    `tokens`, `context`, `batch` and `planned_batch` say by how much."""
+
+    tokens: int | None
+    context: int
+    batch: int
+    planned_batch: int

@@ -158,6 +158,9 @@ class PlanOptions(_Checked):
         if self.engine == "transformers" and engine_only:
             raise OptionError(f"{engine_only[0]} is a serving-engine setting; set engine to vllm or sglang to plan "
                               "for an engine", option=engine_only[0])
+    fast: bool = option(True, "Generate with the fastest setup measured to work here (static cache, compiled "
+                              "decode, attention kernel; see the plan's generation); false: plain transformers.",
+                        kind="bool", profile=("constraints", "fast"))
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,8 @@ def render_text(plan) -> str:
                          f"usable{span}{staged}")
         if d.speed is not None:
             lines.append(f"speed     {_speed_words(d.speed)}")
+        if d.generation is not None:
+            lines.append(f"generate  {_generation_words(d.generation)}")
         others = [x for x in plan.choice.decisions if x.precision != d.precision]
         if others:  # a pre-quantized checkpoint may have no other row
             lines.append("rejected")
@@ -162,13 +164,25 @@ def _kwargs_code(plan) -> list[str]:
     return out + ["  )"]
 
 
+def _generation_words(gen) -> str:
+    """One plan's generation setup in words: cache, compile, attention, and why."""
+    cache = (f"static cache for {gen.max_cache_len} tokens x {gen.batch}" if gen.static else "dynamic cache")
+    compiled = f", decode compiled by {gen.compile['by']}() ({gen.compile['mode']})" if gen.compile else ""
+    return f"{cache}{compiled}, {gen.attn_implementation} attention: {gen.why}"
+
+
 def render_load_report(report) -> str:
-    """`model.fitplan` after `fitplan.load()`: the plan followed, predicted vs measured weights."""
+    """`model.fitplan` after `fitplan.load()`: the plan followed, the generation setup applied,
+    predicted vs measured weights."""
     rows = [f"fitplan: {report.plan.summary_line()}"]
     if report.tensor_parallel is not None:
         tp = report.tensor_parallel
         rows.append(f"  tensor parallel: rank {report.rank} of {tp.world_size} (transformers {tp.transformers}), "
                     f"{len(tp.sharded)} tensors sharded, {fmt_bytes(tp.replicated_parameter_bytes)} replicated")
+    if report.generation is not None:
+        rows.append(f"  generation: {_generation_words(report.generation)}")
+    if report.warmup_s is not None:
+        rows.append(f"  warm-up (first generate, compile included): {report.warmup_s:.1f} s")
     for dev in sorted(set(report.predicted_weights) | set(report.measured_weights), key=str):
         p, m = report.predicted_weights.get(dev), report.measured_weights.get(dev)
         rows.append(f"  {dev}: weights predicted {fmt_bytes(p or 0)}, measured {fmt_bytes(m or 0)}")
@@ -184,6 +198,9 @@ def render_verify(report) -> str:
     for d in report.devices:
         rows.append(f"{d.device:8} {fmt_bytes(d.predicted_weights):>14} {fmt_bytes(d.measured_weights):>14} "
                     f"{fmt_bytes(d.predicted_peak):>12} {fmt_bytes(d.measured_peak):>12}  {'ok' if d.ok else 'OVER'}")
+    if report.tokens_per_s is not None:
+        est = "no estimate" if report.estimated_tokens_per_s is None else f"estimated {report.estimated_tokens_per_s:.1f}"
+        rows.append(f"decode: {report.tokens_per_s:.1f} tokens/s measured, {est} ({report.setup})")
     rows.append(f"generation took {report.generate_s:.1f} s; "
                 + ("measured peaks within the prediction" if report.ok else "a measured peak exceeded its prediction"))
     return "\n".join(rows)

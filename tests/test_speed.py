@@ -41,10 +41,12 @@ def measured_fitted() -> dict:
 
 
 def estimate(shape: str, precision: str, batch: int, context: int):
-    """fitplan's decode estimate on the measuring card: the workload's mean cache length as context."""
+    """fitplan's decode estimate on the measuring card: the workload's mean cache length as context. These
+    rows were measured with plain generate(), what a plan with fast=False loads."""
     from fitplan.pipeline import plan_model
 
-    p = plan_model(SHAPES[shape], gpu="h100-sxm", precision=precision, context=context, batch=batch, offline=True)
+    p = plan_model(SHAPES[shape], gpu="h100-sxm", precision=precision, context=context, batch=batch, offline=True,
+                   fast=False)
     return p.decision.speed
 
 

@@ -134,6 +134,9 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             auto_class=auto_class,
             image_tokens_per_image=image_tokens,
             prefill_scratch_per_token=scratch,
+            compile_fullgraph=bool(getattr(type(model), "_can_compile_fullgraph", False)),
+            flash_attn=bool(getattr(type(model), "_supports_flash_attn", False)) and hf.kernels_installed(hf.FLASH_ATTENTION_KERNELS),
+            num_key_value_heads=fields.size_field(text, "num_key_value_heads", required=False) or 0,
             notes=tuple(n for n in notes if n),
             versions=lib_versions(),
         )

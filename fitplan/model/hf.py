@@ -483,9 +483,13 @@ def kernels_installed(packages: tuple[str, ...]) -> bool:
     return all(find_spec(p) is not None for p in packages)
 
 
+#: The package `attn_implementation="flash_attention_2"` needs (fitplan.planning.generation chooses it).
+FLASH_ATTENTION_KERNELS = ("flash_attn",)
+
+
 def kernel_presence() -> dict[str, bool]:
     """Which kernel packages are installed: part of what an inventory depends on (its cache key)."""
-    return {p: kernels_installed((p,)) for p in SSM_KERNELS + LINEAR_ATTENTION_KERNELS}
+    return {p: kernels_installed((p,)) for p in SSM_KERNELS + LINEAR_ATTENTION_KERNELS + FLASH_ATTENTION_KERNELS}
 
 
 def _mamba2_scan_form(mixer) -> str:

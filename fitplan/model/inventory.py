@@ -15,9 +15,10 @@ def dtype_name(dtype) -> str:
 
 
 #: Bump when the meaning of a field changes, so stale on-disk caches are rebuilt, not misread.
-SCHEMA_VERSION = 13  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`;
+SCHEMA_VERSION = 14  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`;
 # 11: per-sequence state, the Auto class and image tokens; 12: prefill scratch of kernel-less SSM paths;
-# 13: `position_limit` (learned absolute position tables)
+# 13: `position_limit` (learned absolute position tables); 14: how it can generate (compile_fullgraph,
+# flash_attn, num_key_value_heads)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,11 @@ class Inventory:
     auto_class: str = "causal-lm"
     image_tokens_per_image: int | None = None
     prefill_scratch_per_token: int = 0  # torch path of SSM / linear-attention layers (hf.prefill_scratch)
+    # How it can generate (fitplan.planning.generation): the model class declares a compilable forward
+    # (`_can_compile_fullgraph`), supports flash-attention 2 with the package installed, and its KV heads.
+    compile_fullgraph: bool = False
+    flash_attn: bool = False
+    num_key_value_heads: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
     versions: dict = field(default_factory=dict)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from typing import Any
 
 from .. import calibration as C
 from ..hardware.machine import ALLOCATORS
@@ -244,6 +245,7 @@ class Sizes:
     quantized: bool = False  # the precision packs weights (bitsandbytes, or a pre-quantized format)
     bits: int | None = None  # its bits per packed weight, where it has one
     allocator: str = "expandable"  # the CUDA allocator setting the reserve is planned for (machine.ALLOCATORS)
+    generation: Any = None  # the generation setup sized here (fitplan.planning.generation.Generation); None: plain
 
     def kv_of(self, layer: int) -> int:
         return self.layer_kv[layer] if layer < len(self.layer_kv) else 0
@@ -301,20 +303,29 @@ def _layers_once(inv: Inventory, precision: Precision, dt: str, alignment: int):
     return value
 
 
-def sizes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str, device: str = "cuda",
-          allocator: str = "expandable") -> Sizes:
-    """Every size of `precision` at `work`, per layer, with the reserve of `allocator`; see `Sizes`."""
+def sizes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str, device: str = "cuda", *,
+          allocator: str = "expandable", generation=None) -> Sizes:
+    """Every size of `precision` at `work`, per layer, with the reserve of `allocator`; see `Sizes`. With a
+    static-cache `generation` (fitplan.planning.generation), the KV cache is what its `StaticCache`
+    allocates up front and the activation peak adds the compiled decode's workspace."""
+    from . import generation as G
+
     alignment = C.CUDA_ALLOCATION_ALIGNMENT if device == "cuda" else 1
     dt = load_dtype(precision, compute_dtype)
     outside, per_layer, floats, stream = _layers_once(inv, precision, dt, alignment)
     total = inv.stored_bytes if inv.prequantized and inv.stored_bytes is not None else outside + sum(per_layer.values())
+    static = generation is not None and generation.static
+    kv = G.kv_bytes_per_layer(inv, work, dt) if static else kv_bytes_per_layer(inv, work, dt)
+    act = activation_bytes(inv, work, dt, precision)
+    if generation is not None:
+        act += G.workspace_bytes(inv, work, dt, generation)
     return Sizes(precision.name, dt, device, outside, tuple(sorted(per_layer.items())),
-                 tuple(kv_bytes_per_layer(inv, work, dt)), activation_bytes(inv, work, dt, precision), total,
+                 tuple(kv), act, total,
                  load_fragmentation_bytes(inv, precision, compute_dtype), tuple(sorted(floats.items())),
-                 tuple(sorted(stream.items())), precision.quantized, precision.bits, allocator)
+                 tuple(sorted(stream.items())), precision.quantized, precision.bits, allocator, generation)
 
 
 def estimate(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str,
-             device: str = "cuda", allocator: str = "expandable") -> Estimate:
+             device: str = "cuda", *, allocator: str = "expandable") -> Estimate:
     """Everything one device would hold to run `work` with the whole model on it."""
-    return sizes(inv, precision, work, compute_dtype, device, allocator).estimate()
+    return sizes(inv, precision, work, compute_dtype, device, allocator=allocator).estimate()

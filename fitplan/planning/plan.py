@@ -79,6 +79,11 @@ class Plan:
         return self.decision.precision if self.decision else None
 
     @property
+    def generation(self):
+        """How the loaded model generates (fitplan.planning.generation.Generation); None when nothing fits."""
+        return self.decision.generation if self.decision else None
+
+    @property
     def compute_dtype(self) -> str:
         """The dtype from_pretrained computes in: the chosen float precision itself (`dtype=`), or the
         compute dtype of bitsandbytes' layers; the policy's compute dtype when nothing fits."""
@@ -265,14 +270,15 @@ class Plan:
             "workload": {"context": self.options.context, "batch": self.options.batch, "images": self.options.images,
                          "tokens": self.workload.context},
             "hardware": self.hardware.to_dict(),
-            "options": {"headroom": self.options.headroom, "offload": self.options.offload,
+            "options": {"headroom": self.options.headroom, "offload": self.options.offload, "fast": self.options.fast,
                         "precision": self.options.precision, "min_precision": self.options.min_precision,
                         "prefer": self.options.prefer},
             "compute_dtype": self.compute_dtype,
             "estimates": [{**x.estimate.to_dict(), "fits": x.fits, "reason": x.reason,
                            "chosen": d is not None and x.precision == d.precision,
                            "rejected_because": x.rejected_because, "offload_bytes": x.offload_bytes,
-                           "speed": None if x.speed is None else x.speed.to_dict()}
+                           "speed": None if x.speed is None else x.speed.to_dict(),
+                           "generation": None if x.generation is None else x.generation.to_dict()}
                           for x in self.choice.decisions],
             "plan": None if d is None else {
                 "precision": d.precision,
@@ -281,6 +287,7 @@ class Plan:
                 "devices": [s.to_dict() for s in d.placement],
                 "offload_bytes": d.offload_bytes,
                 "speed": None if d.speed is None else d.speed.to_dict(),
+                "generation": None if d.generation is None else d.generation.to_dict(),
                 "max_memory": self.kwargs_as_data().get("max_memory"),
                 "from_pretrained_kwargs": self.kwargs_as_data(),
             },

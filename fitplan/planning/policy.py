@@ -10,6 +10,7 @@ plans by the bytes they copy over PCIe each step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..vocab import precision as P
 from .estimate import Estimate, Sizes, load_dtype, sizes, weights_bytes
@@ -24,6 +25,7 @@ from .headroom import headroom_bytes
 from .layout import float_dtype_for
 from ..vocab.precision import BF16_MIN_CC, BNB_MIN_CC, DTYPE_BYTES, Precision, cc_text
 from .speed import Speed, decode_speed, pcie_seconds
+from . import generation as G
 from ..vocab.units import fmt_bytes
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Decision:
     offload_bytes: int = 0  # weights in CPU RAM, as they sit there, copied to the GPU every step
     speed: Speed | None = None
     sizes: Sizes | None = field(default=None, repr=False, compare=False)  # what the decision was made from
+    generation: Any = None  # how it generates (fitplan.planning.generation.Generation), sized into its estimate
     ruled_out: str | None = None
     rejected_because: str | None = None
 
@@ -173,25 +176,45 @@ def _offload(sz: Sizes, est: Estimate, opts: PlanOptions, hw: Hardware, gpus, wh
 
 def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, work: Workload, hw: Hardware,
             compute: str) -> Decision:
-    """Whether `prec` fits in memory on `hw` for `work` (offloading only if `opts.offload`), where, and why."""
-    device = "cuda" if hw.gpus else "cpu"
-    sz = sizes(inv, prec, work, compute, device, hw.allocator)
-    est = sz.estimate()
+    """Whether `prec` fits in memory on `hw` for `work` (offloading only if `opts.offload`), where, how it
+    generates (fitplan.planning.generation: the setup is sized into the estimate), and why."""
+
+    def setup(placement: str):
+        gen = G.choose(inv, prec, work, gpus=hw.gpus, placement=placement, fast=opts.fast, compute_dtype=compute)
+        return gen, sizes(inv, prec, work, compute, "cuda" if hw.gpus else "cpu", allocator=hw.allocator,
+                          generation=gen)
+
+    d = _decide_placed(prec, opts, hw, setup)
+    if d.offload_bytes:  # offloaded: transformers compiles no such model
+        d = replace(d, generation=setup("offload")[0])
+    return d if d.generation is not None else replace(d, generation=setup("split")[0])
+
+
+def _decide_placed(prec: Precision, opts: PlanOptions, hw: Hardware, setup) -> Decision:
     if not hw.gpus:
+        gen, sz = setup("cpu")
+        est = sz.estimate()
         budget = cpu_budget(hw, opts)
         fits = est.total_bytes <= budget
         share = DeviceShare("cpu", est.weights_bytes, est.kv_cache_bytes, est.activation_bytes, 0, budget)
         why = (f"fits in CPU RAM ({fmt_bytes(est.total_bytes)} of {fmt_bytes(budget)} usable)" if fits else
                f"needs {fmt_bytes(est.total_bytes)}, {fmt_bytes(est.total_bytes - budget)} more than the "
                f"{fmt_bytes(budget)} of RAM usable")
-        return Decision(prec.name, est, fits, why, (share,))
+        return Decision(prec.name, est, fits, why, (share,), generation=gen)
     best = max(hw.gpus, key=lambda g: g.free_bytes)
+    gen, sz = setup("one-gpu")
     one = _place_layers(sz, opts, [best])
+    if gen.static and not (one and not one[1]):  # without the static setup's workspace it may still fit
+        gen, sz = setup("no-room")
+        one = _place_layers(sz, opts, [best])
+    est = sz.estimate()
     if one and not one[1]:
         s = one[0][0]
         return Decision(prec.name, est, True,
                         f"fits on GPU {best.index} ({fmt_bytes(s.total_bytes)} of {fmt_bytes(s.budget_bytes)} usable)",
-                        one[0], sizes=sz)
+                        one[0], sizes=sz, generation=gen)
+    gen, sz = setup("split" if len(hw.gpus) > 1 else "offload")  # a split or offload generates plainly
+    est = sz.estimate()
     budget_one = best.free_bytes - headroom_bytes(best.total_bytes, opts.headroom)
     if len(hw.gpus) > 1:
         split = _place_layers(sz, opts, list(hw.gpus))
@@ -199,7 +222,7 @@ def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, work: Workload, 
             used = tuple(s for s in split[0] if s.layers or s.weights_bytes)
             return Decision(prec.name, est, True,
                             f"fits split over {len(used)} GPUs ({', '.join(fmt_bytes(s.total_bytes) for s in used)})",
-                            used, sizes=sz)
+                            used, sizes=sz, generation=gen)
         rest = set(split[1]) if split else set()
         left = sum(b for li, b in sz.layer_weights if li in rest) if split else est.weights_bytes
         why = (f"needs {fmt_bytes(est.total_bytes)}; over all {len(hw.gpus)} GPUs "

@@ -6,7 +6,9 @@ Pure: `Sizes`, a placement and the GPUs in; a `Speed` out. One token step of eve
          + sum over GPUs of bytes read there / its bandwidth   weights and KV cache, once a step
          + bytes copied from CPU RAM / PCIe rate          offloaded layers, copied every step
 
-and yields `batch` tokens. The overhead per layer was measured on an H100
+and yields `batch` tokens, for the generation setup the plan loads with (`Sizes.generation`): a
+compiled static-cache decode has its own measured overhead (calibration.COMPILED_DECODE_OVERHEAD_S_PER_LAYER)
+and reads its whole static cache every step. The overhead per layer was measured on an H100
 (calibration.DECODE_OVERHEAD_S_PER_LAYER); at batch 1 it, not bandwidth, sets the speed of a 7B
 model there (docs/accuracy.md, "Speed"). Bytes read: every weight on the GPU (the embedding table
 too, a small over-count), the KV cache of its layers at the full context (the last, slowest step),
@@ -75,8 +77,10 @@ def decode_speed(sz: Sizes, placement, gpus, batch: int) -> Speed | None:
     offloaded = [li for s in placement if s.device == "cpu" for li in s.layers]
     pcie = sum(sz.float_of(li) for li in offloaded)
     kind = overhead_kind(sz)
-    if kind not in C.DECODE_OVERHEAD_S_PER_LAYER:
-        return None  # no measured per-token overhead for this kernel: no estimate rather than a guess
+    compiled = sz.generation is not None and sz.generation.key == "compiled"
+    table = C.COMPILED_DECODE_OVERHEAD_S_PER_LAYER if compiled else C.DECODE_OVERHEAD_S_PER_LAYER
+    if kind not in table:
+        return None  # no measured per-token overhead for this kernel and setup: no estimate rather than a guess
     dequant = sz.bits == 4 and batch > 1
     read, memory_s = 0, 0.0
     for n, s in enumerate(on_gpus):
@@ -88,6 +92,6 @@ def decode_speed(sz: Sizes, placement, gpus, batch: int) -> Speed | None:
         read += nbytes
         bw = by_index[s.device].bandwidth_gbs if s.device in by_index else None
         memory_s = None if memory_s is None or not bw else memory_s + nbytes / (bw * 1e9)
-    overhead = len(sz.layer_weights) * C.DECODE_OVERHEAD_S_PER_LAYER[kind]
+    overhead = len(sz.layer_weights) * table[kind]
     step = None if memory_s is None else overhead + memory_s + pcie_seconds(pcie)
     return Speed(batch, None if step is None else batch / step, overhead, read, memory_s, pcie, pcie_seconds(pcie))

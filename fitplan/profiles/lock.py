@@ -107,6 +107,7 @@ def render_lock(plan: Plan, profile: Profile, settings: Settings, profile_path: 
             "max_memory": mm,
             "quantization_config": plan.quantization_kwargs(),
             "offload_bytes": d.offload_bytes,
+            "generation": None if d.generation is None else d.generation.to_dict(),
             "reason": d.reason,
             "devices": [s.to_dict() for s in d.placement],
         },

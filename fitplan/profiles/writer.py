@@ -78,7 +78,8 @@ def render_profile(plan: Plan, *, given: Mapping[str, Any]) -> str:
               "auto_class": o.auto_class or plan.inventory.auto_class,
               "workload": {"context": o.context, "batch": o.batch, "images": o.images, "kv_type": o.kv_type},
               "constraints": {"precision": o.precision, "min_precision": o.min_precision, "prefer": o.prefer,
-                              "headroom": format_headroom(o.headroom), "offload": o.offload}}
+                              "headroom": format_headroom(o.headroom), "offload": o.offload,
+                              "fast": o.fast}}
     engine = o.engine != "transformers"  # a transformers profile is written as before the engines existed
     if engine:
         values["engine"] = o.engine

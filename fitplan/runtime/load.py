@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import DoesNotFitError, LibraryChangedError, OptionError
@@ -40,6 +40,8 @@ class LoadReport:
     #: under torchrun: the per-rank plan (`fitplan.planning.tensor_parallel.TensorParallelPlan`) and this rank
     tensor_parallel: Any = None
     rank: int | None = None
+    generation: Any = None  # the setup applied (fitplan.planning.generation.Generation)
+    warmup_s: float | None = None  # the first generate() (compile included) with warmup=True
 
     def __str__(self) -> str:  # `print(model.fitplan)`; the words live with the other renderers
         from ..render import render_load_report
@@ -182,7 +184,7 @@ def _predicted(plan: Plan) -> dict:
 
 
 def load(model: str | None = None, *, profile: str | None = None, tokenizer: bool = True, use_cache: bool = True,
-         **kwargs):
+         warmup: bool = False, **kwargs):
     """Plan `model` for this machine and load it as planned. Returns (model, tokenizer), or the model
     alone with `tokenizer=False`; for a vision-language model (planned as image-text-to-text) the
     second item is its processor (`AutoProcessor`: tokenizer and image processor). Raises
@@ -194,6 +196,12 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     arguments (PLANNED_KEYS override the plan with a warning; PASSTHROUGH_KEYS are handed through).
     The Auto class is the one the plan is for: the checkpoint's own unless `auto_class=` says
     "causal-lm" or "image-text-to-text" (or passes that transformers class).
+
+    The model generates as `plan.generation` says (`fast=False`: plain transformers). With a static
+    cache, it is sized for the planned `context` x `batch`: generate() calls past that context or with
+    more sequences raise `PlannedShapeError`, and a smaller batch makes transformers compile again.
+    `warmup=True` runs one short generate() at the planned batch before returning, so the first
+    compile happens here; `model.fitplan.warmup_s` says how long it took.
     """
     from ..pipeline import plan_for_load
 
@@ -223,9 +231,14 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     from .tensor_parallel import world
 
     w = world()  # under torchrun: each rank plans its share and loads with transformers' TP
+    gen = None
     if w is None:
         plan = _recheck(plan, replan)
-        tp, (kwargs, changed) = None, merge_kwargs(plan.from_pretrained_kwargs(), user)
+        gen = plan.generation
+        planned = plan.from_pretrained_kwargs()
+        if gen is not None and gen.attn_implementation == "flash_attention_2":
+            planned["attn_implementation"] = gen.attn_implementation
+        tp, (kwargs, changed) = None, merge_kwargs(planned, user)
     else:
         from .tensor_parallel import prepare
 
@@ -254,16 +267,23 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
         allocator = "allocator: expandable segments were asked for, but torch's snapshot shows none"
         log.warning("fitplan: %s; the plan budgeted their smaller reserve", allocator)
     if tp is None:
-        report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed, allocator)
+        report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed, allocator, generation=gen)
     else:
         from .tensor_parallel import device, local_bytes
 
         dev = device(w, plan)
         report = LoadReport(plan, {dev: tp.share(w.rank).weights_bytes}, {dev: sum(local_bytes(loaded))}, changed,
                             allocator, tp, w.rank)
+    from . import generation as apply_gen
+
+    if gen is not None:
+        apply_gen.apply(loaded, gen, context=plan.workload.context, batch=plan.options.batch)
     loaded.fitplan = report
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+    if warmup:
+        took = apply_gen.warmup(loaded, batch=plan.options.batch, vocab_size=plan.inventory.vocab_size)
+        loaded.fitplan = replace(report, warmup_s=took)
     return (loaded, tok) if tokenizer else loaded
 
 

@@ -29,6 +29,10 @@ class VerifyReport:
     summary: str
     devices: tuple[DeviceCheck, ...]
     generate_s: float
+    tokens_per_s: float | None = None  # measured decode: batch x new tokens / (generate - prompt's prefill)
+    estimated_tokens_per_s: float | None = None  # the plan's estimate for the setup applied (None: none)
+    setup: str = ""  # the generation setup applied, in words
+    warmup_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -51,7 +55,7 @@ def verify(model: str, *, max_new_tokens: int = 32, **options) -> VerifyReport:
         raise OptionError(f"{ref('max_new_tokens')} ({max_new_tokens}) must be below {ref('context')} ({context})",
                           option="max_new_tokens")
     base = {i: torch.cuda.mem_get_info(i) for i in range(torch.cuda.device_count())}
-    m = load(model, tokenizer=False, **options)
+    m = load(model, tokenizer=False, warmup=True, **options)  # the first compile is not decode time
     plan = m.fitplan.plan
     context = plan.options.context  # the default may have been capped at the model's positions (pipeline.fit_positions)
     for i in range(torch.cuda.device_count()):
@@ -64,13 +68,25 @@ def verify(model: str, *, max_new_tokens: int = 32, **options) -> VerifyReport:
                    max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
+    peaks = {i: torch.cuda.max_memory_reserved(i) for i in range(torch.cuda.device_count())}
+    t1 = time.perf_counter()
+    with torch.inference_mode():  # the prompt's prefill alone, to leave the decode time
+        m(input_ids=ids.to(first), attention_mask=torch.ones_like(ids).to(first), logits_to_keep=1, use_cache=False)
+    torch.cuda.synchronize()
+    decode_s = dt - (time.perf_counter() - t1)
     checks = []
     for s in plan.decision.placement:
         if s.device == "cpu":
             continue
         i = s.device
         context_bytes = base[i][1] - base[i][0]  # used before loading: other processes and our context
-        measured_peak = context_bytes + torch.cuda.max_memory_reserved(i)
+        measured_peak = context_bytes + peaks[i]
         checks.append(DeviceCheck(f"cuda:{i}", s.weights_bytes, m.fitplan.measured_weights.get(f"cuda:{i}", 0),
                                   s.total_bytes, measured_peak))
-    return VerifyReport(plan.summary_line(), tuple(checks), dt)
+    gen = plan.generation
+    setup = "plain generate()" if gen is None or not gen.static else (
+        f"static cache {gen.max_cache_len} x {gen.batch}" + (", compiled decode" if gen.compile else ""))
+    speed = plan.decision.speed
+    return VerifyReport(plan.summary_line(), tuple(checks), dt,
+                        batch * max_new_tokens / decode_s if decode_s > 0 else None,
+                        speed.tokens_per_s if speed else None, setup, m.fitplan.warmup_s)
