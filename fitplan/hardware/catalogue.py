@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import HardwareError, InputError
 from .machine import GPU, Hardware
+from .software import default_software, parse_software
 from ..units import fmt_bytes
 from ..yamlsource import (
     YamlList,
@@ -195,11 +196,13 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
         count, spec = _counted(part, catalogue, context="--gpu")
         _check_total(len(gpus) + count, f"--gpu {text!r}")
         gpus.extend([spec.to_gpu(len(gpus) + i) for i in range(count)])
+    software = default_software()
     return Hardware(
         gpus=tuple(gpus),
         cpu_ram_bytes=cpu_ram_bytes,
         source="catalogue",
-        notes=(CATALOGUE_NOTE,),
+        notes=(CATALOGUE_NOTE, software.note()),
+        software=software,
     )
 
 
@@ -211,7 +214,7 @@ def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) ->
     name = str(path)
     doc = load_yaml(path, source_name=name)
     doc = require_map(doc, where=f"{name}:1", what="a hardware file")
-    check_keys(doc, ["gpus", "cpu_ram", "unified"], what="a hardware file")
+    check_keys(doc, ["gpus", "cpu_ram", "unified", "software"], what="a hardware file")
     if "gpus" not in doc:
         raise InputError(f"{name}:1: a hardware file needs a 'gpus:' list (write 'gpus: []' for a CPU-only machine)")
     items = doc["gpus"]
@@ -230,7 +233,10 @@ def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) ->
     if not isinstance(unified, bool):
         raise InputError(f"{doc.where('unified')}: unified must be true or false (true: the CPU and GPU share "
                          f"cpu_ram, as on Apple silicon), got {describe(unified)}")
-    return Hardware(gpus=gpus, cpu_ram_bytes=ram, source="file", notes=tuple(notes), unified=unified)
+    software = parse_software(doc)
+    notes.append(software.note())
+    return Hardware(gpus=gpus, cpu_ram_bytes=ram, source="file", notes=tuple(notes), unified=unified,
+                    software=software)
 
 
 def parse_gpu_list(items: YamlList, *, what: str = "gpus") -> tuple[GPU, ...]:

@@ -6,6 +6,10 @@ Pure data. `probe.py` fills it from NVML; `catalogue.py` fills it from `--gpu NA
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .software import Software
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class Hardware:
     source: str
     notes: tuple[str, ...] = field(default_factory=tuple)
     unified: bool = False  # CPU and GPU share one memory (Apple silicon): `cpu_ram_bytes` is that pool
+    #: The target's packages that only matter where it loads (`hardware/software.py`); None for this
+    #: machine (the probe), whose packages are read where they are.
+    software: "Software | None" = None
 
     @property
     def has_gpu(self) -> bool:
@@ -74,5 +81,6 @@ class Hardware:
             "gpus": [g.to_dict() for g in self.gpus],
             "cpu_ram_bytes": self.cpu_ram_bytes,
             "unified": self.unified,
+            "software": None if self.software is None else self.software.to_dict(),
             "notes": list(self.notes),
         }

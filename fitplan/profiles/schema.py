@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import InputError
 from ..model import prequant
 from ..hardware.catalogue import MAX_GPUS
+from ..hardware.software import json_schema as software_schema
 from ..planning.precision import NAMES as PRECISION_NAMES
 from ..options import OPTION_KEYS, SECTIONS, PlanOptions, SourceOptions, env_var, parse_headroom
 from ..yamlsource import describe, did_you_mean
@@ -69,7 +70,7 @@ def _schema() -> tuple[Field, ...]:
 
 
 SCHEMA: tuple[Field, ...] = _schema()
-HARDWARE_KEYS = ("gpus", "cpu_ram")
+HARDWARE_KEYS = ("gpus", "cpu_ram", "software")
 #: Each setting by its flag / `overrides` / `fitplan.plan()` name -> its path in the profile
 #: (`context` -> ("workload", "context")). Hardware is not a plain setting: see `_hardware_for`.
 SETTINGS = {g.key: (f.key, g.key) if f.kind == "section" else (f.key,)
@@ -207,7 +208,7 @@ def _field_schema(f: Field) -> dict:
             {"const": "auto"},
             {"type": "object", "additionalProperties": False, "required": ["gpus"],
              "properties": {"gpus": {"type": "array", "maxItems": MAX_GPUS, "items": {"$ref": "#/$defs/gpu"}},
-                            "cpu_ram": {"$ref": "#/$defs/size"}}}]}
+                            "cpu_ram": {"$ref": "#/$defs/size"}, "software": software_schema()}}]}
     if f.kind == "section":
         return {**base, "type": "object", "additionalProperties": False, "minProperties": 1,
                 "properties": {g.key: _field_schema(g) for g in f.fields}}

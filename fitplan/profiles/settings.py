@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import FitplanError, InputError
 from ..hardware.catalogue import MAX_CPU_RAM, parse_gpu_list
+from ..hardware.software import Software, default_software, parse_software
 from ..hardware.machine import GPU, Hardware
 from ..options import PLAN_KEYS, PlanOptions
 from ..yamlsource import YamlMap, check_keys, describe, load_yaml, require_list, require_map, get_size
@@ -63,6 +64,7 @@ class HardwareSpec:
     auto: bool = True
     gpus: tuple[GPU, ...] = ()
     cpu_ram_bytes: int | None = None
+    software: Software | None = None
 
     def resolve(self, source_name: str) -> Hardware:
         from ..hardware.probe import cpu_ram_bytes, probe
@@ -70,8 +72,9 @@ class HardwareSpec:
         if self.auto:
             return probe()
         ram = cpu_ram_bytes() if self.cpu_ram_bytes is None else self.cpu_ram_bytes
+        software = self.software or default_software()
         return Hardware(gpus=self.gpus, cpu_ram_bytes=ram, source="file",
-                        notes=(f"GPUs described in {source_name}, not probed",))
+                        notes=(f"GPUs described in {source_name}, not probed", software.note()), software=software)
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,8 @@ def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
     items = require_list(value["gpus"], where=value.where("gpus"), what="hardware.gpus")
     gpus = parse_gpu_list(items, what="hardware.gpus")  # the --hardware file's own parser
     ram = get_size(value, "cpu_ram", what="hardware", maximum=MAX_CPU_RAM)
-    return HardwareSpec(auto=False, gpus=tuple(gpus), cpu_ram_bytes=ram)
+    return HardwareSpec(auto=False, gpus=tuple(gpus), cpu_ram_bytes=ram,
+                        software=parse_software(value, what="hardware.software"))
 
 
 # -- the environment and precedence ----------------------------------------------------------------
