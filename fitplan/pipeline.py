@@ -56,6 +56,7 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
                         auto_class=req.options.auto_class, use_cache=use_cache, on_build=on_build)
     plan = decide(inv, req.hardware, req.options, model_id=src.model_id, origin=src.origin, revision=src.revision,
                   pin=req.pin, notes=req.notes)
+    plan = replace(plan, hub_kernels=_hub_kernels(plan))
     if not req.hardware.gpus or not plan.fits:
         plan = replace(plan, gguf=_gguf_rows(inv, req))
     if plan.pin is not None:
@@ -63,6 +64,19 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
 
         check_pin(plan)
     return plan
+
+
+def _hub_kernels(plan):
+    """The Hub kernels from_pretrained fetches where the plan loads: CUDA when it places layers on a GPU (the
+    first one decides a capability-limited kernel); this machine's kernel cache only when it is the target."""
+    from .model.kernels import kernel_use
+
+    gpus = sorted(plan.hardware.gpus, key=lambda g: g.index)
+    on_gpu = plan.decision is not None and any(s.device != "cpu" for s in plan.decision.placement)
+    on_gpu = on_gpu or (plan.decision is None and bool(gpus))
+    return kernel_use(plan.inventory, device="cuda" if on_gpu else "cpu",
+                      compute_capability=gpus[0].compute_capability if on_gpu and gpus else None,
+                      this_machine=plan.hardware.source == "probe")
 
 
 def _gguf_rows(inv, req: Request):

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import replace
 
 from ..errors import InputError, LibraryChangedError, UnsupportedModelError
-from .inventory import AUTO_CLASSES, Inventory, TensorInfo, dtype_name
+from .inventory import AUTO_CLASSES, HubKernel, Inventory, TensorInfo, dtype_name
 from . import cacheprobe, fields, hf, vision
 from .prequant import mark_converted
 from .source import decode_special_floats
@@ -195,6 +195,8 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             notes.append(f"without {kernels} installed, transformers {hf.version()} runs {scan} on its torch path, "
                          f"which holds {scratch:,} bytes per token of each sequence at once during the prompt: "
                          f"planned; installing {kernels} makes it linear in the state, not in this")
+        found = hf.hub_kernels(model)
+        hub_kernels = None if found is None else tuple(HubKernel(*k) for k in found)
         image_tokens = None
         if auto_class == "image-text-to-text":
             image_tokens, note = vision.image_tokens_per_image(model, config)
@@ -252,6 +254,7 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             auto_class=auto_class,
             image_tokens_per_image=image_tokens,
             prefill_scratch_per_token=scratch,
+            hub_kernels=hub_kernels,
             notes=tuple(n for n in notes if n),
             versions=lib_versions(),
         )

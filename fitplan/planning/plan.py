@@ -60,6 +60,7 @@ class Plan:
     pin: Pin | None = None
     extra_notes: tuple[str, ...] = ()  # notes from the request (e.g. a stale lock beside a profile)
     gguf: Any = None  # llama.cpp rows (fitplan.gguf.GGUFChoice) when no GPU is present or nothing fits
+    hub_kernels: Any = None  # fitplan.model.kernels.KernelUse: Hub kernels from_pretrained fetches on the target
 
     @property
     def fits(self) -> bool:
@@ -296,6 +297,7 @@ class Plan:
                          for x in self.choice.decisions if d is None or x.precision != d.precision],
             "suggestions": self.suggestions(style),
             "gguf": None if self.gguf is None else self.gguf.to_dict(),
+            "hub_kernels": None if self.hub_kernels is None else self.hub_kernels.to_dict(),
             "versions": dict(self.inventory.versions),
             "notes": self.notes,
         }

@@ -18,7 +18,7 @@ log = logging.getLogger("fitplan")
 #: from_pretrained arguments a plan sets; a user value for one of them wins, with a warning.
 PLANNED_KEYS = ("quantization_config", "dtype", "device_map", "max_memory")
 #: Accepted and handed through untouched.
-PASSTHROUGH_KEYS = ("revision", "token", "trust_remote_code", "attn_implementation", "cache_dir",
+PASSTHROUGH_KEYS = ("revision", "token", "trust_remote_code", "attn_implementation", "cache_dir", "use_kernels",
                     "local_files_only", "low_cpu_mem_usage", "offload_folder", "subfolder", "variant",
                     "use_safetensors", "force_download")
 #: A tokenizer of this many entries or fewer is not one: real vocabularies hold thousands of tokens.
@@ -33,6 +33,7 @@ class LoadReport:
     predicted_weights: dict = field(default_factory=dict)  # device -> bytes
     measured_weights: dict = field(default_factory=dict)  # device -> bytes
     overrides: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what load() did that the plan alone does not say (Hub kernels left out)
 
     def __str__(self) -> str:  # `print(model.fitplan)`; the words live with the other renderers
         from ..cli.render import render_load_report
@@ -154,6 +155,13 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     kwargs, changed = merge_kwargs(plan.from_pretrained_kwargs(), user)
     for c in changed:
         log.warning("fitplan: user argument overrides the plan: %s", c)
+    notes = ()
+    if "use_kernels" not in user:
+        kernels_off = hub_kernels_fallback(plan.hub_kernels)
+        if kernels_off:
+            kwargs["use_kernels"] = False
+            notes = (kernels_off,)
+            log.warning("fitplan: %s", kernels_off)
     import transformers
 
     cls = getattr(transformers, AUTO_CLASSES[plan.inventory.auto_class])
@@ -165,11 +173,35 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     loaded = cls.from_pretrained(model, **kwargs)
     loaded.eval()
     loaded.requires_grad_(False)
-    report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed)
+    report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed, notes)
     loaded.fitplan = report
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return (loaded, tok) if tokenizer else loaded
+
+
+def hub_kernels_fallback(use) -> str | None:
+    """None when `from_pretrained` can load the Hub kernels the plan's target needs (or needs none); else the
+    one note saying it loads without them. A repository missing from the local kernel cache is fetched now,
+    before any weight is read, unless the Hub is offline; one that cannot be had means `use_kernels=False`
+    (the torch path, which is what fitplan planned) instead of a ValueError inside from_pretrained."""
+    if use is None or not use.used:
+        return None
+    from ..model import hf
+
+    missing = [r for r in use.repos if not hf.kernel_cached(r.repo_id, r.ref)]
+    if not missing:
+        return None
+    names = ", ".join(f"{r.repo_id} {r.ref}" for r in missing)
+    if hf.hub_offline():
+        why = "the Hub is offline (HF_HUB_OFFLINE)"
+    else:
+        errors = [e for e in (hf.fetch_kernel(r.repo_id, r.ref) for r in missing) if e]
+        if not errors:
+            return None
+        why = f"fetching failed ({errors[0]})"
+    return (f"loaded without Hub kernels (use_kernels=False): {names} not in the local kernel cache and {why}; "
+            "the torch path is what the plan sized. Load once with the Hub reachable to cache them")
 
 
 def _tokenizer(model: str, user: dict, *, processor: bool = False):
