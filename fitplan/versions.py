@@ -45,8 +45,8 @@ NO_DEPS = ("accelerate", "bitsandbytes")
 
 
 def ci_legs() -> list[dict[str, str]]:
-    """CI's pinned legs, each the versions it pins over the newest leg's venv (torch is shared): the
-    declared floors, then the GPU image's versions."""
+    """CI's pinned legs: the declared floors (what CI's venv is installed with), then the GPU image's
+    versions (an overlay over that venv; torch is shared)."""
     floor = {lib: vs[0] for lib, vs in TESTED.items() if lib != "torch"}
     return [floor, dict(GPU_IMAGE)]
 
@@ -95,22 +95,35 @@ def fitplan_version() -> str:
     return installed("fitplan") or "0+unknown"
 
 
+def newest_requirements() -> tuple[list[str], list[str]]:
+    """What the newest leg asks pip for: each library of `NEWEST` in its declared range (from the tested
+    floor up to `DECLARED_BELOW`), no version picked: (with dependencies, without: `NO_DEPS`)."""
+    reqs = [f"{lib}>={TESTED[lib][0]}" + (f",<{DECLARED_BELOW[lib]}" if lib in DECLARED_BELOW else "") for lib in NEWEST]
+    return ([r for r, lib in zip(reqs, NEWEST) if lib not in NO_DEPS], [r for r, lib in zip(reqs, NEWEST) if lib in NO_DEPS])
+
+
 def _main(argv: list[str]) -> int:
     """For .ci/run, which reads the matrix from here before fitplan is installed (this file imports
-    nothing of fitplan's): `torch` prints the newest leg's torch requirement, `newest` the libraries that leg
-    resolves to their newest releases; `legs` one line
-    per leg, `REQS WITH DEPS|REQS WITHOUT DEPS`; `header NAME REQ...` prints NAME and the installed
-    versions in one line, and fails when one differs from a `LIB==VERSION` REQ (the leg would not test what it
-    says) or a bare `LIB` (resolved) is older than the newest pinned version of it."""
+    nothing of fitplan's). `torch`: the torch requirement of CI's venv (the CPU build); `base`: the
+    declared floors, which the venv is installed with (the floor leg is the venv alone); `newest`: the
+    newest leg's overlay, `RANGES WITH DEPS|RANGES WITHOUT DEPS`, pip picking the newest release in each
+    range; `legs`: one line per pinned overlay leg (the GPU image), `PINS WITH DEPS|PINS WITHOUT DEPS`;
+    `header NAME REQ...` prints NAME and the installed versions in one line, and fails when one differs
+    from a `LIB==VERSION` REQ (the leg would not test what it says) or a `LIB>=...` one (resolved) came
+    out older than the newest version a pinned leg runs."""
     pins = lambda d: " ".join(f"{lib}=={v}" for lib, v in d.items())  # noqa: E731
+    split = lambda d: (pins({k: v for k, v in d.items() if k not in NO_DEPS}) + "|"  # noqa: E731
+                       + pins({k: v for k, v in d.items() if k in NO_DEPS}))
     if argv[:1] == ["torch"]:
         print(f"torch=={TESTED['torch'][-1]}")
+    elif argv[:1] == ["base"]:
+        print(pins(ci_legs()[0]))
     elif argv[:1] == ["newest"]:
-        print(" ".join(NEWEST))
+        with_deps, no_deps = newest_requirements()
+        print(" ".join(with_deps) + "|" + " ".join(no_deps))
     elif argv[:1] == ["legs"]:
-        for leg in ci_legs():
-            print(pins({k: v for k, v in leg.items() if k not in NO_DEPS}) + "|"
-                  + pins({k: v for k, v in leg.items() if k in NO_DEPS}))
+        for leg in ci_legs()[1:]:
+            print(split(leg))
     elif argv[:1] == ["header"] and len(argv) >= 2:
         have = lib_versions()
         print(f"== {argv[1]}: " + ", ".join(f"{lib} {have[lib]}" for lib in LIBRARIES), flush=True)
@@ -118,14 +131,16 @@ def _main(argv: list[str]) -> int:
         if wrong:
             print(f"CI: this leg should run {' '.join(wrong)}, but other versions are installed", file=sys.stderr)
             return 1
-        # a library named without a version is resolved: it must be at least the newest pinned version
-        stale = [f"{lib} {have[lib]} (pinned legs run {TESTED[lib][-1]})" for lib in argv[2:] if "==" not in lib
-                 and (have.get(lib) is None or _key(have[lib]) < _key(TESTED[lib][-1]))]
+        # a library asked for by range was resolved: it must be at least the newest version a pinned leg runs
+        ranged = [req.split(">=")[0] for req in argv[2:] if ">=" in req]
+        stale = [f"{lib} {have.get(lib)} (pinned legs run {TESTED[lib][-1]})" for lib in ranged
+                 if have.get(lib) is None or _key(have[lib]) < _key(TESTED[lib][-1])]
         if stale:
             print(f"CI: the newest leg resolved older releases than a pinned leg runs: {', '.join(stale)}", file=sys.stderr)
             return 1
     else:
-        print("usage: python fitplan/versions.py torch|newest|legs|header NAME [LIB==VERSION | LIB ...]", file=sys.stderr)
+        print("usage: python fitplan/versions.py torch|base|newest|legs|header NAME [LIB==VERSION | LIB>=RANGE ...]",
+              file=sys.stderr)
         return 2
     return 0
 

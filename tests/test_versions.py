@@ -58,39 +58,47 @@ def test_every_tested_version_is_one_a_leg_installs():
 
 
 def test_ci_reads_its_legs_from_tested():
-    for use in ("python3 fitplan/versions.py torch", "python3 fitplan/versions.py newest",
-                "python3 fitplan/versions.py legs", "python fitplan/versions.py header"):
+    for use in ("python3 fitplan/versions.py torch", "python3 fitplan/versions.py base",
+                "python3 fitplan/versions.py newest", "python3 fitplan/versions.py legs",
+                "python fitplan/versions.py header"):
         assert use in CI, f".ci/run does not use '{use}'"
     pinned = re.findall(r"\b(?:transformers|accelerate|bitsandbytes|huggingface_hub|torch)\s*[=<>]=?\s*\d", CI)
     assert not pinned, f".ci/run pins versions of its own ({pinned}); they belong in TESTED"
     assert "--no-deps" in CI and set(versions.NO_DEPS) == {"accelerate", "bitsandbytes"}
 
 
-def test_the_newest_leg_resolves_and_its_header_refuses_an_older_resolution(capsys):
-    assert versions._main(["newest"]) == 0
-    assert capsys.readouterr().out.split() == list(NEWEST)  # names, no versions: pip picks the newest
-    assert versions._main(["torch"]) == 0
-    assert capsys.readouterr().out.strip() == f"torch=={TESTED['torch'][-1]}"
-    have = versions.installed("transformers")
-    ok = Version(have) >= Version(TESTED["transformers"][-1])
-    assert versions._main(["header", "newest", "transformers"]) == (0 if ok else 1)
-    out = capsys.readouterr()
-    assert out.out.startswith(f"== newest: transformers {have}, ")
-    if not ok:
-        assert "resolved older releases than a pinned leg runs" in out.err
-
-
 def test_ci_helper_lines(capsys):
-    assert versions._main(["legs"]) == 0
+    assert versions._main(["base"]) == 0  # the venv: the declared floors, the floor leg
+    assert sorted(capsys.readouterr().out.split()) == sorted(f"{lib}=={v}" for lib, v in ci_legs()[0].items())
+    assert versions._main(["legs"]) == 0  # the pinned overlays beyond the floor
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == len(ci_legs())
-    for line, leg in zip(lines, ci_legs()):
+    assert len(lines) == len(ci_legs()) - 1
+    for line, leg in zip(lines, ci_legs()[1:]):
         with_deps, no_deps = (part.split() for part in line.split("|"))
         assert sorted(with_deps + no_deps) == sorted(f"{lib}=={v}" for lib, v in leg.items())
         assert all(req.split("==")[0] in versions.NO_DEPS for req in no_deps)
         assert not any(req.split("==")[0] in versions.NO_DEPS for req in with_deps)
     assert versions._main(["header", "here", "transformers==0.0.1"]) == 1  # a leg not running what it says fails
     assert "should run transformers==0.0.1" in capsys.readouterr().err
+
+
+def test_the_newest_leg_asks_for_the_declared_ranges_and_refuses_an_older_resolution(capsys):
+    assert versions._main(["newest"]) == 0
+    with_deps, no_deps = (part.split() for part in capsys.readouterr().out.strip().split("|"))
+    reqs = {Requirement(r).name: Requirement(r) for r in with_deps + no_deps}
+    assert set(reqs) == set(NEWEST) and {Requirement(r).name for r in no_deps} == set(versions.NO_DEPS)
+    for lib, req in reqs.items():  # no version picked: the declared range, pip picks the newest in it
+        declared = _declared()[canonicalize_name(lib)]
+        assert req.specifier == declared.specifier, (req, declared)
+    assert versions._main(["torch"]) == 0
+    assert capsys.readouterr().out.strip() == f"torch=={TESTED['torch'][-1]}"
+    have = versions.installed("transformers")
+    ok = Version(have) >= Version(TESTED["transformers"][-1])
+    assert versions._main(["header", "newest", "transformers>=5.0.0,<6"]) == (0 if ok else 1)
+    out = capsys.readouterr()
+    assert out.out.startswith(f"== newest: transformers {have}, ")
+    if not ok:
+        assert "resolved older releases than a pinned leg runs" in out.err
 
 
 def test_versions_outside_what_ci_tests_get_a_note_and_newer_releases_in_the_range_none():

@@ -594,7 +594,7 @@ def hub_kernels(model, device_types=("cuda", "cpu")):
     names: list[str] = []
     for module in model.modules():
         layer = getattr(type(module), "kernel_layer_name", None)
-        if isinstance(layer, str) and layer not in names:
+        if isinstance(layer, str) and layer not in names and _kernel_condition(module):
             names.append(layer)
         for func in getattr(module, "_kernel_funcs", {}).values():
             layer = getattr(type(func), "kernel_layer_name", None)
@@ -620,6 +620,18 @@ def hub_kernels(model, device_types=("cuda", "cpu")):
                               "version or revision")
             out.append((dtype, name, repo_id, f"v{ver}" if ver is not None else str(rev), lo, hi))
     return out
+
+
+def _kernel_condition(module) -> bool:
+    """A layer's `kernel_condition` (kernels' `use_kernel_forward_from_hub(condition=)`), which kernelize asks
+    before swapping it; a condition the meta module cannot answer counts as met (the kernel is listed)."""
+    cond = getattr(type(module), "kernel_condition", None)
+    if not callable(cond):
+        return True
+    try:
+        return bool(cond(module))
+    except Exception:  # noqa: BLE001 - a condition that needs real tensors
+        return True
 
 
 def kernel_cached(repo_id: str, ref: str) -> bool:
