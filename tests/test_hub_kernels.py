@@ -99,13 +99,16 @@ def test_use_hub_kernels_no_turns_them_off(llama, monkeypatch):
 def fake_cpu_kernel(monkeypatch):
     """transformers' own kernel mapping, pointed at a fake that fetches an RMSNorm kernel on the CPU too:
     on the CPU, kernelize then does what it does on a GPU server."""
-    from kernels import LayerRepository, Mode
+    from kernels import LayerRepository, Mode, use_kernel_mapping
     from transformers.integrations import hub_kernels
 
     fake = {"RMSNorm": {"cpu": {Mode.INFERENCE: LayerRepository(
         repo_id="fitplan-test/rmsnorm", layer_name="RMSNorm", version=1)}}}
     monkeypatch.setattr(hub_kernels, "_KERNEL_MAPPING_CACHE", fake)
-    return fake
+    # from_pretrained registers the mapping into kernels' global one (`register_kernel_mapping` merges in
+    # place): inside this context that global is a copy, restored after the test, so no later load sees the fake
+    with use_kernel_mapping({}, inherit_mapping=True):
+        yield fake
 
 
 @needs_525
