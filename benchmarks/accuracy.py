@@ -72,7 +72,7 @@ def measure_case(path: Path, model_id: str, precision: str, workloads, baseline:
 
     import fitplan
     from fitplan.planning.estimate import Workload, estimate
-    from fitplan.planning.precision import get
+    from fitplan.vocab.precision import get
 
     import json as _json
 
@@ -190,7 +190,7 @@ def rescore(rows: list[dict]) -> list[dict]:
     `inventory_digest` is today's). Re-scoring a row where it is False compares two different models."""
     from fitplan.planning.estimate import Workload, estimate
     from fitplan.pipeline import get_inventory
-    from fitplan.planning.precision import get
+    from fitplan.vocab.precision import get
     from fitplan.model.source import resolve
 
     invs: dict = {}

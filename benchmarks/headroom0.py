@@ -270,7 +270,7 @@ def _decisions(plan) -> list[dict]:
 def _better(plan) -> str | None:
     """Among the precisions above the chosen one that were rejected for size, the one with the
     smallest planned total (the likeliest to fit in fact); None when none was rejected for size."""
-    from fitplan.planning.precision import ALL
+    from fitplan.vocab.precision import ALL
 
     order = [p.name for p in ALL]
     cands = [d for d in plan.choice.decisions if not d.fits and "more than" in d.reason

@@ -96,7 +96,7 @@ def _run(path: str, hw, precision: str | None, context: int) -> dict:
 def main() -> None:
     import torch
 
-    from fitplan.planning.precision import ALL
+    from fitplan.vocab.precision import ALL
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS))

@@ -134,7 +134,7 @@ def cmd_child(args) -> None:
     import transformers
 
     import fitplan
-    from fitplan.model.inventory import AUTO_CLASSES
+    from fitplan.vocab.classes import AUTO_CLASSES
     from fitplan.versions import lib_versions
 
     name, source, overrides, context, batch, images = CASE_BY_NAME[args.case]

@@ -77,7 +77,7 @@ def walk_one(model_type: str, mapping: str) -> dict:
     from fitplan.errors import FitplanError
     from fitplan.model import build
     from fitplan.model.source import resolve
-    from fitplan.planning import precision as P
+    from fitplan.vocab import precision as P
     from fitplan.planning.estimate import Workload, estimate
 
     rec = {"mapping": mapping, "model_type": model_type}

@@ -10,23 +10,23 @@ everything else is read off these declarations, never typed again:
 - the `FITPLAN_*` environment variables (`env_var`);
 - the keyword arguments `fitplan.plan()` and `fitplan.load()` accept.
 
+How a value of each kind is parsed, checked and documented is the kind's (`fitplan.vocab.kinds`),
+once for every option of that kind.
+
 Library errors name options with `fitplan.errors.ref(name)`: the API shows `context=`, the CLI
 `--context`.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import InputError, flag_of, ref
-from .model import prequant
-from .model.inventory import AUTO_CLASSES
-from .planning import precision
-from .planning.precision import NAMES as PRECISIONS
-from .units import parse_fraction_or_bytes
+from .vocab.classes import AUTO_CLASSES, why_not_planned
+from .vocab.kinds import BadValue, kind
+from .vocab.precision import NAMES as PRECISIONS, PREFERENCES
 
-#: What `prefer` may say: the orders are in `fitplan.planning.policy`.
-PREFERENCES = ("quality", "memory", "speed")
 MAX_CONTEXT = 1 << 24
 MAX_BATCH = 1 << 16
 MAX_IMAGES = 1 << 10
@@ -36,39 +36,54 @@ SECTIONS = {"workload": "What one generation needs.", "constraints": "What the c
 
 def option(default: Any, help: str, *, kind: str, profile: tuple[str, ...] | None = None,
            env: str | None = "", choices: tuple[str, ...] = (), minimum: int | None = None,
-           maximum: int | None = None, default_text: str | None = None):
-    """A dataclass field carrying its declaration. `kind`: int | enum | precision (an enum that also
-    takes a pre-quantized checkpoint's stored row) | headroom | bool | flag | string | path. `profile`: the key path in a deployment profile (None: not in profiles). `env`: the variable
-    ("" for FITPLAN_<NAME>, None for none)."""
+           maximum: int | None = None, default_text: str | None = None, stored_rows: bool = False):
+    """A dataclass field carrying its declaration. `kind`: a name of `fitplan.vocab.kinds.KINDS` (int |
+    enum | precision | headroom | bool | flag | string | path), which parses, checks and documents the
+    value. `profile`: the key path in a deployment profile (None: not in profiles). `env`: the variable
+    ("" for FITPLAN_<NAME>, None for none). `stored_rows`: a precision that may also name a
+    pre-quantized checkpoint's stored row."""
     return field(default=default, metadata={
         "help": help, "kind": kind, "profile": profile, "env": env, "choices": choices,
-        "minimum": minimum, "maximum": maximum,
+        "minimum": minimum, "maximum": maximum, "stored_rows": stored_rows,
         "default_text": default_text if default_text is not None else ("none" if default is None else str(default)).lower(),
     })
 
 
-def parse_headroom(value) -> float | int:
-    """`10%` or `0.1` -> 0.1 (share of each GPU's memory); `1.5GiB` -> bytes."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, float):
-        if 0 <= value < 1:
-            return value
-        raise InputError(f"headroom: a plain number is a share and must be below 1 (e.g. 0.1), got {value}; "
-                         "write sizes with a unit, e.g. '1.5GiB'")
-    frac, nbytes = parse_fraction_or_bytes(value, what="headroom")
-    if frac is not None:
-        return frac
-    if nbytes is None:
-        raise InputError("headroom: write a share like '10%' or a size like '1.5GiB'")
-    return nbytes
+def check_option(name: str, value: Any) -> Any:
+    """`value` of option `name`, typed by its kind, or an `InputError` naming the option."""
+    meta = fields_by_name()[name].metadata
+    try:
+        return kind(meta["kind"]).check(value, meta)
+    except BadValue as bad:
+        why = why_not_planned(value) if name == "auto_class" else ""
+        raise InputError(bad.after(ref(name)) + why, option=name) from None
+
+
+def check_keys(given, allowed: tuple[str, ...], what: str = "option") -> None:
+    """The one check that every keyword is an option: `unknown option contxt; options are ...`."""
+    unknown = set(given) - set(allowed)
+    if unknown:
+        raise InputError(f"unknown {what} {', '.join(sorted(unknown))}; {what}s are {', '.join(allowed)}")
+
+
+class _Checked:
+    """Options whose every field is checked and typed by its kind when the object is made."""
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and value is not f.default:
+                object.__setattr__(self, f.name, check_option(f.name, value))
+
+    @classmethod
+    def from_values(cls, **values):
+        """From loosely typed values (keyword arguments, CLI strings); None means the default."""
+        check_keys(values, tuple(f.name for f in fields(cls)))
+        return cls(**{k: v for k, v in values.items() if v is not None})
 
 
 @dataclass(frozen=True)
-class PlanOptions:
+class PlanOptions(_Checked):
     """How to plan: the workload and the constraints on the choice."""
 
     context: int = option(4096, "Longest sequence in tokens, prompt plus generated.", kind="int",
@@ -84,10 +99,11 @@ class PlanOptions:
                                     default_text="the checkpoint's")
     precision: str | None = option(None, "Use exactly this precision instead of choosing (for a pre-quantized "
                                    "checkpoint, its stored row, e.g. gptq-int4).", kind="precision",
-                                   choices=PRECISIONS, profile=("constraints", "precision"),
+                                   choices=PRECISIONS, stored_rows=True, profile=("constraints", "precision"),
                                    default_text="none (choose)")
     min_precision: str | None = option(None, "Never go below this precision (" + " > ".join(PRECISIONS) + ").",
-                                       kind="enum", choices=PRECISIONS, profile=("constraints", "min_precision"))
+                                       kind="precision", choices=PRECISIONS,
+                                       profile=("constraints", "min_precision"))
     prefer: str = option("quality", "What to favour among precisions that fit.", kind="enum", choices=PREFERENCES,
                          profile=("constraints", "prefer"))
     headroom: float | int = option(0.10, "Memory left unplanned per GPU: a share ('10%') or a size ('1.5GiB').",
@@ -95,76 +111,9 @@ class PlanOptions:
     offload: bool = option(False, "Allow CPU offload when nothing fits on the GPUs (slow).", kind="bool",
                            profile=("constraints", "offload"))
 
-    def __post_init__(self):
-        for name in ("context", "batch", "images"):
-            v, meta = getattr(self, name), fields_by_name()[name].metadata
-            if isinstance(v, bool) or not isinstance(v, int) or v < meta["minimum"]:
-                what = {"context": "a positive number of tokens", "batch": "a positive whole number",
-                        "images": "a whole number, 0 or more"}[name]
-                raise InputError(f"{name} must be {what}, got {v!r}")
-        if self.context > MAX_CONTEXT or self.batch > MAX_BATCH or self.images > MAX_IMAGES:
-            raise InputError("context, batch or images is absurdly large (limits: 16M tokens, 65536 sequences, "
-                             f"{MAX_IMAGES} images)")
-        if self.auto_class is not None and self.auto_class not in AUTO_CLASSES:
-            why = (" (encoder-decoder models are not planned: their encoder output and cross-attention cache are "
-                   "not sized)" if "seq2seq" in str(self.auto_class) else "")
-            raise InputError(f"{ref('auto_class')} must be one of {', '.join(AUTO_CLASSES)}, got "
-                             f"{self.auto_class!r:.40}{why}", option="auto_class")
-        for name in ("precision", "min_precision"):
-            v = getattr(self, name)
-            if v is None or (name == "precision" and prequant.is_label(v)):
-                continue
-            try:
-                precision.get(v)  # one message for every bad precision
-            except InputError as err:
-                raise InputError(f"{ref(name, repr(v))}: {err.message}", option=name) from None
-        if self.prefer not in PREFERENCES:
-            raise InputError(f"prefer must be one of {', '.join(PREFERENCES)}, got {self.prefer!r}")
-        h = self.headroom
-        if isinstance(h, bool) or not isinstance(h, (int, float)) or h < 0 or (isinstance(h, float) and h >= 1):
-            raise InputError(f"headroom must be a share below 1 (e.g. 0.1) or bytes, got {h!r}")
-
-    @classmethod
-    def from_values(cls, **values) -> "PlanOptions":
-        """From loosely typed values (keyword arguments, CLI strings); None means the default.
-        Names are matched case-insensitively for enums; headroom is parsed from '10%' or '1.5GiB'."""
-        unknown = set(values) - set(PLAN_KEYS)
-        if unknown:
-            raise InputError(f"unknown option {', '.join(sorted(unknown))}; options are {', '.join(PLAN_KEYS)}")
-        kw = {}
-        for f in fields(cls):
-            v = values.get(f.name)
-            if v is None:
-                continue
-            if f.metadata["kind"] in ("enum", "precision") and isinstance(v, str):
-                v = v.lower()
-            elif f.metadata["kind"] == "headroom":
-                v = parse_headroom(v)
-            elif f.metadata["kind"] == "bool":
-                v = bool(v)
-            kw[f.name] = v
-        return cls(**kw)
-
-    def workload(self, inv):
-        """The workload on the model `inv`: the text context, plus the tokens `images` images take
-        (`Inventory.image_tokens_per_image`), `batch` sequences. Images on a model that takes none, or
-        whose tokens per image fitplan cannot tell, are refused with what to do instead."""
-        from .planning.estimate import Workload
-
-        if not self.images:
-            return Workload(self.context, self.batch)
-        if inv.auto_class != "image-text-to-text":
-            raise InputError(f"{ref('images')}: {inv.model_id} is planned as {AUTO_CLASSES[inv.auto_class]}, which "
-                             "takes no images; plan it as image-text-to-text or drop the images", option="images")
-        per_image = inv.image_tokens_per_image
-        if not per_image:
-            raise InputError(f"{ref('images')}: fitplan cannot tell how many tokens an image takes on {inv.model_id} "
-                             f"(docs/models.md); add them to {ref('context')} instead", option="images")
-        return Workload(self.context + self.images * per_image, self.batch)
-
 
 @dataclass(frozen=True)
-class SourceOptions:
+class SourceOptions(_Checked):
     """What to plan for: where the model's files come from and which hardware."""
 
     revision: str | None = option(None, "Hub branch, tag or commit to plan (and load).", kind="string",
@@ -176,6 +125,7 @@ class SourceOptions:
     hardware: Any = option(None, "Plan for GPUs described in a YAML file.", kind="path", env=None)
 
 
+@functools.cache
 def fields_by_name() -> dict:
     return {f.name: f for cls in (PlanOptions, SourceOptions) for f in fields(cls)}
 

@@ -21,7 +21,7 @@ from .errors import InputError
 from .hardware.machine import Hardware
 from .hardware.resolve import resolve_hardware
 from .model.cache import get_inventory
-from .options import PLAN_KEYS, SOURCE_KEYS, PlanOptions
+from .options import OPTION_KEYS, PLAN_KEYS, SOURCE_KEYS, PlanOptions, check_keys
 from .planning.plan import Pin, Plan, decide
 
 
@@ -58,7 +58,7 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
                   pin=req.pin, notes=req.notes)
     plan = replace(plan, hub_kernels=_hub_kernels(plan))
     if not req.hardware.gpus or not plan.fits:
-        plan = replace(plan, gguf=_gguf_rows(inv, req))
+        plan = replace(plan, gguf=_gguf_rows(plan))
     if plan.pin is not None:
         from .profiles.lock import check_pin
 
@@ -79,15 +79,15 @@ def _hub_kernels(plan):
                       this_machine=plan.hardware.source == "probe")
 
 
-def _gguf_rows(inv, req: Request):
-    """llama.cpp (GGUF) options for the same workload, for a machine without a GPU or a plan that does
+def _gguf_rows(plan: Plan):
+    """llama.cpp (GGUF) options for the plan's workload, for a machine without a GPU or a plan that does
     not fit with bitsandbytes; None for architectures the GGUF what-if cannot map."""
     from .errors import UnsupportedModelError
     from .gguf import plan_gguf
 
     try:
-        return plan_gguf(inv, req.hardware, context=req.options.workload(inv).context, n_parallel=req.options.batch,
-                         headroom=req.options.headroom, unified=req.hardware.unified)
+        return plan_gguf(plan.inventory, plan.hardware, context=plan.workload.context, n_parallel=plan.workload.batch,
+                         headroom=plan.options.headroom, unified=plan.hardware.unified)
     except UnsupportedModelError:
         return None
 
@@ -102,10 +102,7 @@ def plan_gguf_file(path: str, *, hardware: Hardware, options: PlanOptions):
 
 
 def _split(keywords: dict[str, Any]) -> tuple[PlanOptions, dict[str, Any]]:
-    unknown = set(keywords) - set(PLAN_KEYS) - set(SOURCE_KEYS)
-    if unknown:
-        raise InputError(f"unknown option {', '.join(sorted(unknown))}; options are "
-                         f"{', '.join(PLAN_KEYS + SOURCE_KEYS)}")
+    check_keys(keywords, OPTION_KEYS)
     return (PlanOptions.from_values(**{k: v for k, v in keywords.items() if k in PLAN_KEYS}),
             {k: keywords.get(k) for k in SOURCE_KEYS})
 

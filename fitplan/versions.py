@@ -63,9 +63,10 @@ def lib_versions() -> dict[str, str | None]:
     return {name: installed(name) for name in LIBRARIES}
 
 
-def _key(v: str) -> tuple[int, ...]:
+def parse(v: str) -> tuple[int, ...]:
+    """`5.17.0`, `2.11.0+cu130`, `5.25.0.dev0` -> (major, minor, patch): how fitplan compares versions."""
     out = []
-    for part in v.split(".")[:3]:
+    for part in v.split("+")[0].split(".")[:3]:
         digits = "".join(ch for ch in part if ch.isdigit())
         out.append(int(digits) if digits else 0)
     return tuple(out)
@@ -82,9 +83,9 @@ def untested_notes(versions: dict[str, str | None]) -> list[str]:
             continue
         lo = tested[0]
         below = DECLARED_BELOW.get(lib)
-        if _key(v) < _key(lo):
+        if parse(v) < parse(lo):
             out.append(f"{lib} {v} is older than fitplan supports (tested from {lo}); upgrade it: the plan may be wrong")
-        elif below is not None and _key(v) >= _key(below):
+        elif below is not None and parse(v) >= parse(below):
             out.append(f"{lib} {v} is beyond the range fitplan declares (<{below}) and CI tests; the plan is checked for "
                        "silent gaps, but was never tested on this version")
     return out
@@ -134,7 +135,7 @@ def _main(argv: list[str]) -> int:
         # a library asked for by range was resolved: it must be at least the newest version a pinned leg runs
         ranged = [req.split(">=")[0] for req in argv[2:] if ">=" in req]
         stale = [f"{lib} {have.get(lib)} (pinned legs run {TESTED[lib][-1]})" for lib in ranged
-                 if have.get(lib) is None or _key(have[lib]) < _key(TESTED[lib][-1])]
+                 if have.get(lib) is None or parse(have[lib]) < parse(TESTED[lib][-1])]
         if stale:
             print(f"CI: the newest leg resolved older releases than a pinned leg runs: {', '.join(stale)}", file=sys.stderr)
             return 1

@@ -17,7 +17,6 @@ validator needs: unknown keys with a did-you-mean, and typed fields with their l
 """
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +26,8 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import InputError
-from .units import parse_bytes
+from .vocab.kinds import describe, did_you_mean
+from .vocab.units import parse_bytes
 
 MAX_FILE_BYTES = 1 << 20
 """Config files are small; a bigger one is a mistake (a model file passed by accident, say)."""
@@ -129,14 +129,6 @@ def load_yaml(
     return _Builder(name, max_values).build(node)
 
 
-def did_you_mean(word: object, choices: Iterable[str]) -> str:
-    """` (did you mean 'x'?)` for the closest choice, or an empty string."""
-    options = list(choices)
-    lowered = {c.lower(): c for c in options}
-    match = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.6)
-    return f" (did you mean '{lowered[match[0]]}'?)" if match else ""
-
-
 def check_keys(mapping: YamlMap, allowed: Iterable[str], *, what: str) -> None:
     """Reject any key of `mapping` not in `allowed`, naming the line, a did-you-mean and the list."""
     allowed = list(allowed)
@@ -228,17 +220,6 @@ def _field(what: str, key: str) -> str:
 
 def _tag(tag: str) -> str:
     return "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag
-
-
-def describe(value: Any) -> str:
-    """How an error names a value it did not expect: its YAML type and, if short, the value."""
-    kind = {
-        YamlMap: "a mapping", YamlList: "a list", str: "a string", bool: "a boolean",
-        int: "an integer", float: "a number", type(None): "nothing (null)",
-    }.get(type(value), type(value).__name__)
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(repr(value)) <= 40:
-        return f"{kind} {value!r}"
-    return kind
 
 
 def _get(m: YamlMap, key: str, what: str, required: bool) -> Any:

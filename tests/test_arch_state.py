@@ -196,7 +196,7 @@ def _generated_cache_bytes(model, batch: int, tokens: int) -> int:
 def _before_5_17() -> bool:
     from fitplan.model import hf
 
-    return hf._version_tuple(hf.version()) < (5, 17)
+    return hf.version_tuple() < (5, 17)
 
 
 def _refusal_expected(family: str) -> bool:
@@ -204,7 +204,7 @@ def _refusal_expected(family: str) -> bool:
     generate() hands it over as `past_key_values`, so generation keeps none)."""
     from fitplan.model import hf
 
-    return _before_5_17() or (family == "xlm" and hf._version_tuple(hf.version()) < hf.CACHE_KEYWORD_SINCE)
+    return _before_5_17() or (family == "xlm" and hf.version_tuple() < hf.CACHE_KEYWORD_SINCE)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from fitplan.model.build import build_inventory
-from fitplan.planning import precision as P
+from fitplan.vocab import precision as P
 from fitplan.planning.estimate import Workload, kv_bytes_per_layer, weights_bytes
 
 pytestmark = pytest.mark.slow

@@ -28,7 +28,7 @@ walk = _load_walk()
 
 
 def _before_5_17() -> bool:
-    return hf._version_tuple(hf.version()) < (5, 17)
+    return hf.version_tuple() < (5, 17)
 
 #: (mapping, model type, outcome, what the record must show)
 SAMPLE = [

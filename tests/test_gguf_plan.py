@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from gguf import GGMLQuantizationType as T
 
-from fitplan.planning import calibration as C
+from fitplan import calibration as C
 from fitplan.errors import DoesNotFitError, InputError
 from fitplan.gguf import GGUFModel, GGUFTensor, RunConfig, placement, plan_gguf, read_gguf
 from fitplan.gguf.load import llama_kwargs, load_gguf

@@ -73,7 +73,7 @@ def _fallback_expected(cfg: dict) -> bool:
     Every other catalogue model must be read from the cache itself."""
     from fitplan.model import hf
 
-    v, model_type = hf._version_tuple(hf.version()), cfg["model_type"]
+    v, model_type = hf.version_tuple(), cfg["model_type"]
     rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
     long_rope = "longrope" in (rope.get("rope_type"), rope.get("type"))
     return (model_type == "opt" and v < (5, 18)) or (model_type == "phi3" and long_rope and v < (5, 24))
@@ -84,7 +84,7 @@ def _refused_here(cfg: dict) -> bool:
     (docs/models.md, Known limits); 5.17 and later plan them."""
     from fitplan.model import hf
 
-    return cfg["model_type"] in ("qwen3_next",) and hf._version_tuple(hf.version()) < (5, 17)
+    return cfg["model_type"] in ("qwen3_next",) and hf.version_tuple() < (5, 17)
 
 
 def test_meta_forward_reads_the_cache_for_every_catalogue_model():

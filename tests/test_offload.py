@@ -13,8 +13,8 @@ import pytest
 from fitplan.hardware.machine import GPU, Hardware
 from fitplan.model.build import build_inventory
 from fitplan.options import PlanOptions
-from fitplan.planning import calibration as C
-from fitplan.planning import precision as P
+from fitplan import calibration as C
+from fitplan.vocab import precision as P
 from fitplan.planning.estimate import layer_of, sizes
 from fitplan.planning.plan import decide
 from tiny_models import FAMILIES, config_dict
@@ -229,7 +229,7 @@ def test_with_auto_transformers_would_quantize_the_offloaded_layers(tmp_path, mo
     releases fail earlier, in bitsandbytes' Params4bit), so checked there and after."""
     from fitplan.model import hf
 
-    if hf._version_tuple(hf.version()) < (5, 24):
+    if hf.version_tuple() < (5, 24):
         pytest.skip("the behaviour recorded here was observed from transformers 5.24")
     import transformers.modeling_utils as mu
     from transformers import AutoModelForCausalLM

@@ -9,7 +9,7 @@ from fitplan.hardware.machine import GPU, Hardware
 from fitplan.model.build import build_inventory
 from fitplan.planning.plan import BNB_MAX_MEMORY_SCALE, decide
 from fitplan.planning.policy import weights_fraction_for_accelerate
-from fitplan.planning import precision as P
+from fitplan.vocab import precision as P
 
 G = 1 << 30
 

@@ -16,7 +16,8 @@ import pytest
 
 from fitplan.errors import InputError
 from fitplan.hardware.machine import GPU, Hardware
-from fitplan.model import prequant
+from fitplan.model import hf
+from fitplan.planning import prequant
 from fitplan.model.source import read_safetensors_header
 from fitplan.model.cache import get_inventory
 from fitplan.planning.estimate import weights_by_layer, weights_bytes
@@ -66,7 +67,7 @@ def computed(config: dict, load_dtype="bfloat16") -> int:
     """The as-stored weights fitplan computes from config.json alone (no headers), unaligned, less the
     buffers the model creates itself (rotary inv_freq: no checkpoint stores them)."""
     from fitplan.planning.layout import tensor_bytes
-    from fitplan.planning.precision import BF16
+    from fitplan.vocab.precision import BF16
 
     inv = get_inventory(config, model_id="tiny", use_cache=False)
     buffers = sum(tensor_bytes(t, BF16, load_dtype) for t in inv.tensors if t.buffer)
@@ -243,7 +244,7 @@ def test_mxfp4_experts_hold_their_blocks_and_scales_and_fp32_biases(tmp_path):
     grown = 2 * LAYERS * experts * (2 * inter + H)
     from fitplan.model import hf
 
-    if hf._version_tuple(hf.version()) < (5, 1):  # 5.0 keeps _keep_in_fp32_modules (the norms) fp32 in bf16 too
+    if hf.version_tuple() < (5, 1):  # 5.0 keeps _keep_in_fp32_modules (the norms) fp32 in bf16 too
         grown += 2 * (2 * LAYERS + 1) * H
     assert computed(config) == stored + grown
 
@@ -335,12 +336,12 @@ def test_fbgemm_fp8_refuses_cards_below_hopper():
 
 
 def test_mxfp4_is_dequantized_without_triton_and_kernels(monkeypatch):
-    monkeypatch.setattr(prequant, "mxfp4_kernels", lambda: (False, True))
+    monkeypatch.setattr(hf, "mxfp4_kernels", lambda: (False, True))
     p = plan(tiny_gpt_oss(), hw((9, 0)))
     stored, dense = p.choice.decisions
     assert stored.precision == "mxfp4" and "missing on the target: triton>=3.4.0" in stored.rejected_because
     assert p.precision == "bf16" and dense.estimate.weights_bytes > 2 * stored.estimate.weights_bytes
-    monkeypatch.setattr(prequant, "mxfp4_kernels", lambda: (True, True))
+    monkeypatch.setattr(hf, "mxfp4_kernels", lambda: (True, True))
     assert plan(tiny_gpt_oss(), hw((9, 0))).precision == "mxfp4"
     assert plan(tiny_gpt_oss(), hw((7, 0))).precision == "fp16"  # V100: below 7.5, and no bf16
     assert plan(tiny_gpt_oss(), Hardware((), 64 * G, "catalogue"), precision=None).precision == "bf16"  # CPU
@@ -399,10 +400,10 @@ def test_llama_3_1_8b_gptq_int4_is_its_stored_size_not_bf16():
 
 def test_gpt_oss_120b_fits_one_h100_only_with_mxfp4_kernels(monkeypatch):
     cfg = catalogue_config("openai/gpt-oss-120b")
-    monkeypatch.setattr(prequant, "mxfp4_kernels", lambda: (True, True))
+    monkeypatch.setattr(hf, "mxfp4_kernels", lambda: (True, True))
     kept = plan(cfg, hw((9, 0)), context=1024)
     assert kept.precision == "mxfp4" and 60 * G < kept.decision.estimate.weights_bytes < 62 * G
-    monkeypatch.setattr(prequant, "mxfp4_kernels", lambda: (False, False))
+    monkeypatch.setattr(hf, "mxfp4_kernels", lambda: (False, False))
     dequantized = plan(cfg, hw((9, 0)), context=1024)
     assert not dequantized.fits
     assert abs(dequantized.choice.decisions[1].estimate.weights_bytes - 233.7e9) < 0.1e9
@@ -428,3 +429,11 @@ def test_a_folder_of_bin_files_plans_from_the_config_and_with_safetensors_from_t
     assert from_headers["estimates"][0]["weights_bytes"] == stored
     # the config path aligns each allocation to 512 bytes on CUDA and counts the rotary buffers
     assert stored <= from_config["estimates"][0]["weights_bytes"] < stored + 512 * 200
+
+
+def test_the_model_and_planning_tables_name_the_same_methods():
+    """A method's scheme and module rule (model stage) and its byte layout (planning) are two rows of one
+    fact: a method in one table and not the other would be parsed and then sized as nothing."""
+    from fitplan.model.prequant import METHODS
+
+    assert set(METHODS) == set(prequant.LAYOUTS) and METHODS

@@ -88,6 +88,7 @@ def test_catalogue_h100_budgets_what_a_probed_idle_h100_gives():
     from fitplan.model.build import build_inventory
     from fitplan.options import PlanOptions
     from fitplan.planning.policy import choose
+    from fitplan.planning.workload import Workload
     from tiny_models import config_dict
 
     probed = run(table("h100_sxm_recorded"))
@@ -96,7 +97,7 @@ def test_catalogue_h100_budgets_what_a_probed_idle_h100_gives():
     assert abs(named.gpus[0].free_bytes - probed.gpus[0].free_bytes) <= 0.01 * probed.gpus[0].free_bytes
     assert named.gpus[0].free_bytes < named.gpus[0].total_bytes
     inv = build_inventory(config_dict("llama-gqa"), model_id="llama")
-    a, b = (choose(inv, hw, PlanOptions(context=4096, headroom=0.0)).chosen for hw in (probed, named))
+    a, b = (choose(inv, hw, PlanOptions(context=4096, headroom=0.0), Workload(4096, 1)).chosen for hw in (probed, named))
     assert a.precision == b.precision
     (sa,), (sb,) = a.placement, b.placement
     assert abs(sa.budget_bytes - sb.budget_bytes) <= 0.01 * sa.budget_bytes

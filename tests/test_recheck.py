@@ -12,6 +12,7 @@ from fitplan.hardware.machine import GPU, Hardware
 from fitplan.model.build import build_inventory
 from fitplan.planning.plan import Plan
 from fitplan.planning.policy import choose
+from fitplan.planning.workload import workload_of
 from tiny_models import config_dict
 
 G = 1 << 30
@@ -25,7 +26,8 @@ def inv():
 def _plan(inv, free):
     hw = Hardware((GPU(0, "A", 24 * G, int(free), (8, 9)),), 64 * G, "probe")
     opts = PlanOptions.from_values(context=1024)
-    return Plan("tiny", None, "local", inv, hw, opts, choose(inv, hw, opts))
+    work = workload_of(opts, inv)
+    return Plan("tiny", None, "local", inv, hw, opts, work, choose(inv, hw, opts, work))
 
 
 def test_unchanged_memory_keeps_the_plan(inv, monkeypatch):

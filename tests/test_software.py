@@ -16,7 +16,7 @@ from fitplan.cli.main import main
 from fitplan.hardware import software
 from fitplan.hardware.catalogue import find_gpu, hardware_from_file, hardware_from_gpu_flag
 from fitplan.hardware.machine import Hardware
-from fitplan.model import prequant
+from fitplan.model import hf
 from fitplan.versions import installed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def _rows(plan):
 def _on_the_gpu(card: str, monkeypatch, *, triton: bool, kernels: bool):
     """The plan made on that card itself: the probe's Hardware (software None: read here), with this
     environment made to have `triton`/`kernels` as the target would."""
-    monkeypatch.setattr(prequant, "mxfp4_kernels", lambda: (triton, kernels))
+    monkeypatch.setattr(hf, "mxfp4_kernels", lambda: (triton, kernels))
     probed = Hardware(gpus=(find_gpu(card).to_gpu(0),), cpu_ram_bytes=64 * G, source="probe")
     return fitplan.plan(GPT_OSS, hardware=probed)
 
@@ -40,7 +40,7 @@ def _on_the_gpu(card: str, monkeypatch, *, triton: bool, kernels: bool):
 @pytest.mark.parametrize("card", ["rtx4090", "h100"])
 def test_a_gpu_plan_made_here_equals_the_plan_made_on_that_gpu(card, monkeypatch, tmp_path):
     # the planning box lacks triton and kernels: that must not matter for a plan for another machine
-    monkeypatch.setattr(prequant, "mxfp4_kernels", lambda: (False, False))
+    monkeypatch.setattr(hf, "mxfp4_kernels", lambda: (False, False))
     f = tmp_path / "hw.yaml"
     f.write_text(f"gpus: [{card}]\ncpu_ram: 64GiB\nsoftware: {{triton: true, kernels: true}}\n")
     declared = fitplan.plan(GPT_OSS, hardware=str(f))
@@ -59,7 +59,7 @@ def test_a_gpu_plan_made_here_equals_the_plan_made_on_that_gpu(card, monkeypatch
 
 
 def test_without_kernels_declared_mxfp4_is_dequantized_and_the_reason_names_the_target(monkeypatch, tmp_path):
-    monkeypatch.setattr(prequant, "mxfp4_kernels", lambda: (True, True))  # here: all present; not asked
+    monkeypatch.setattr(hf, "mxfp4_kernels", lambda: (True, True))  # here: all present; not asked
     f = tmp_path / "hw.yaml"
     f.write_text("gpus: [h100]\ncpu_ram: 64GiB\nsoftware: {kernels: false}\n")
     p = fitplan.plan(GPT_OSS, hardware=str(f))

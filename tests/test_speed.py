@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fitplan.hardware.machine import GPU, Hardware
-from fitplan.planning import calibration as C
+from fitplan import calibration as C
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_the_overhead_constants_are_the_fit_of_the_fitted_set():
 
 def _kind(precision: str) -> str:
     """The overhead key of a bitsandbytes/float precision name (what the measurements name)."""
-    from fitplan.planning.precision import get
+    from fitplan.vocab.precision import get
 
     return "float" if not get(precision).quantized else precision
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from fitplan.planning import precision as P
+from fitplan.vocab import precision as P
 from fitplan.planning.estimate import weights_bytes
 from fitplan.model.build import build_inventory
 from fitplan.runtime.measure import held_bytes
@@ -64,7 +64,8 @@ def test_falcon_and_fused_moe_experts_stay_unquantized():
     the same answer against bitsandbytes on the installed version."""
     import transformers
 
-    from fitplan.model.hf import EXACT_LINEAR_SINCE, _version_tuple
+    from fitplan.model.hf import EXACT_LINEAR_SINCE
+    from fitplan.versions import parse as _version_tuple
 
     falcon = build_inventory(config_dict("falcon"), model_id="falcon")
     if _version_tuple(transformers.__version__) >= EXACT_LINEAR_SINCE:

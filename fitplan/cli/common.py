@@ -7,17 +7,7 @@ from dataclasses import fields
 import click
 
 from ..options import PlanOptions, SourceOptions, env_var, flag
-
-
-#: How each declared kind becomes a click option.
-_TYPES = {
-    "int": lambda m: {"type": click.IntRange(min=m["minimum"])},
-    "enum": lambda m: {"type": click.Choice(m["choices"], case_sensitive=False)},
-    "precision": lambda m: {"metavar": "[" + "|".join(m["choices"]) + "|STORED-ROW]"},
-    "headroom": lambda m: {},
-    "string": lambda m: {},
-    "path": lambda m: {"type": click.Path(dir_okay=False)},
-}
+from ..vocab.kinds import kind
 
 
 def _click_option(f):
@@ -33,7 +23,7 @@ def _click_option(f):
     var = env_var(f.name)
     if var and not var.startswith("FITPLAN_"):  # FITPLAN_* are read by profiles, with their precedence
         kw.update(envvar=var, show_envvar=True)
-    return click.option(flag(f.name), f.name, **kw, **_TYPES[m["kind"]](m))
+    return click.option(flag(f.name), f.name, **kw, **kind(m["kind"]).click(m))
 
 
 _DECLARED = [*fields(PlanOptions), *fields(SourceOptions)]

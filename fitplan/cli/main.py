@@ -11,6 +11,8 @@ import sys
 import click
 
 from ..versions import fitplan_version
+from ..vocab.precision import cc_text
+from ..vocab.units import gib
 from .common import collect, plan_options
 from .errors import handle_errors
 from .models import models
@@ -69,7 +71,7 @@ def _is_gguf(model: str) -> bool:
 def check(model, profile, as_json, no_cache, **kw):
     """Plan MODEL (Hub id or local folder) for this machine or the given GPUs. Exit 0 fits, 1 not, 2 error."""
     from ..pipeline import plan_model, plan_profile
-    from .render import render_text
+    from ..render import render_text
 
     given = collect(kw)
     progress = _progress if sys.stderr.isatty() and not as_json else None  # nothing in --json or CI logs
@@ -105,7 +107,7 @@ def gpus(as_json):
                                    "bandwidth_gbs": s.bandwidth_gbs} for k, s in cat.items()}, indent=2))
         return
     for key, s in cat.items():
-        click.echo(f"{key:18} {s.memory_bytes / 2**30:7.1f} GiB  cc {s.compute_capability[0]}.{s.compute_capability[1]}  {s.name}")
+        click.echo(f"{key:18} {gib(s.memory_bytes):>7} GiB  cc {cc_text(s.compute_capability)}  {s.name}")
 
 
 @main.command()
@@ -131,7 +133,7 @@ def verify(model, max_new_tokens, **kw):
     """Load MODEL per plan, generate at the planned context and batch, compare predicted vs measured."""
     from ..runtime.verify import verify as run
 
-    from .render import render_verify
+    from ..render import render_verify
 
     report = run(model, max_new_tokens=max_new_tokens, **collect(kw))
     click.echo(render_verify(report))

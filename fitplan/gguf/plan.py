@@ -18,11 +18,11 @@ import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from ..planning import calibration as C
+from .. import calibration as C
 from ..errors import InputError
 from ..hardware.machine import Hardware
 from ..model.inventory import Inventory
-from ..units import fmt_bytes, parse_fraction_or_bytes
+from ..vocab.units import fmt_bytes, parse_fraction_or_bytes
 from .estimate import estimate_gguf
 from .model import GGUFModel
 from .runtime import Placement, RunConfig, kv_type_id, needs_flash_attention, placement

@@ -22,8 +22,8 @@ from typing import Any
 
 from ..errors import HardwareError, InputError
 from .machine import GPU, Hardware
-from .software import default_software, parse_software
-from ..units import fmt_bytes
+from .software import Software, default_software, parse_software
+from ..vocab.units import fmt_bytes
 from ..yamlsource import (
     YamlList,
     YamlMap,
@@ -109,7 +109,8 @@ def parse_gpu_catalogue(source: str | bytes | Path, *, source_name: str = _CATAL
         name = get_str(entry, "name", what=what, required=True)
         memory = get_size(entry, "memory", what=what, required=True, minimum=1, maximum=MAX_GPU_MEMORY)
         cc = _cc_field(entry, what)
-        bandwidth = get_number(entry, "bandwidth_gbs", what=what, required=True, minimum=1, maximum=100_000)
+        bandwidth = get_number(entry, "bandwidth_gbs", what=what, required=True, minimum=BANDWIDTH_GBS_RANGE[0],
+                               maximum=BANDWIDTH_GBS_RANGE[1])
         aliases = _aliases(entry, what)
         for word in (key, *aliases):
             owner = claimed.setdefault(_norm(word), key)
@@ -206,6 +207,32 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
     )
 
 
+#: The keys of a hardware file, and of a profile's `hardware:` mapping, which is the same thing.
+HARDWARE_FILE_KEYS = ("gpus", "cpu_ram", "unified", "software")
+#: The keys of one entry of a `gpus:` list.
+GPU_ITEM_KEYS = ("gpu", "name", "memory", "compute_capability", "free", "bandwidth_gbs", "count")
+#: Bounds of a `bandwidth_gbs` (GB/s), in the catalogue and in files.
+BANDWIDTH_GBS_RANGE = (1, 100_000)
+
+
+def read_hardware_map(doc: YamlMap, *, name: str, what: str) -> tuple[tuple[GPU, ...], int | None, bool, Software]:
+    """(GPUs, cpu_ram or None, unified, the target's software) from a hardware file's mapping or a profile's
+    `hardware:`: the one reader of `HARDWARE_FILE_KEYS`. `what` names the mapping in errors."""
+    check_keys(doc, HARDWARE_FILE_KEYS, what=what)
+    if doc.get("gpus") is None:
+        raise InputError(f"{doc.where('gpus')}: {what} needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
+                         "machine)")
+    gpus = parse_gpu_list(require_list(doc["gpus"], where=doc.where("gpus"), what="gpus"),
+                          what="gpus" if what == "a hardware file" else f"{what}.gpus")
+    ram = get_size(doc, "cpu_ram", what="" if what == "a hardware file" else what, maximum=MAX_CPU_RAM)
+    unified = doc.get("unified", False)
+    if not isinstance(unified, bool):
+        raise InputError(f"{doc.where('unified')}: unified must be true or false (true: the CPU and GPU share "
+                         f"cpu_ram, as on Apple silicon), got {describe(unified)}")
+    software = parse_software(doc, what="software" if what == "a hardware file" else f"{what}.software")
+    return gpus, ram, unified, software
+
+
 def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) -> Hardware:
     """`--hardware FILE.yaml` -> Hardware. `cpu_ram_bytes` is used when the file has no `cpu_ram`."""
     if not isinstance(path, (str, os.PathLike)):
@@ -214,26 +241,19 @@ def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) ->
     name = str(path)
     doc = load_yaml(path, source_name=name)
     doc = require_map(doc, where=f"{name}:1", what="a hardware file")
-    check_keys(doc, ["gpus", "cpu_ram", "unified", "software"], what="a hardware file")
+    check_keys(doc, HARDWARE_FILE_KEYS, what="a hardware file")  # an unknown key first: 'gpu:' for 'gpus:'
     if "gpus" not in doc:
         raise InputError(f"{name}:1: a hardware file needs a 'gpus:' list (write 'gpus: []' for a CPU-only machine)")
-    items = doc["gpus"]
-    if items is None:
+    if doc["gpus"] is None:
         raise InputError(f"{doc.where('gpus')}: 'gpus' is empty; list GPUs, or write 'gpus: []' for a CPU-only machine")
-    gpus = parse_gpu_list(require_list(items, where=doc.where("gpus"), what="gpus"))
+    gpus, ram, unified, software = read_hardware_map(doc, name=name, what="a hardware file")
     notes = [f"GPUs described in {name}, not probed"]
-    ram = get_size(doc, "cpu_ram", what="", maximum=MAX_CPU_RAM)
     if ram is None:
         if cpu_ram_bytes is None:
             ram = 0
             notes.append(f"{name} gives no cpu_ram: planning with no CPU RAM to offload to")
         else:
             ram = cpu_ram_bytes
-    unified = doc.get("unified", False)
-    if not isinstance(unified, bool):
-        raise InputError(f"{doc.where('unified')}: unified must be true or false (true: the CPU and GPU share "
-                         f"cpu_ram, as on Apple silicon), got {describe(unified)}")
-    software = parse_software(doc)
     notes.append(software.note())
     return Hardware(gpus=gpus, cpu_ram_bytes=ram, source="file", notes=tuple(notes), unified=unified,
                     software=software)
@@ -264,7 +284,7 @@ def _file_gpus(items: YamlList, i: int, item: Any, catalogue: dict[str, GPUSpec]
             f"{where}: {what} must be a catalogue name like 'rtx4090' or a mapping "
             f"with 'gpu:' or 'name:', got {describe(item)}"
         )
-    check_keys(item, ["gpu", "name", "memory", "compute_capability", "free", "bandwidth_gbs", "count"], what=what)
+    check_keys(item, GPU_ITEM_KEYS, what=what)
     count = get_int(item, "count", what=what, minimum=1, maximum=MAX_GPUS)
     count = 1 if count is None else count
     if "gpu" in item:
@@ -291,7 +311,8 @@ def _file_gpus(items: YamlList, i: int, item: Any, catalogue: dict[str, GPUSpec]
     name = get_str(item, "name", what=what, required=True)
     memory = get_size(item, "memory", what=what, required=True, minimum=1, maximum=MAX_GPU_MEMORY)
     cc = _cc_field(item, what)
-    bandwidth = get_number(item, "bandwidth_gbs", what=what, minimum=1, maximum=100_000)
+    bandwidth = get_number(item, "bandwidth_gbs", what=what, minimum=BANDWIDTH_GBS_RANGE[0],
+                           maximum=BANDWIDTH_GBS_RANGE[1])
     free = _free(item, what, memory)
     gpu = GPU(index=0, name=name, total_bytes=memory, free_bytes=memory - DRIVER_RESERVED_BYTES if free is None else free,
               compute_capability=cc, bandwidth_gbs=bandwidth)

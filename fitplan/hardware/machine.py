@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .software import Software
 
+from ..vocab.precision import BF16_MIN_CC
+from ..vocab.units import gib
+
 
 @dataclass(frozen=True)
 class GPU:
@@ -31,8 +34,8 @@ class GPU:
 
     @property
     def supports_bf16(self) -> bool:
-        """bf16 tensor-core math exists from Ampere (compute capability 8.0) on."""
-        return self.compute_capability >= (8, 0)
+        """bf16 tensor-core math exists from Ampere on (`BF16_MIN_CC`)."""
+        return self.compute_capability >= BF16_MIN_CC
 
     def to_dict(self) -> dict:
         return {
@@ -67,13 +70,13 @@ class Hardware:
     def describe(self) -> str:
         if not self.gpus:
             kind = "unified memory" if self.unified else "RAM"
-            return f"CPU only ({self.cpu_ram_bytes / 2**30:.1f} GiB {kind})"
+            return f"CPU only ({gib(self.cpu_ram_bytes)} GiB {kind})"
         names: dict[str, int] = {}
         for g in self.gpus:
             names[g.name] = names.get(g.name, 0) + 1
         parts = [f"{n}x {name}" if n > 1 else name for name, n in names.items()]
-        free = sum(g.free_bytes for g in self.gpus) / 2**30
-        return f"{' + '.join(parts)} ({free:.1f} GiB free of {sum(g.total_bytes for g in self.gpus) / 2**30:.1f} GiB)"
+        free, total = sum(g.free_bytes for g in self.gpus), sum(g.total_bytes for g in self.gpus)
+        return f"{' + '.join(parts)} ({gib(free)} GiB free of {gib(total)} GiB)"
 
     def to_dict(self) -> dict:
         return {

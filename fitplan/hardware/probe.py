@@ -34,7 +34,7 @@ from typing import Any
 from .catalogue import spec_for_probed
 from .machine import GPU, Hardware
 from .nvml import NVML_ERRORS, NvmlBackend, NvmlError, PynvmlBackend
-from ..units import fmt_bytes
+from ..vocab.units import fmt_bytes
 
 # ----------------------------------------------------------------------------------------------
 # What was read

@@ -176,7 +176,7 @@ def kv_layers_from_config(text_config, model, exc: BaseException) -> tuple[KVLay
         why = exc.args[1] if len(exc.args) > 1 else "neither takes nor returns a cache"
         raise UnsupportedModelError(f"{cls_name}'s forward (transformers {version}) {why}: fitplan plans generation "
                                     "with a cache") from None
-    failure = f"transformers {version}: {type(exc).__name__}: {fields.reason(exc)[:140]}"
+    failure = f"transformers {version}: {type(exc).__name__}: {hf.reason(exc)[:140]}"
     if "meta" not in str(exc).lower():  # not a step the meta device cannot take: the model's own failure
         raise UnsupportedModelError(f"{cls_name} fails on this config in a generation step ({failure}), so fitplan "
                                     "cannot read its cache") from None

@@ -80,13 +80,6 @@ def _check_sizes(cfg: dict, where: str, depth: int = 0) -> None:
                 _check_sizes(value, f"{where}{key}.", depth + 1)
 
 
-def reason(exc: BaseException) -> str:
-    """transformers' exception as one line: its messages span lines (the reason often on the second)
-    and some are empty."""
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
-
-
 def int_field(config, name: str) -> int | None:
     value = hf.config_value(config, name)
     return value if type(value) is int and value > 0 else None

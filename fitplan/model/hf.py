@@ -45,19 +45,29 @@ by one, so a difference there shows up as a refusal from the checks, not a wrong
 | heterogeneous configs (`per_layer_config`, per-layer fields raise on the global config) | none | yes | yes |
 | sparse-attention indexer keys (`DynamicIndexedLayer.indexer_keys`) | no such models | yes | yes |
 
-Why one module: every private transformers name fitplan touches is here and nowhere else
+Why one module (~730 lines): every private transformers name fitplan touches is here and nowhere else
 (tests/test_layout.py holds the rest of the package to that), so a new transformers release is
-checked against this one file.
+checked against this one file; the meta build (`build`, `tensors`, `tied_apart`) lives here too
+because each of its steps is a transformers rule (which class an Auto class picks, the init
+contexts, the dtype plan, weight tying), so a build is one call from the model stage, not a walk
+back and forth between it and this file.
 """
 from __future__ import annotations
 
 import contextlib as _contextlib
 import inspect as _inspect
+import io as _io
 import re
+import warnings as _warnings
+from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
 
-from ..errors import LibraryChangedError
-from .inventory import dtype_name
+from .. import calibration as C
+from ..errors import InputError, LibraryChangedError, UnsupportedModelError
+from ..versions import parse as parse_version
+from ..vocab.classes import AUTO_CLASSES
+from .inventory import TensorInfo, dtype_name
 
 #: First release whose bitsandbytes replacement skips subclasses of nn.Linear (Falcon's FalconLinear).
 EXACT_LINEAR_SINCE = (5, 5)
@@ -68,12 +78,16 @@ def version() -> str:
     return metadata.version("transformers")
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    out = []
-    for part in text.split("+")[0].split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits) if digits else 0)
-    return tuple(out)
+def version_tuple() -> tuple[int, ...]:
+    """The installed transformers version as fitplan compares versions (`fitplan.versions.parse`)."""
+    return parse_version(version())
+
+
+def reason(exc: BaseException) -> str:
+    """transformers' exception as one line: its messages span lines (the reason often on the second)
+    and some are empty."""
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
 
 
 def changed(what: str) -> LibraryChangedError:
@@ -150,7 +164,7 @@ def bnb_replaced_modules(model, skip_modules=None) -> tuple[dict[str, int], list
     from transformers.quantizers.base import HfQuantizer
     from transformers.quantizers.quantizers_utils import should_convert_module
 
-    exact = _version_tuple(transformers.__version__) >= EXACT_LINEAR_SINCE
+    exact = parse_version(transformers.__version__) >= EXACT_LINEAR_SINCE
     skip = HfQuantizer.get_modules_to_not_convert(model, list(skip_modules) if skip_modules is not None else None,
                                                   model._keep_in_fp32_modules)
     if not isinstance(skip, list):
@@ -240,7 +254,7 @@ def generate_cache_keyword(model) -> str:
     """The keyword `generate()` hands a `DynamicCache` to this model's forward under: `cache` from
     5.24; before, `cache_params` for classes named after Mamba (5.0 also FalconH1), else
     `past_key_values` (`_prepare_cache_for_generation` of 5.0 and 5.17)."""
-    v = _version_tuple(version())
+    v = parse_version(version())
     if v >= CACHE_KEYWORD_SINCE:
         return "cache"
     name = type(model).__name__.lower()
@@ -499,14 +513,12 @@ def prefill_scratch(model) -> tuple[int, str | None]:
     - Mamba-2 chunk scan (Mamba-2, Falcon-H1, Nemotron-H, Zamba2, Bamba, Granite-4.0-H), chunk l,
       heads h, state n, head_dim p: "broadcast" form l*h*(n + p + 3) + h*p*n (the state-sized and
       the head_dim-sized products, the scores, the decay and the chunk states, all live at once:
-      Mamba-2 at 1k tokens held both products on an H100, transformers 5.17); "einsum" form 13*l*h
-      (the scores, the decay, their product and the copies einsum and segment_sum make: the count
-      that covers Falcon-H1, Nemotron-H and Mamba-2 on the H100 with 5.24, docs/models.md);
-    - Mamba selective scan (Mamba, Falcon-Mamba, Jamba): discrete A, discrete B and deltaB*u, each
+      Mamba-2 at 1k tokens held both products on an H100, transformers 5.17); "einsum" form
+      `calibration.MAMBA2_EINSUM_COPIES`*l*h;
+    - Mamba selective scan (Mamba, Falcon-Mamba, Jamba): `calibration.SELECTIVE_SCAN_COPIES` copies of
       intermediate*state;
-    - gated delta rule (Qwen3-Next, Qwen3.5): 20 value-sized copies (num_v_heads*head_v_dim: q, k,
-      v, k*beta, v*beta, the decays, the output and the chunked products), the count that covers
-      Qwen3-Next (8 layers, 8k x 2 tokens) on an H100 with transformers 5.17 and 5.24 (docs/models.md).
+    - gated delta rule (Qwen3-Next, Qwen3.5): `calibration.GATED_DELTA_COPIES` value-sized copies
+      (num_v_heads*head_v_dim).
     """
     ssm_kernels, delta_kernels = kernels_installed(SSM_KERNELS), kernels_installed(LINEAR_ATTENTION_KERNELS)
     forms: dict[type, str] = {}  # one read of each mixer class's module source, not one per layer
@@ -519,16 +531,16 @@ def prefill_scratch(model) -> tuple[int, str | None]:
                 forms[type(m)] = _mamba2_scan_form(m)
             form = forms[type(m)]
             l, h, n, p = m.chunk_size, m.num_heads, m.ssm_state_size, m.head_dim
-            per = (l * h * (n + p + 3) + h * p * n if form == "broadcast" else 13 * l * h) * 4
+            per = (l * h * (n + p + 3) + h * p * n if form == "broadcast" else C.MAMBA2_EINSUM_COPIES * l * h) * 4
             kind = f"Mamba-2 chunk scan ({form})"
         elif _int_attrs(m, "ssm_state_size", "intermediate_size", "time_step_rank"):
             if ssm_kernels:
                 continue
-            per, kind = 3 * m.intermediate_size * m.ssm_state_size * 4, "Mamba selective scan"
+            per, kind = C.SELECTIVE_SCAN_COPIES * m.intermediate_size * m.ssm_state_size * 4, "Mamba selective scan"
         elif _int_attrs(m, "num_v_heads", "head_v_dim"):
             if delta_kernels:
                 continue
-            per, kind = 20 * m.num_v_heads * m.head_v_dim * 4, "gated delta rule"
+            per, kind = C.GATED_DELTA_COPIES * m.num_v_heads * m.head_v_dim * 4, "gated delta rule"
         else:
             continue
         if per > best:
@@ -539,6 +551,193 @@ def prefill_scratch(model) -> tuple[int, str | None]:
 def _int_attrs(module, *names: str) -> bool:
     """Whether `module` holds each of `names` as a nonzero int (a mixer's sizes)."""
     return all(type(v := getattr(module, n, None)) is int and v for n in names)
+
+
+def mxfp4_kernels() -> tuple[bool, bool]:
+    """(triton >= 3.4.0, kernels in transformers' accepted range) in this environment: transformers' own checks."""
+    from transformers.utils.import_utils import is_kernels_available, is_triton_available
+
+    return bool(is_triton_available("3.4.0")), bool(is_kernels_available())
+
+
+def from_pretrained_kwargs(data: dict) -> dict:
+    """A plan's from_pretrained arguments as data (`Plan.kwargs_as_data()`) in the objects transformers takes:
+    torch dtypes, a `BitsAndBytesConfig`, integer GPU indices in `max_memory`."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    kw = dict(data)
+    kw["dtype"] = getattr(torch, data["dtype"])
+    q = data.get("quantization_config")
+    if q is not None:
+        if "bnb_4bit_compute_dtype" in q:
+            q = {**q, "bnb_4bit_compute_dtype": getattr(torch, q["bnb_4bit_compute_dtype"])}
+        kw["quantization_config"] = BitsAndBytesConfig(**q)
+    if data.get("max_memory") is not None:
+        kw["max_memory"] = {int(k) if k.isdigit() else k: v for k, v in data["max_memory"].items()}
+    return kw
+
+
+# -- the model on the meta device, as `from_pretrained` builds it ------------------------------------------
+
+@_contextlib.contextmanager
+def quiet():
+    """transformers logs and warns freely while building; none of it is for fitplan's user."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with _warnings.catch_warnings(), _contextlib.redirect_stderr(_io.StringIO()):
+            _warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _config_object(cfg: dict, trust_remote_code: bool):
+    from transformers import CONFIG_MAPPING
+
+    model_type = cfg["model_type"]
+    if model_type not in CONFIG_MAPPING:
+        if cfg.get("auto_map"):
+            raise UnsupportedModelError(
+                f"model_type {model_type!r:.80} needs the repo's own code (trust_remote_code); fitplan only "
+                "plans architectures built into transformers"
+            )
+        raise UnsupportedModelError(
+            f"model_type {model_type!r:.80} is unknown to transformers; upgrade transformers or check config.json"
+        )
+    try:
+        return CONFIG_MAPPING[model_type].from_dict(dict(cfg))
+    except Exception as exc:  # transformers' validation errors are of many types
+        raise InputError(f"config.json is not valid for {model_type!r:.80}: {reason(exc)}") from None
+
+
+def _mapping(auto_class: str):
+    import transformers
+
+    return getattr(transformers, AUTO_CLASSES[auto_class])._model_mapping
+
+
+def default_auto_class(config) -> str:
+    """The Auto class a checkpoint is meant for: image-text-to-text when its `architectures` name
+    the class `AutoModelForImageTextToText` picks (a saved vision-language model: Qwen3.5, Gemma 3,
+    LLaVA, ...), or when only that mapping has its config type; causal-lm otherwise."""
+    causal, vlm = _mapping("causal-lm"), _mapping("image-text-to-text")
+    in_causal, in_vlm = type(config) in causal, type(config) in vlm
+    if in_vlm and (not in_causal or _names_class(config, vlm)):
+        return "image-text-to-text"
+    return "causal-lm"
+
+
+def _names_class(config, mapping) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return model_class(config, mapping).__name__ in archs
+
+
+def _model_class(config, auto_class: str):
+    """(model class, the config it is built from) as `AutoModelFor...from_pretrained` picks them."""
+    mapping = _mapping(auto_class)
+    if type(config) not in mapping:
+        what = {"causal-lm": "causal-LM", "image-text-to-text": "image-text-to-text"}[auto_class]
+        raise UnsupportedModelError(f"'{config.model_type}' has no {what} class in transformers "
+                                    f"({AUTO_CLASSES[auto_class]} cannot load it)")
+    cls = model_class(config, mapping)
+    return cls, auto_model_config(config, cls)
+
+
+@dataclass(frozen=True)
+class Built:
+    """A config built on the meta device as the Auto class `auto_class` builds it: `whole` when that is the
+    class the checkpoint is meant for (the model it stores, all of it)."""
+
+    config: Any
+    cls: type
+    model: Any
+    auto_class: str
+    whole: bool
+
+
+def build(cfg: dict, auto_class: str | None, dtype, trust_remote_code: bool = False) -> Built:
+    """`cfg` (a config.json dict) built on the meta device in `dtype` with the class `auto_class` picks (None:
+    the class the checkpoint is meant for, `default_auto_class`). Call inside `quiet()`."""
+    config = _config_object(cfg, trust_remote_code)
+    default = default_auto_class(config)
+    chosen = auto_class or default
+    cls, build_config = _model_class(config, chosen)
+    try:
+        model = build_meta_model(cls, build_config, dtype)
+    except LibraryChangedError:
+        raise
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"transformers {version()} could not build {cls.__name__} from this config: {reason(exc)}") from None
+    return Built(config, cls, model, chosen, auto_class in (None, default))
+
+
+def quant_method(model) -> str | None:
+    """The `quant_method` of a pre-quantized checkpoint's config (an enum's value as its string), else None."""
+    quant = getattr(model.config, "quantization_config", None)
+    if quant is None:
+        return None
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    return str(getattr(method, "value", method))
+
+
+def tied_apart(model, stored_parameters: int | None) -> list[str]:
+    """The weights transformers ties by this config (lm_head to the input embeddings) that the
+    checkpoint stores apart, so that loading keeps them apart: `from_pretrained` (5.0-5.24,
+    `PreTrainedModel.tie_weights(missing_keys=...)`) does not tie a pair whose both halves the
+    checkpoint holds (Magistral-Small-2509: Mistral3Config ties by default, the checkpoint has its own
+    lm_head, 1.3 GB in bf16). Decided by the count the checkpoint stores: closer to the model with
+    the tied weights counted twice than once means stored apart. [] when the count is unknown."""
+    tied = tied_weight_names(model)
+    if not tied or stored_parameters is None:
+        return []
+    named = list(model.named_parameters(remove_duplicate=False))  # the meta build may or may not have tied them
+    once = sum({id(p): p.numel() for n, p in named if n not in tied}.values())
+    twice = once + sum(p.numel() for n, p in named if n in tied)
+    if abs(stored_parameters - twice) < abs(stored_parameters - once):
+        return sorted(tied)
+    return []
+
+
+def tensors(model, build_dtype, apart: list[str] = ()) -> tuple[TensorInfo, ...]:
+    """Every parameter and buffer as the loaded model holds it; a tied weight once, unless it is in
+    `apart` (see `tied_apart`)."""
+    import torch
+
+    keep_fp16 = pattern_matcher(list(keep_in_fp32_plan(model, torch.float16)))
+    keep_always = pattern_matcher(list(keep_in_fp32_plan(model, torch.bfloat16)))
+    tied_targets = tied_weight_names(model) - set(apart)
+
+    out = []
+    params = list(model.named_parameters())
+    listed = {n for n, _ in params}
+    params += [(n, p) for n, p in model.named_parameters(remove_duplicate=False) if n in apart and n not in listed]
+    named = [(n, p, False) for n, p in params] + [(n, b, True) for n, b in model.named_buffers()]
+    for name, t, is_buffer in named:
+        if name in tied_targets:
+            continue
+        if t.is_complex():  # Llama 4's rotary `freqs_ci`: held as torch.view_as_real holds it, 2 reals each
+            t = torch.view_as_real(t)
+        # Built under the load dtype, a tensor that came out in another dtype keeps that one.
+        fixed = None if t.dtype == build_dtype else dtype_name(t.dtype)
+        keep = "always" if keep_always(name) else ("fp16" if keep_fp16(name) else None)
+        out.append(
+            TensorInfo(
+                name=name,
+                shape=tuple(int(s) for s in t.shape),
+                dtype=fixed,
+                keep_fp32=keep if t.is_floating_point() else None,
+                buffer=is_buffer,
+            )
+        )
+    if not any(not t.buffer and t.numel > 0 for t in out):
+        raise changed(f"{type(model).__name__} lists no parameters after tied weights are removed")
+    return tuple(out)
+
 
 
 # -- Hub kernels ------------------------------------------------------------------------------------------
@@ -560,7 +759,7 @@ HUB_KERNELS_DEFAULT_SINCE = (5, 25)
 
 def kernelizes_by_default() -> bool:
     """Whether the installed transformers kernelizes a model in `from_pretrained` unless told not to."""
-    return _version_tuple(version()) >= HUB_KERNELS_DEFAULT_SINCE
+    return version_tuple() >= HUB_KERNELS_DEFAULT_SINCE
 
 
 def kernels_disabled_by_env() -> bool:

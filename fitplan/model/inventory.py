@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from math import prod
 
-#: The transformers Auto classes fitplan plans for, by the names `fitplan.load()` and the options use.
-AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "image-text-to-text": "AutoModelForImageTextToText"}
 
 def dtype_name(dtype) -> str:
     """A torch dtype as the inventory writes it: `torch.bfloat16` -> "bfloat16"."""

@@ -375,7 +375,7 @@ def _catalogue_model(key: str, entry) -> CatalogueModel:
 
 def _near_catalogue_id(model: str) -> str:
     """` (did you mean 'org/name'?)` for a near miss of a catalogue id, else empty."""
-    from ..yamlsource import did_you_mean
+    from ..vocab.kinds import did_you_mean
 
     return did_you_mean(model, [m.repo_id for m in catalogue_models()])
 

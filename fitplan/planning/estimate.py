@@ -9,20 +9,13 @@ import re
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
-from . import calibration as C
+from .. import calibration as C
 from ..model.inventory import Inventory
-from ..model.prequant import held_by_tensor, is_as_stored, scheme
-from .layout import float_dtype_for, tensor_bytes
-from .precision import DTYPE_BYTES, Precision
-
-
-@dataclass(frozen=True)
-class Workload:
-    """One generation: `context` is the longest sequence (prompt + new tokens), `batch` sequences at once.
-    Made by `PlanOptions.workload(inv)`, which holds the defaults and adds the tokens images take."""
-
-    context: int
-    batch: int
+from ..model.prequant import scheme
+from .prequant import held_by_tensor, is_as_stored
+from .layout import float_dtype_for, per_tensor
+from .workload import Workload
+from ..vocab.precision import DTYPE_BYTES, Precision
 
 
 @dataclass(frozen=True)
@@ -61,65 +54,50 @@ def load_dtype(precision: Precision, compute_dtype: str) -> str:
     return precision.float_dtype or compute_dtype
 
 
-def _sizer(inv: Inventory, precision: Precision, dt: str, alignment: int):
-    """Bytes of one tensor at `precision`: layout.py's, or for a pre-quantized checkpoint as stored (other than
-    bitsandbytes, whose layout is layout.py's) what its method's loader holds (fitplan.model.prequant)."""
-    if is_as_stored(inv, precision) and not precision.quantized and scheme(inv).known:
-        held = held_by_tensor(inv, dt, alignment)
-        return lambda t: held[t.name]
-    return lambda t: tensor_bytes(t, precision, dt, alignment)
+def _per_tensor(inv: Inventory, precision: Precision, dt: str, alignment: int) -> tuple[tuple[int, int], ...]:
+    """Each tensor's (bytes at `precision`, bytes unquantized at `dt`): layout.py's, or for a pre-quantized
+    checkpoint as stored (other than bitsandbytes, whose layout is layout.py's) what its method's loader
+    holds (fitplan.planning.prequant)."""
+    stored = is_as_stored(inv, precision) and not precision.quantized and scheme(inv).known
+    return per_tensor(inv, precision, dt, alignment, held_by_tensor(inv, dt, alignment) if stored else None)
 
 
-def weights_by_layer(inv: Inventory, precision: Precision, compute_dtype: str,
-                     alignment: int = 1) -> tuple[int, dict[int, int]]:
-    """(bytes outside decoder layers, {layer index: bytes}) — the unit the split moves between GPUs.
-
-    A pre-quantized checkpoint as stored whose safetensors headers are known holds their total
-    (`stored_bytes`): the per-tensor sizes then only say how it spreads over the layers."""
-    dt = load_dtype(precision, compute_dtype)
-    size = _sizer(inv, precision, dt, alignment)
-    outside, layers = 0, {}
-    for t in inv.tensors:
-        b = size(t)
+def _by_layer(inv: Inventory, precision: Precision, per: tuple[tuple[int, int], ...]):
+    """(bytes outside decoder layers, {layer: bytes}, {layer: bytes unquantized}, {layer: bytes of its largest
+    module unquantized}) from `_per_tensor`'s sizes. A pre-quantized checkpoint as stored whose safetensors
+    headers are known holds their total (`stored_bytes`): the per-tensor sizes then only say how it spreads
+    over the layers."""
+    outside, layers, floats, modules = 0, {}, {}, {}
+    for t, (b, f) in zip(inv.tensors, per):
         idx = layer_of(t.name)
         if idx is None:
             outside += b
-        else:
-            layers[idx] = layers.get(idx, 0) + b
+            continue
+        layers[idx] = layers.get(idx, 0) + b
+        floats[idx] = floats.get(idx, 0) + f
+        key = (idx, t.name.rsplit(".", 1)[0])
+        modules[key] = modules.get(key, 0) + f
     total = outside + sum(layers.values())
     if inv.stored_bytes is not None and is_as_stored(inv, precision) and total:
         layers = {i: b * inv.stored_bytes // total for i, b in layers.items()}
         outside = inv.stored_bytes - sum(layers.values())
+    largest: dict[int, int] = {}
+    for (idx, _), f in modules.items():
+        largest[idx] = max(largest.get(idx, 0), f)
+    return outside, layers, floats, largest
+
+
+def weights_by_layer(inv: Inventory, precision: Precision, compute_dtype: str,
+                     alignment: int = 1) -> tuple[int, dict[int, int]]:
+    """(bytes outside decoder layers, {layer index: bytes}) — the unit the split moves between GPUs."""
+    dt = load_dtype(precision, compute_dtype)
+    outside, layers, _, _ = _by_layer(inv, precision, _per_tensor(inv, precision, dt, alignment))
     return outside, layers
 
 
 def weights_bytes(inv: Inventory, precision: Precision, compute_dtype: str, alignment: int = 1) -> int:
     outside, layers = weights_by_layer(inv, precision, compute_dtype, alignment)
     return outside + sum(layers.values())
-
-
-def float_weights_by_layer(inv: Inventory, load_dtype: str) -> tuple[dict[int, int], dict[int, int]]:
-    """({layer: bytes}, {layer: bytes of its largest module}) with nothing quantized, at `load_dtype`.
-
-    What a decoder layer holds in CPU RAM when offloaded: transformers' bitsandbytes quantizers
-    leave the modules a `device_map` puts on "cpu" unquantized (`llm_int8_enable_fp32_cpu_offload`),
-    at the `dtype=` of the load, not fp32 (`tests/test_offload.py` loads one). accelerate copies
-    them to the GPU module by module at each forward, so the largest module is what the GPU stages.
-    """
-    layers: dict[int, int] = {}
-    modules: dict[tuple[int, str], int] = {}
-    for t in inv.tensors:
-        idx = layer_of(t.name)
-        if idx is None:
-            continue
-        b = t.numel * DTYPE_BYTES[float_dtype_for(t, load_dtype)]
-        layers[idx] = layers.get(idx, 0) + b
-        key = (idx, t.name.rsplit(".", 1)[0])
-        modules[key] = modules.get(key, 0) + b
-    largest: dict[int, int] = {}
-    for (idx, _), b in modules.items():
-        largest[idx] = max(largest.get(idx, 0), b)
-    return layers, largest
 
 
 def unquantized_bytes(inv: Inventory, load_dtype: str = "bfloat16") -> dict[str, int]:
@@ -213,10 +191,8 @@ def load_fragmentation_bytes(inv: Inventory, precision: Precision, compute_dtype
     dt = load_dtype(precision, compute_dtype)
     stored = is_as_stored(inv, precision)  # loaded packed, not quantized on the GPU
     kind = "float" if stored or not precision.quantized else ("int8" if precision.bits == 8 else "4bit")
-    size = _sizer(inv, precision, dt, 1)
     frag = 0.0
-    for t in inv.tensors:
-        b = size(t)
+    for t, (b, _) in zip(inv.tensors, _per_tensor(inv, precision, dt, 1)):
         fused = len(t.shape) == 3 and not t.buffer
         rate = C.LOAD_FRAGMENTATION["fused_experts"] if fused else (
             C.LOAD_FRAGMENTATION[kind] if (t.quantizable or kind == "float") else C.LOAD_FRAGMENTATION["float"])
@@ -248,7 +224,7 @@ class Sizes:
     activation: int  # the transient peak, paid on every device the hidden states pass through
     weights_total: int  # what the weights hold (a pre-quantized checkpoint: what it stores)
     fragmentation: int  # reserved-but-free memory the load leaves (calibration.LOAD_FRAGMENTATION)
-    # Per layer, unquantized at the load dtype (float_weights_by_layer): what an offloaded layer holds
+    # Per layer, unquantized at the load dtype (`_by_layer`): what an offloaded layer holds
     # in CPU RAM and copies to the GPU each step, and the largest module of it the GPU stages at once.
     layer_float: tuple[tuple[int, int], ...] = ()
     layer_stream: tuple[tuple[int, int], ...] = ()
@@ -296,9 +272,8 @@ def sizes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: s
     """Every size of `precision` at `work`, per layer; see `Sizes`."""
     alignment = C.CUDA_ALLOCATION_ALIGNMENT if device == "cuda" else 1
     dt = load_dtype(precision, compute_dtype)
-    outside, per_layer = weights_by_layer(inv, precision, compute_dtype, alignment)
+    outside, per_layer, floats, stream = _by_layer(inv, precision, _per_tensor(inv, precision, dt, alignment))
     total = inv.stored_bytes if inv.prequantized and inv.stored_bytes is not None else outside + sum(per_layer.values())
-    floats, stream = float_weights_by_layer(inv, dt)
     return Sizes(precision.name, dt, device, outside, tuple(sorted(per_layer.items())),
                  tuple(kv_bytes_per_layer(inv, work, dt)), activation_bytes(inv, work, dt, precision), total,
                  load_fragmentation_bytes(inv, precision, compute_dtype), tuple(sorted(floats.items())),

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 from math import ceil
 
-from ..model.inventory import TensorInfo
-from .precision import DTYPE_BYTES, Precision
+from ..model.inventory import Inventory, TensorInfo
+from ..vocab.precision import DTYPE_BYTES, Precision
+from ..vocab.units import align
 
 BLOCKSIZE_4BIT = 64
 NESTED_BLOCKSIZE = 256
 CODE_4BIT_ENTRIES = 16
 CODE_NESTED_ENTRIES = 256
-
-
-def _align(n: int, alignment: int) -> int:
-    return -(-n // alignment) * alignment if alignment > 1 else n
 
 
 def quant4_parts(numel: int, double_quant: bool) -> list[int]:
@@ -51,7 +48,16 @@ def tensor_bytes(t: TensorInfo, precision: Precision, load_dtype: str, alignment
     """Bytes `t` occupies. `alignment` rounds each allocation as the CUDA caching allocator does (512)."""
     if precision.quantized and t.quantizable:
         if precision.bits == 4:
-            return sum(_align(p, alignment) for p in quant4_parts(t.numel, precision.double_quant))
+            return sum(align(p, alignment) for p in quant4_parts(t.numel, precision.double_quant))
         rows = t.out_features or t.shape[0]
-        return _align(t.numel, alignment) + _align(rows * 4, alignment)
-    return _align(t.numel * DTYPE_BYTES[float_dtype_for(t, load_dtype)], alignment)
+        return align(t.numel, alignment) + align(rows * 4, alignment)
+    return align(t.numel * DTYPE_BYTES[float_dtype_for(t, load_dtype)], alignment)
+
+
+def per_tensor(inv: Inventory, precision: Precision, load_dtype: str, alignment: int = 1,
+               held: dict[str, int] | None = None) -> tuple[tuple[int, int], ...]:
+    """For each tensor of `inv`, in order: (bytes at `precision`, bytes unquantized at `load_dtype`, unaligned:
+    what it holds in CPU RAM when offloaded). The first comes from `held` where given (a pre-quantized
+    checkpoint as stored, fitplan.planning.prequant), else from `tensor_bytes`."""
+    return tuple((held[t.name] if held is not None else tensor_bytes(t, precision, load_dtype, alignment),
+                  t.numel * DTYPE_BYTES[float_dtype_for(t, load_dtype)]) for t in inv.tensors)

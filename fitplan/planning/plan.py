@@ -9,14 +9,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import precision as P
-from .estimate import Estimate, Workload, attention_score_bytes, layer_of, unquantized_bytes
+from ..vocab import precision as P
+from .estimate import Estimate, attention_score_bytes, layer_of, unquantized_bytes
+from .workload import Workload, workload_of
 from ..hardware.machine import Hardware
 from ..model.inventory import Inventory
 from ..options import PlanOptions
 from .policy import Choice, Decision, precision_named, weights_fraction_for_accelerate
 from .suggest import Suggestion
-from ..units import fmt_bytes
+from ..vocab.units import fmt_bytes
 from ..versions import untested_notes
 
 #: transformers' bitsandbytes quantizers multiply `max_memory` by this before placing layers
@@ -55,6 +56,7 @@ class Plan:
     inventory: Inventory
     hardware: Hardware
     options: PlanOptions
+    workload: Workload  # what `options` ask of this model: computed once (`workload_of`), read everywhere
     choice: Choice
     advice: tuple[Suggestion, ...] = ()  # what would make it fit, when nothing does
     pin: Pin | None = None
@@ -83,10 +85,6 @@ class Plan:
     @property
     def offloaded(self) -> bool:
         return bool(self.decision and self.decision.offload_bytes)
-
-    @property
-    def workload(self) -> Workload:
-        return self.options.workload(self.inventory)
 
     @property
     def load_dtype(self) -> str:
@@ -186,29 +184,19 @@ class Plan:
             dev == "cpu" for dev, _ in self.pin.max_memory or ())
 
     def from_pretrained_kwargs(self) -> dict:
-        """Exactly what `AutoModelForCausalLM.from_pretrained(plan.model_id, **kwargs)` needs."""
-        import torch
-        from transformers import BitsAndBytesConfig
-
+        """Exactly what `AutoModelForCausalLM.from_pretrained(plan.model_id, **kwargs)` needs: `kwargs_as_data()`
+        with torch dtypes and a `BitsAndBytesConfig` (made by `fitplan.model.hf`, where transformers is read)."""
         if not self.fits:
             from ..errors import DoesNotFitError
 
             raise DoesNotFitError(self.summary_line())
-        kw: dict = {"dtype": getattr(torch, self.load_dtype), "device_map": self.device_map()}
-        q = self.quantization_kwargs()
-        if q is not None:
-            if "bnb_4bit_compute_dtype" in q:
-                q = {**q, "bnb_4bit_compute_dtype": getattr(torch, q["bnb_4bit_compute_dtype"])}
-            kw["quantization_config"] = BitsAndBytesConfig(**q)
-        mm = self.max_memory()
-        if mm is not None:
-            kw["max_memory"] = mm
-        if self.revision:
-            kw["revision"] = self.revision
-        return kw
+        from ..model import hf
+
+        return hf.from_pretrained_kwargs(self.kwargs_as_data())
 
     def kwargs_as_data(self) -> dict | None:
-        """from_pretrained_kwargs() as JSON data (dtype names instead of torch objects)."""
+        """The from_pretrained arguments as JSON data (dtype names, the quantization config as a dict, device
+        names as strings): the one statement of them; `from_pretrained_kwargs()` realises it."""
         if not self.fits:
             return None
         kw: dict = {"dtype": self.load_dtype, "device_map": self.device_map()}
@@ -355,7 +343,8 @@ def decide(inv: Inventory, hw: Hardware, options: PlanOptions, *, model_id: str,
     from .policy import choose
     from .suggest import suggestions
 
-    choice = choose(inv, hw, options)
-    advice = () if choice.chosen else tuple(suggestions(inv, hw, options, choice))
+    work = workload_of(options, inv)
+    choice = choose(inv, hw, options, work)
+    advice = () if choice.chosen else tuple(suggestions(inv, hw, options, work, choice))
     return Plan(model_id=model_id, revision=revision, origin=origin, inventory=inv, hardware=hw, options=options,
-                choice=choice, advice=advice, pin=pin if choice.chosen else None, extra_notes=notes)
+                workload=work, choice=choice, advice=advice, pin=pin if choice.chosen else None, extra_notes=notes)

@@ -11,27 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from . import precision as P
+from ..vocab import precision as P
 from .estimate import Estimate, Sizes, load_dtype, sizes, weights_bytes
+from .workload import Workload
 from ..hardware.machine import Hardware
 from ..errors import InputError
-from ..model import prequant
+from . import prequant
 from ..options import PlanOptions
 from ..model.inventory import Inventory
+from ..model.prequant import scheme
 from .layout import float_dtype_for
-from .precision import BNB_MIN_CC, DTYPE_BYTES, Precision
+from ..vocab.precision import BF16_MIN_CC, BNB_MIN_CC, DTYPE_BYTES, Precision, cc_text
 from .speed import Speed, decode_speed, pcie_seconds
-from ..units import fmt_bytes
-
-#: Orders per preference. `speed` ranks by the decode estimate (fitplan.planning.speed); this
-#: order, from measured decode throughput (docs/accuracy.md), breaks ties and serves where no
-#: estimate exists: 16-bit first, then 4-bit, LLM.int8() last.
-_ORDERS = {
-    "quality": ("bf16", "fp16", "int8", "nf4", "nf4-dq", "fp4", "fp4-dq"),
-    "memory": ("nf4-dq", "fp4-dq", "nf4", "fp4", "int8", "bf16", "fp16"),
-    "speed": ("bf16", "fp16", "nf4", "fp4", "nf4-dq", "fp4-dq", "int8"),
-}
-
+from ..vocab.units import fmt_bytes
 
 @dataclass(frozen=True)
 class DeviceShare:
@@ -73,6 +65,7 @@ class Decision:
     placement: tuple[DeviceShare, ...] = field(default_factory=tuple)
     offload_bytes: int = 0  # weights in CPU RAM, as they sit there, copied to the GPU every step
     speed: Speed | None = None
+    sizes: Sizes | None = field(default=None, repr=False, compare=False)  # what the decision was made from
     ruled_out: str | None = None
     rejected_because: str | None = None
 
@@ -82,7 +75,7 @@ class Decision:
 
 
 def compute_dtype_for(hw: Hardware) -> str:
-    """bf16 where every GPU has it (compute capability >= 8.0), else fp16; bf16 on the CPU."""
+    """bf16 where every GPU has it (`BF16_MIN_CC`), else fp16; bf16 on the CPU."""
     if hw.gpus and not all(g.supports_bf16 for g in hw.gpus):
         return "float16"
     return "bfloat16"
@@ -174,16 +167,16 @@ def _offload(sz: Sizes, est: Estimate, opts: PlanOptions, hw: Hardware, gpus, wh
     if cpu > budget:
         return Decision(sz.precision, est, False, f"{why}; {what}, {fmt_bytes(cpu - budget)} more than the "
                         f"{fmt_bytes(budget)} of RAM usable (offload is to CPU RAM only)", placement, cpu)
-    speed = decode_speed(sz, placement, hw.gpus, opts.batch)
     ceiling = opts.batch / pcie_seconds(cpu)
     return Decision(sz.precision, est, True, f"{why}; {what}, copied to GPU {shares[0].device} every step: "
-                    f"at most {ceiling:.1f} tokens/s over PCIe", placement, cpu, speed)
+                    f"at most {ceiling:.1f} tokens/s over PCIe", placement, cpu, sizes=sz)
 
 
-def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, hw: Hardware, compute: str) -> Decision:
-    """Whether `prec` fits in memory on `hw` (offloading only if `opts.offload`), where, and why."""
+def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, work: Workload, hw: Hardware,
+            compute: str) -> Decision:
+    """Whether `prec` fits in memory on `hw` for `work` (offloading only if `opts.offload`), where, and why."""
     device = "cuda" if hw.gpus else "cpu"
-    sz = sizes(inv, prec, opts.workload(inv), compute, device)
+    sz = sizes(inv, prec, work, compute, device)
     est = sz.estimate()
     if not hw.gpus:
         budget = cpu_budget(hw, opts)
@@ -199,7 +192,7 @@ def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, hw: Hardware, co
         s = one[0][0]
         return Decision(prec.name, est, True,
                         f"fits on GPU {best.index} ({fmt_bytes(s.total_bytes)} of {fmt_bytes(s.budget_bytes)} usable)",
-                        one[0], speed=decode_speed(sz, one[0], hw.gpus, opts.batch))
+                        one[0], sizes=sz)
     budget_one = best.free_bytes - headroom_bytes(best.total_bytes, opts.headroom)
     if len(hw.gpus) > 1:
         split = _place_layers(sz, opts, list(hw.gpus))
@@ -207,7 +200,7 @@ def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, hw: Hardware, co
             used = tuple(s for s in split[0] if s.layers or s.weights_bytes)
             return Decision(prec.name, est, True,
                             f"fits split over {len(used)} GPUs ({', '.join(fmt_bytes(s.total_bytes) for s in used)})",
-                            used, speed=decode_speed(sz, used, hw.gpus, opts.batch))
+                            used, sizes=sz)
         rest = set(split[1]) if split else set()
         left = sum(b for li, b in sz.layer_weights if li in rest) if split else est.weights_bytes
         why = (f"needs {fmt_bytes(est.total_bytes)}; over all {len(hw.gpus)} GPUs "
@@ -220,31 +213,37 @@ def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, hw: Hardware, co
 
 def _candidates(opts: PlanOptions, hw: Hardware, compute: str) -> list[tuple[Precision, str | None]]:
     """Precisions in preference order, each with a reason it is ruled out whatever its size (or None)."""
-    if not hw.gpus:
-        order = ["fp32", "bf16", "fp16", "int8", "nf4", "nf4-dq", "fp4", "fp4-dq"]
-    else:
-        order = ["fp32", *_ORDERS[opts.prefer]]
-    floor = P.ALL.index(P.get(opts.min_precision)) if opts.min_precision else None
+    order = P.CPU_ORDER if not hw.gpus else ("fp32", *P.ORDERS[opts.prefer])
+    # names were checked when the options were made (`fitplan.options`): read, not parsed again
+    floor = P.NAMES.index(opts.min_precision) if opts.min_precision else None
     out = []
     for name in order:
-        p = P.get(name)
+        p = P.BY_NAME[name]
         why = None
-        if opts.precision and name != P.get(opts.precision).name:
+        if opts.precision and name != opts.precision:
             why = f"not asked for (precision {opts.precision} was)"
-        elif floor is not None and P.ALL.index(p) > floor:
+        elif floor is not None and P.NAMES.index(name) > floor:
             why = f"below min_precision {opts.min_precision}"
         elif hw.gpus and name == "fp32" and not opts.precision:
             why = "fp32 doubles the memory of 16-bit weights for no inference gain on a GPU"
         elif hw.gpus and name == "bf16" and compute == "float16":
-            why = "a GPU here has no bf16 (compute capability < 8.0); fp16 is used instead"
+            why = f"a GPU here has no bf16 (compute capability < {cc_text(BF16_MIN_CC)}); fp16 is used instead"
         elif hw.gpus and name == "fp16" and compute == "bfloat16" and not opts.precision:
-            why = "bf16 is preferred on compute capability >= 8.0 (same size, wider range)"
+            why = f"bf16 is preferred on compute capability >= {cc_text(BF16_MIN_CC)} (same size, wider range)"
         elif not hw.gpus and p.quantized and not opts.precision:
             why = "bitsandbytes on the CPU only when asked for by precision; it is slower than 16-bit"
         elif hw.gpus and p.quantized and any(g.compute_capability < BNB_MIN_CC for g in hw.gpus):
-            why = "bitsandbytes needs compute capability 5.0 or newer"
+            why = f"bitsandbytes needs compute capability {cc_text(BNB_MIN_CC)} or newer"
         out.append((p, why))
     return out
+
+
+def _with_speed(d: Decision, hw: Hardware, work: Workload) -> Decision:
+    """A decision that fits on GPUs with its decode speed (`fitplan.planning.speed`), from the sizes and
+    placement it was made with; the one place a speed is computed."""
+    if not (d.fits and hw.gpus and d.sizes is not None):
+        return d
+    return replace(d, speed=decode_speed(d.sizes, d.placement, hw.gpus, work.batch))
 
 
 @dataclass(frozen=True)
@@ -258,7 +257,7 @@ class Choice:
 
 def _prequantized_candidates(inv: Inventory, opts: PlanOptions, hw: Hardware,
                              compute: str) -> list[tuple[Precision, str | None]]:
-    """A pre-quantized checkpoint loads as stored: its rows (fitplan.model.prequant.rows), `--precision` only
+    """A pre-quantized checkpoint loads as stored: its rows (fitplan.planning.prequant.rows), `--precision` only
     picks among them, and bitsandbytes or float precisions do not apply to it."""
     rows = prequant.rows(inv, prequant.target_of(inv, hw.gpus, hw.software), P.get("bf16" if compute == "bfloat16" else "fp16"))
     names = [p.name for p, _ in rows]
@@ -271,7 +270,7 @@ def _prequantized_candidates(inv: Inventory, opts: PlanOptions, hw: Hardware,
 
 def precision_named(inv: Inventory, name: str) -> Precision:
     """The `Precision` of a plan's row name: a pre-quantized checkpoint's as-stored row, or one of `P.ALL`."""
-    if inv.prequantized and name == prequant.scheme(inv).label:
+    if inv.prequantized and name == scheme(inv).label:
         return prequant.as_stored(inv)
     return P.get(name)
 
@@ -310,16 +309,18 @@ def _why_not(d: Decision, chosen: Decision | None, prefer: str) -> str | None:
     return f"fits, but {chosen.precision} ranks higher (prefer={prefer})"
 
 
-def choose(inv: Inventory, hw: Hardware, opts: PlanOptions) -> Choice:
+def choose(inv: Inventory, hw: Hardware, opts: PlanOptions, work: Workload) -> Choice:
+    """Every precision considered for `work` on `hw`, each with its reason, and the one chosen."""
     compute = compute_dtype_for(hw)
     if inv.prequantized:
         candidates = _prequantized_candidates(inv, opts, hw, compute)
-    elif opts.precision and prequant.is_label(opts.precision):
+    elif opts.precision and P.is_label(opts.precision):
         raise InputError(f"precision {opts.precision!r} names a pre-quantized checkpoint's stored form, and "
                          f"{inv.model_id} is not pre-quantized; choose one of {', '.join(P.BY_NAME)}")
     else:
         candidates = _candidates(opts, hw, compute)
-    decisions = [replace(_decide(inv, prec, opts, hw, compute), ruled_out=why) for prec, why in candidates]
+    decisions = [replace(_decide(inv, prec, opts, work, hw, compute), ruled_out=why) for prec, why in candidates]
+    decisions = [_with_speed(d, hw, work) for d in decisions]
     chosen = _best(decisions, opts.prefer)
     decisions = tuple(replace(d, rejected_because=_why_not(d, chosen, opts.prefer)) for d in decisions)
     chosen = next((d for d in decisions if chosen is not None and d.precision == chosen.precision), None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import calibration as C
+from .. import calibration as C
 from .estimate import Sizes
 
 

@@ -9,8 +9,9 @@ from ..errors import ref, render_refs
 from ..hardware.machine import Hardware
 from ..model.inventory import Inventory
 from ..options import PlanOptions
-from ..units import fmt_bytes
+from ..vocab.units import fmt_bytes
 from .policy import Choice, choose
+from .workload import Workload, workload_of
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,16 @@ class Suggestion:
         return render_refs(self.text, style)
 
 
-def suggestions(inv: Inventory, hw: Hardware, opts: PlanOptions, choice: Choice) -> list[Suggestion]:
+def suggestions(inv: Inventory, hw: Hardware, opts: PlanOptions, work: Workload, choice: Choice) -> list[Suggestion]:
+    """What would make the plan for `work` (the workload `opts` ask of `inv`) fit, each re-checked."""
+    def choice_with(machine: Hardware = hw, **changes) -> Choice:
+        """The policy's choice with `changes` to the options (the workload they then ask) on `machine`."""
+        changed = replace(opts, **changes)
+        changed_work = workload_of(changed, inv) if changes else work
+        return choose(inv, machine, changed, changed_work)
+
     def fits(**changes) -> bool:
-        return choose(inv, hw, replace(opts, **changes)).chosen is not None
+        return choice_with(**changes).chosen is not None
 
     out = []
     # Longest context that fits at this batch (binary search over powers of two, then refine).
@@ -43,12 +51,13 @@ def suggestions(inv: Inventory, hw: Hardware, opts: PlanOptions, choice: Choice)
             b //= 2
         if b >= 1:
             out.append(Suggestion(f"smaller batch: {ref('batch', b)} fits", {"batch": b}))
-    if not opts.offload and hw.gpus and fits(offload=True):
-        d = choose(inv, hw, replace(opts, offload=True)).chosen
+    offloaded = choice_with(offload=True).chosen if not opts.offload and hw.gpus else None
+    if offloaded is not None:
+        d = offloaded
         slow = f" (at most {d.speed.pcie_ceiling:.1f} tokens/s)" if d.speed and d.speed.pcie_ceiling else ""
         out.append(Suggestion(f"allow offload to CPU RAM ({ref('offload', True)}): {d.precision} fits, but generation "
                               f"will be much slower{slow}", {"offload": True}))
-    ram = _ram_that_fits(inv, hw, opts, choice)
+    ram = _ram_that_fits(hw, opts, choice, choice_with)
     if ram is not None:
         out.append(Suggestion(f"more CPU RAM for the offloaded layers: {fmt_bytes(ram)} would do (planned with "
                               f"{fmt_bytes(hw.cpu_ram_bytes)})"))
@@ -75,11 +84,11 @@ def _with_headroom(nbytes: int, headroom: float | int) -> int:
     return int(nbytes / (1 - headroom)) if isinstance(headroom, float) else nbytes + headroom
 
 
-def _ram_that_fits(inv: Inventory, hw: Hardware, opts: PlanOptions, choice: Choice) -> int | None:
+def _ram_that_fits(hw: Hardware, opts: PlanOptions, choice: Choice, choice_with) -> int | None:
     """With offload allowed and only CPU RAM short: the RAM that lets the smallest offloaded share fit
-    (re-checked by the policy), else None."""
+    (re-checked by the policy through `choice_with(machine)`), else None."""
     short = [d for d in choice.decisions if d.ruled_out is None and d.offload_bytes and not d.fits]
     if not (opts.offload and hw.gpus and short):
         return None
     ram = _with_headroom(min(d.offload_bytes for d in short), opts.headroom) + 1
-    return ram if choose(inv, replace(hw, cpu_ram_bytes=ram), opts).chosen is not None else None
+    return ram if choice_with(replace(hw, cpu_ram_bytes=ram)).chosen is not None else None

@@ -14,12 +14,12 @@ import yaml
 
 from ..errors import DoesNotFitError, HardwareError, InputError
 from ..hardware.machine import Hardware
-from ..model import prequant
-from ..planning import precision as P
+from ..vocab import precision as P
 from ..planning.plan import Pin, Plan
-from ..units import fmt_bytes
+from ..vocab.units import fmt_bytes
 from ..versions import fitplan_version, lib_versions
-from ..yamlsource import YamlMap, describe, get_int, get_str, load_yaml, require_list, require_map
+from ..vocab.kinds import describe
+from ..yamlsource import YamlMap, get_int, get_str, load_yaml, require_list, require_map
 from .settings import Profile, Settings
 
 LOCK_VERSION = 1
@@ -123,7 +123,7 @@ def read_lock(path: str | os.PathLike) -> Lock:
         auto_class = get_str(doc, "auto_class", what="lock") or "causal-lm"  # locks before it: causal LMs only
         plan = require_map(doc.get("plan"), where=doc.where("plan"), what="lock plan")
         precision = get_str(plan, "precision", what="plan", required=True)
-        if precision not in P.BY_NAME and not prequant.is_label(precision):
+        if precision not in P.BY_NAME and not P.is_label(precision):
             raise InputError(f"{plan.where('precision')}: plan.precision: unknown precision {precision!r}")
         compute = get_str(plan, "compute_dtype", what="plan", required=True)
         device_map = _lock_device_map(plan)

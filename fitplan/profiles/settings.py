@@ -7,9 +7,9 @@ which constraints; `fitplan check --profile` is the CI gate, `fitplan lock` pins
 Where each setting comes from, first match wins (docs/profiles.md):
 
 1. CLI flags / Python keyword arguments (`overrides`, `model=`);
-2. the environment: FITPLAN_MODEL, FITPLAN_REVISION, FITPLAN_CONTEXT, FITPLAN_BATCH,
-   FITPLAN_PRECISION, FITPLAN_MIN_PRECISION, FITPLAN_PREFER, FITPLAN_HEADROOM, FITPLAN_OFFLOAD,
-   FITPLAN_GPU (an empty variable counts as unset; a bad value is an error naming the variable);
+2. the environment: FITPLAN_MODEL and the FITPLAN_<OPTION> variable of every option that declares
+   one (`schema.ENV_VARS`, derived from `fitplan.options`; an empty variable counts as unset; a bad
+   value is an error naming the variable);
 3. the profile;
 4. fitplan's defaults.
 
@@ -24,34 +24,30 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field, make_dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import FitplanError, InputError
-from ..hardware.catalogue import MAX_CPU_RAM, parse_gpu_list
-from ..hardware.software import Software, default_software, parse_software
+from ..hardware.catalogue import read_hardware_map
+from ..hardware.software import Software, default_software
 from ..hardware.machine import GPU, Hardware
-from ..options import PLAN_KEYS, PlanOptions
-from ..yamlsource import YamlMap, check_keys, describe, load_yaml, require_list, require_map, get_size
-from .schema import ENV_VARS, HARDWARE_KEYS, OVERRIDE_KEYS, SCHEMA, SETTINGS, Field, _Bad, _from_text, check_value, field_for
+from ..options import PLAN_KEYS, PlanOptions, check_keys as check_keys_given
+from ..yamlsource import YamlMap, check_keys, load_yaml, require_map
+from ..vocab.kinds import BadValue, describe
+from .schema import ENV_VARS, HARDWARE_KEYS, OVERRIDE_KEYS, SCHEMA, SETTINGS, Field, check_value, field_for, from_text
 
 # -- what a profile holds -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class WorkloadSpec:
-    context: int | None = None
-    batch: int | None = None
-    images: int | None = None
+def _section_class(section: Field):
+    """A profile section (`workload:`, `constraints:`) as a frozen record of its keys, each None when unset:
+    its fields are the section's keys in the schema, read off the option declarations."""
+    return make_dataclass(section.key.title(), [(g.key, Any, dataclass_field(default=None)) for g in section.fields],
+                          frozen=True)
 
 
-@dataclass(frozen=True)
-class Constraints:
-    precision: str | None = None
-    min_precision: str | None = None
-    prefer: str | None = None
-    headroom: float | int | None = None  # share (< 1) or bytes
-    offload: bool | None = None
+WorkloadSpec, Constraints = (_section_class(next(f for f in SCHEMA if f.key == name))
+                             for name in ("workload", "constraints"))
 
 
 @dataclass(frozen=True)
@@ -64,6 +60,7 @@ class HardwareSpec:
     auto: bool = True
     gpus: tuple[GPU, ...] = ()
     cpu_ram_bytes: int | None = None
+    unified: bool = False
     software: Software | None = None
 
     def resolve(self, source_name: str) -> Hardware:
@@ -73,7 +70,7 @@ class HardwareSpec:
             return probe()
         ram = cpu_ram_bytes() if self.cpu_ram_bytes is None else self.cpu_ram_bytes
         software = self.software or default_software()
-        return Hardware(gpus=self.gpus, cpu_ram_bytes=ram, source="file",
+        return Hardware(gpus=self.gpus, cpu_ram_bytes=ram, source="file", unified=self.unified,
                         notes=(f"GPUs described in {source_name}, not probed", software.note()), software=software)
 
 
@@ -190,12 +187,12 @@ def _value(m: YamlMap, f: Field, section: str) -> Any:
         raise InputError(f"{where}: {what} is empty; give it a value (default: {f.default}) or delete the line")
     try:
         return check_value(f, value)
-    except _Bad as bad:
-        raise InputError(f"{where}: {what}{'' if str(bad).startswith(':') else ' '}{bad}") from None
+    except BadValue as bad:
+        raise InputError(f"{where}: {bad.after(what)}") from None
 
 
 def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
-    """`hardware: auto`, or a mapping with the --hardware file's keys (`gpus:`, `cpu_ram:`)."""
+    """`hardware: auto`, or a mapping with the --hardware file's keys (`HARDWARE_KEYS`)."""
     value, where = doc[key], doc.where(key)
     if value == "auto":
         return HardwareSpec(auto=True)
@@ -205,15 +202,11 @@ def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
     if not isinstance(value, YamlMap):
         hint = (f"; for a catalogue GPU write 'hardware: {{gpus: [{value}]}}'" if isinstance(value, str) else "")
         raise InputError(f"{where}: hardware must be 'auto' or a mapping with 'gpus:', got {describe(value)}{hint}")
-    check_keys(value, HARDWARE_KEYS, what="hardware")
-    if value.get("gpus") is None:
+    if value.get("gpus") is None and set(value) <= set(HARDWARE_KEYS):
         raise InputError(f"{value.where('gpus')}: hardware needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
                          "machine), or write 'hardware: auto' to probe")
-    items = require_list(value["gpus"], where=value.where("gpus"), what="hardware.gpus")
-    gpus = parse_gpu_list(items, what="hardware.gpus")  # the --hardware file's own parser
-    ram = get_size(value, "cpu_ram", what="hardware", maximum=MAX_CPU_RAM)
-    return HardwareSpec(auto=False, gpus=tuple(gpus), cpu_ram_bytes=ram,
-                        software=parse_software(value, what="hardware.software"))
+    gpus, ram, unified, software = read_hardware_map(value, name=doc.source, what="hardware")  # the file's reader
+    return HardwareSpec(auto=False, gpus=gpus, cpu_ram_bytes=ram, unified=unified, software=software)
 
 
 # -- the environment and precedence ----------------------------------------------------------------
@@ -234,8 +227,8 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             continue
         f = field_for(name)
         try:
-            out[name] = check_value(f, _from_text(f, text))
-        except _Bad as bad:
+            out[name] = from_text(f, text)
+        except BadValue as bad:
             raise InputError(f"environment variable {var}={raw!r}: the value {bad}; fix it or unset {var}") from None
     return out
 
@@ -261,9 +254,7 @@ FROM_ARGUMENT = "flag or keyword argument"
 def merge_settings(profile: Profile, *, model: str | None, overrides: Mapping[str, Any],
                    env: Mapping[str, Any]) -> Settings:
     """flags > environment > profile > defaults, for every setting (hardware is handled apart)."""
-    unknown = set(overrides) - set(OVERRIDE_KEYS)
-    if unknown:
-        raise InputError(f"unknown override {', '.join(sorted(unknown))}; use: {', '.join(OVERRIDE_KEYS)}")
+    check_keys_given(overrides, OVERRIDE_KEYS)
     flags = {k: v for k, v in overrides.items() if v is not None}
     if model:
         flags["model"] = model

@@ -8,7 +8,7 @@ import yaml
 from ..hardware.catalogue import spec_for_probed
 from ..hardware.machine import Hardware
 from ..planning.plan import Plan
-from ..units import GiB, MiB
+from ..vocab.units import GiB, MiB
 from .schema import SCHEMA
 
 
@@ -87,7 +87,7 @@ def render_profile(plan: Plan, *, given: Mapping[str, Any]) -> str:
                     hint = g.doc
                     if g.key == "min_precision" and plan.precision:
                         hint = f"the plan chose {plan.precision}; uncomment to fail the check below it"
-                    lines.append(row(2, f"# {g.key}: {plan.precision or g.choices[0]}", hint))
+                    lines.append(row(2, f"# {g.key}: {plan.precision or g.decl['choices'][0]}", hint))
                 else:
                     lines.append(row(2, f"{g.key}: {_flow(v)}", g.doc))
         elif f.kind == "hardware":

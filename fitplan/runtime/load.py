@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..errors import DoesNotFitError, InputError
-from ..model.inventory import AUTO_CLASSES
+from ..vocab.classes import AUTO_CLASSES
 from ..options import OPTION_KEYS
 from ..planning.plan import Plan
 
@@ -36,7 +36,7 @@ class LoadReport:
     notes: tuple[str, ...] = ()  # what load() did that the plan alone does not say (Hub kernels left out)
 
     def __str__(self) -> str:  # `print(model.fitplan)`; the words live with the other renderers
-        from ..cli.render import render_load_report
+        from ..render import render_load_report
 
         return render_load_report(self)
 

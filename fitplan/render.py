@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 import textwrap
 
-from ..units import GiB, fmt_bytes
-from ..model.inventory import AUTO_CLASSES
+from .vocab.units import fmt_bytes, gib
+from .vocab.classes import AUTO_CLASSES
 
 WIDTH = 100
 #: A module name ending in a layer index (`model.layers.12`): runs of them render as a range.
@@ -19,7 +19,7 @@ _LABEL = re.compile(r"^ *(?:NO FIT|\S+) +")
 
 
 def _gib(n: int) -> str:
-    return f"{n / GiB:8.2f}"
+    return f"{gib(n, 2):>8}"
 
 
 def _wrap(line: str) -> list[str]:
@@ -73,7 +73,7 @@ def render_text(plan) -> str:
             where = f"GPU {s.device}" if s.device != "cpu" else "CPU RAM"
             span = f", layers {min(s.layers)}-{max(s.layers)}" if s.layers and len(d.placement) > 1 else ""
             staged = f" (with {fmt_bytes(s.staging_bytes)} staged for offloaded layers)" if s.staging_bytes else ""
-            lines.append(f"          {where}: {s.total_bytes / GiB:.2f} GiB of {s.budget_bytes / GiB:.2f} GiB "
+            lines.append(f"          {where}: {gib(s.total_bytes, 2)} GiB of {gib(s.budget_bytes, 2)} GiB "
                          f"usable{span}{staged}")
         if d.speed is not None:
             lines.append(f"speed     {_speed_words(d.speed)}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 
-from .errors import InputError
+from ..errors import InputError
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -55,6 +55,16 @@ def parse_fraction_or_bytes(value: object, *, what: str) -> tuple[float | None, 
     if isinstance(value, float) and 0 <= value < 1:
         return value, None
     return None, parse_bytes(value, what=what)
+
+
+def align(n: int, alignment: int) -> int:
+    """`n` rounded up to a multiple of `alignment` (1: unchanged), as an allocator rounds a request."""
+    return -(-n // alignment) * alignment if alignment > 1 else n
+
+
+def gib(n: int | float, places: int = 1) -> str:
+    """`n` bytes in GiB with `places` decimals and no unit: `24.0`."""
+    return f"{n / GiB:.{places}f}"
 
 
 def fmt_bytes(n: int | float) -> str:

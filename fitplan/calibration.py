@@ -7,7 +7,7 @@ the two agree, so the code and the document cannot drift apart.
 """
 from __future__ import annotations
 
-GiB = 1 << 30
+from .vocab.units import GiB
 
 #: NVML-visible memory a process holds once CUDA is up and cuBLAS has run one product, before
 #: any model tensor: 0.70 GiB measured on an H100 80GB (torch 2.11+cu130, driver 580; see
@@ -80,3 +80,17 @@ DECODE_OVERHEAD_S_PER_LAYER = {"float": 0.76e-3, "int8": 4.55e-3, "nf4": 1.06e-3
 #: weight to the compute dtype first: that copy is written and then read by the matmul, on top of
 #: the packed bytes. With one row it runs a fused kernel over the packed bytes alone.
 DEQUANT_COPIES = 2
+
+#: Prefill scratch of state-space and linear-attention layers on transformers' torch path (no kernel
+#: packages), fp32, per token of one sequence (fitplan.model.hf.prefill_scratch), in copies of:
+#: - Mamba-2's chunk scan in its "einsum" form (5.24): chunk x heads elements, for the scores, the
+#:   decay, their product and the copies einsum and segment_sum make: the count that covers
+#:   Falcon-H1, Nemotron-H and Mamba-2 on an H100 with transformers 5.24 (docs/models.md);
+MAMBA2_EINSUM_COPIES = 13
+#: - Mamba's selective scan (Mamba, Falcon-Mamba, Jamba): intermediate x state elements, for the
+#:   discrete A, the discrete B and deltaB*u;
+SELECTIVE_SCAN_COPIES = 3
+#: - the gated delta rule (Qwen3-Next, Qwen3.5): value-sized elements (num_v_heads x head_v_dim), for
+#:   q, k, v, k*beta, v*beta, the decays, the output and the chunked products: the count that covers
+#:   Qwen3-Next (8 layers, 8k x 2 tokens) on an H100 with transformers 5.17 and 5.24 (docs/models.md).
+GATED_DELTA_COPIES = 20
