@@ -51,7 +51,7 @@ def make_checkpoint(model_id: str, root: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
 
     path = root / model_id.replace("/", "--")
     if (path / "config.json").exists():
@@ -191,7 +191,7 @@ def rescore(rows: list[dict]) -> list[dict]:
     from fitplan.planning.estimate import Workload, estimate
     from fitplan.pipeline import get_inventory
     from fitplan.vocab.precision import get
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
 
     invs: dict = {}
     out = []

@@ -57,7 +57,7 @@ def _time(cmd: list[str], env: dict) -> float:
 
 def bench_check(repeat: int) -> dict:
     sys.path.insert(0, str(ROOT))
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
 
     folder = Path(tempfile.mkdtemp(prefix="fitplan-70b-"))
     (folder / "config.json").write_text(json.dumps(resolve(MODEL_70B, offline=True).config))
@@ -92,7 +92,7 @@ def bench_load(repeat: int) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     import fitplan
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
 
     path = Path(tempfile.mkdtemp(prefix="fitplan-7b-"))
     cfg = resolve("meta-llama/Llama-2-7b-hf", offline=True).config

@@ -66,7 +66,7 @@ def _config(source: str, overrides: dict):
     if source.startswith("type:"):
         cfg = CONFIG_MAPPING[source[5:]]().to_dict()
     else:
-        from fitplan.model.source import catalogue_entry
+        from fitplan.model.sources import catalogue_entry
 
         cfg = dict(catalogue_entry(source).config)
     for key, value in overrides.items():

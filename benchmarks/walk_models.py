@@ -7,7 +7,7 @@ For each model type: transformers' own default config (`CONFIG_MAPPING[type]()`,
 model's sizes) is saved with `save_pretrained` into a folder, exactly as transformers writes
 config.json; transformers must itself build the model from that config on the meta device
 (`AutoModelForX.from_config`), else the type is "excluded" (transformers cannot build its own
-default). fitplan then reads the folder as a user's checkpoint (`fitplan.model.source.resolve`),
+default). fitplan then reads the folder as a user's checkpoint (`fitplan.model.sources.resolve`),
 builds the inventory for that Auto class and estimates every precision at 4096 tokens x 1.
 
 Outcomes: `planned` (an inventory and estimates), `refused` (a one-line `FitplanError`: the
@@ -76,7 +76,7 @@ def walk_one(model_type: str, mapping: str) -> dict:
 
     from fitplan.errors import FitplanError
     from fitplan.model import build
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
     from fitplan.vocab import precision as P
     from fitplan.planning.estimate import Workload, estimate
 

@@ -9,8 +9,9 @@ The stages, one sub-package each (docs/architecture.md): `hardware` → `model` 
 `runtime`, with `profiles` for deployment files and `cli` for the command.
 """
 from .api import plan
-from .errors import (DoesNotFitError, FitplanError, GatedModelError, HardwareError, HubError, InputError,
-                     LibraryChangedError, ModelNotFoundError, UnsupportedModelError)
+from .errors import (ConfigError, DependencyError, DoesNotFitError, FileError, FitplanError, GatedModelError,
+                     HardwareError, HubError, InputError, LibraryChangedError, ModelNotFoundError, NoGpuError,
+                     OptionError, UnsupportedModelError)
 from .hardware.machine import GPU, Hardware
 from .versions import fitplan_version
 
@@ -24,6 +25,6 @@ def load(*args, **kwargs):
     return _load(*args, **kwargs)
 
 
-__all__ = ["plan", "load", "Hardware", "GPU", "FitplanError", "InputError", "ModelNotFoundError", "GatedModelError",
-           "HubError", "UnsupportedModelError", "LibraryChangedError", "HardwareError", "DoesNotFitError",
-           "__version__"]
+__all__ = ["plan", "load", "Hardware", "GPU", "FitplanError", "InputError", "OptionError", "FileError", "ConfigError",
+           "ModelNotFoundError", "GatedModelError", "HubError", "UnsupportedModelError", "LibraryChangedError",
+           "HardwareError", "NoGpuError", "DependencyError", "DoesNotFitError", "__version__"]

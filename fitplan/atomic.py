@@ -16,16 +16,16 @@ import os
 import secrets
 from pathlib import Path
 
-from .errors import InputError, ref
+from .errors import FileError, ref
 
 
 def write_atomic(path: str | os.PathLike, text: str, *, force: bool = False) -> Path:
     """Write `text` (UTF-8) to `path` atomically; without `force` an existing file is an `InputError`."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{path} is a directory; give a file name")
+        raise FileError(f"{path} is a directory; give a file name", path=str(path))
     if not force and os.path.lexists(path):
-        raise InputError(f"{path} exists; use {ref('force', True)} to overwrite")
+        raise FileError(f"{path} exists; use {ref('force', True)} to overwrite", path=str(path))
     directory = path.parent if str(path.parent) else Path(".")
     data = text.encode("utf-8")
     tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
@@ -37,15 +37,15 @@ def write_atomic(path: str | os.PathLike, text: str, *, force: bool = False) -> 
             _link_new(tmp, path, data)
         _fsync_dir(directory)
     except FileNotFoundError:
-        raise InputError(f"cannot write {path}: the directory {directory} does not exist") from None
+        raise FileError(f"cannot write {path}: the directory {directory} does not exist", path=str(path)) from None
     except PermissionError:
-        raise InputError(f"cannot write {path}: permission denied") from None
+        raise FileError(f"cannot write {path}: permission denied", path=str(path)) from None
     except IsADirectoryError:
-        raise InputError(f"{path} is a directory; give a file name") from None
+        raise FileError(f"{path} is a directory; give a file name", path=str(path)) from None
     except OSError as err:
         if isinstance(err, FileExistsError):
-            raise InputError(f"{path} exists; use {ref('force', True)} to overwrite") from None
-        raise InputError(f"cannot write {path}: {err.strerror or err}") from None
+            raise FileError(f"{path} exists; use {ref('force', True)} to overwrite", path=str(path)) from None
+        raise FileError(f"cannot write {path}: {err.strerror or err}", path=str(path)) from None
     finally:
         try:
             os.unlink(tmp)

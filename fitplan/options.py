@@ -22,7 +22,7 @@ import functools
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import InputError, flag_of, ref
+from .errors import OptionError, flag_of, subject
 from .vocab.classes import AUTO_CLASSES, why_not_planned
 from .vocab.kinds import BadValue, kind
 from .vocab.precision import NAMES as PRECISIONS, PREFERENCES
@@ -50,20 +50,20 @@ def option(default: Any, help: str, *, kind: str, profile: tuple[str, ...] | Non
 
 
 def check_option(name: str, value: Any) -> Any:
-    """`value` of option `name`, typed by its kind, or an `InputError` naming the option."""
+    """`value` of option `name`, typed by its kind, or an `OptionError` naming the option."""
     meta = fields_by_name()[name].metadata
     try:
         return kind(meta["kind"]).check(value, meta)
     except BadValue as bad:
         why = why_not_planned(value) if name == "auto_class" else ""
-        raise InputError(bad.after(ref(name)) + why, option=name) from None
+        raise OptionError(bad.after(subject(name)) + why, option=name) from None
 
 
 def check_keys(given, allowed: tuple[str, ...], what: str = "option") -> None:
     """The one check that every keyword is an option: `unknown option contxt; options are ...`."""
-    unknown = set(given) - set(allowed)
+    unknown = sorted(set(given) - set(allowed))
     if unknown:
-        raise InputError(f"unknown {what} {', '.join(sorted(unknown))}; {what}s are {', '.join(allowed)}")
+        raise OptionError(f"unknown {what} {', '.join(unknown)}; {what}s are {', '.join(allowed)}", option=unknown[0])
 
 
 class _Checked:

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from .errors import InputError
+from .errors import OptionError
 from .hardware.machine import Hardware
 from .hardware.resolve import resolve_hardware
 from .model.cache import get_inventory
@@ -42,7 +42,7 @@ class Request:
 def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str], None] | None = None) -> Plan:
     """The plan for `req`: source, inventory, the policy's choice, and what would make it fit.
     `progress(text)` hears about slow steps (the first meta-device build of a config)."""
-    from .model.source import resolve
+    from .model.sources import resolve
 
     src = resolve(req.model, revision=req.revision, token=req.token, offline=req.offline)
     stored = None
@@ -146,8 +146,9 @@ def plan_for_load(model: str | None = None, *, profile=None, hardware: Hardware 
     followed (`Request.pin`); a lock the profile, model, workload or GPUs left is refused.
     """
     if keywords.get("gpu") or not (hardware is None or isinstance(hardware, Hardware)):
-        raise InputError("load() plans for the GPUs of this machine; gpu names and hardware files are for "
-                         "fitplan.plan() and `fitplan check` (pass hardware= a fitplan Hardware to emulate a card)")
+        raise OptionError("load() plans for the GPUs of this machine; gpu names and hardware files are for "
+                         "fitplan.plan() and `fitplan check` (pass hardware= a fitplan Hardware to emulate a card)",
+                          option="gpu" if keywords.get("gpu") else "hardware")
     keywords.pop("gpu", None)
     if hardware is None:
         from .hardware.probe import probe
@@ -155,7 +156,7 @@ def plan_for_load(model: str | None = None, *, profile=None, hardware: Hardware 
         hardware = probe()
     if profile is None:
         if not model:
-            raise InputError("load() needs a model (Hub id or local folder) or profile=")
+            raise OptionError("load() needs a model (Hub id or local folder) or profile=", option="model")
         options, where = _split(keywords)
         return make_plan(Request(model, options, hardware, where["revision"], where["token"], where["offline"]),
                          use_cache=use_cache)

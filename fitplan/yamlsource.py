@@ -18,6 +18,7 @@ validator needs: unknown keys with a did-you-mean, and typed fields with their l
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import InputError
+from .errors import FileError, InputError
 from .vocab.kinds import describe, did_you_mean
 from .vocab.units import parse_bytes
 
@@ -79,6 +80,10 @@ class YamlMap(dict):
         """`FILE:LINE` of `key` (or of the mapping), the prefix of every error about it."""
         return f"{self.source}:{self.line_of(key)}"
 
+    def at(self, key: Any = None) -> dict[str, Any]:
+        """The `FileError` fields of `key` (or of the mapping): `path`, `line`, `key`."""
+        return {"path": self.source, "line": self.line_of(key), "key": None if key is None else str(key)}
+
 
 class YamlList(list):
     """A YAML sequence: a plain list that also knows its file and the line of each item."""
@@ -103,6 +108,17 @@ class YamlList(list):
     def where(self, index: int | None = None) -> str:
         return f"{self.source}:{self.line_of(index)}"
 
+    def at(self, index: int | None = None) -> dict[str, Any]:
+        """The `FileError` fields of item `index` (or of the list): `path`, `line`, and no key."""
+        return {"path": self.source, "line": self.line_of(index), "key": None}
+
+
+def at(where: str, key: Any = None) -> dict[str, Any]:
+    """The `FileError` fields of a location handed on as text, `FILE:LINE` (perhaps then `: what`)."""
+    m = re.match(r"(.+?):(\d+)(?=:|$)", where)
+    return {"path": m.group(1) if m else where, "line": int(m.group(2)) if m else None,
+            "key": None if key is None else str(key)}
+
 
 def load_yaml(
     source: str | bytes | Path,
@@ -125,7 +141,7 @@ def load_yaml(
     text = _decode(data, name) if isinstance(data, bytes) else data
     node = _compose(text, name)
     if node is None:
-        raise InputError(f"{name}: the file is empty (no YAML document in it)")
+        raise FileError(f"{name}: the file is empty (no YAML document in it)", path=name)
     return _Builder(name, max_values).build(node)
 
 
@@ -134,22 +150,22 @@ def check_keys(mapping: YamlMap, allowed: Iterable[str], *, what: str) -> None:
     allowed = list(allowed)
     for key in mapping:
         if not isinstance(key, str) or key not in allowed:
-            raise InputError(
+            raise FileError(
                 f"{mapping.where(key)}: unknown key {key!r} in {what}{did_you_mean(key, allowed)}; "
-                f"allowed keys: {', '.join(allowed)}"
+                f"allowed keys: {', '.join(allowed)}", **mapping.at(key)
             )
 
 
 def require_map(value: Any, *, where: str, what: str) -> YamlMap:
     """`value` if it is a mapping, else an error saying what was found instead."""
     if not isinstance(value, YamlMap):
-        raise InputError(f"{where}: {what} must be a mapping (key: value lines), got {describe(value)}")
+        raise FileError(f"{where}: {what} must be a mapping (key: value lines), got {describe(value)}", **at(where))
     return value
 
 
 def require_list(value: Any, *, where: str, what: str) -> YamlList:
     if not isinstance(value, YamlList):
-        raise InputError(f"{where}: {what} must be a list ('- item' lines), got {describe(value)}")
+        raise FileError(f"{where}: {what} must be a list ('- item' lines), got {describe(value)}", **at(where))
     return value
 
 
@@ -159,7 +175,7 @@ def get_str(m: YamlMap, key: str, *, what: str, required: bool = False) -> str |
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise InputError(f"{m.where(key)}: {_field(what, key)} must be a non-empty string, got {describe(value)}")
+        raise FileError(f"{m.where(key)}: {_field(what, key)} must be a non-empty string, got {describe(value)}", **m.at(key))
     return value.strip()
 
 
@@ -171,7 +187,7 @@ def get_int(
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{m.where(key)}: {_field(what, key)} must be a whole number, got {describe(value)}")
+        raise FileError(f"{m.where(key)}: {_field(what, key)} must be a whole number, got {describe(value)}", **m.at(key))
     _check_range(m, key, what, value, minimum, maximum)
     return value
 
@@ -184,7 +200,7 @@ def get_number(
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"{m.where(key)}: {_field(what, key)} must be a number, got {describe(value)}")
+        raise FileError(f"{m.where(key)}: {_field(what, key)} must be a number, got {describe(value)}", **m.at(key))
     _check_range(m, key, what, value, minimum, maximum)
     return float(value)
 
@@ -199,17 +215,17 @@ def get_size(
         return None
     name = _field(what, key)
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InputError(f"{m.where(key)}: {name} must be a size like '24GiB', got {describe(value)}")
+        raise FileError(f"{m.where(key)}: {name} must be a size like '24GiB', got {describe(value)}", **m.at(key))
     try:
         size = parse_bytes(value, what=name)
     except InputError as err:
-        raise InputError(f"{m.where(key)}: {err}") from None
+        raise FileError(f"{m.where(key)}: {err}", **m.at(key)) from None
     if size < minimum:
         need = "more than zero" if minimum == 1 else f"at least {minimum} bytes"
-        raise InputError(f"{m.where(key)}: {name} must be {need}, got {value!r}")
+        raise FileError(f"{m.where(key)}: {name} must be {need}, got {value!r}", **m.at(key))
     if maximum is not None and size > maximum:
-        raise InputError(
-            f"{m.where(key)}: {name} = {value!r} is absurd (more than {maximum / 2**40:g} TiB); check the unit"
+        raise FileError(
+            f"{m.where(key)}: {name} = {value!r} is absurd (more than {maximum / 2**40:g} TiB); check the unit", **m.at(key)
         )
     return size
 
@@ -225,19 +241,19 @@ def _tag(tag: str) -> str:
 def _get(m: YamlMap, key: str, what: str, required: bool) -> Any:
     if key not in m:
         if required:
-            raise InputError(f"{m.where()}: {what} is missing the required key '{key}'")
+            raise FileError(f"{m.where()}: {what} is missing the required key '{key}'", **m.at(key))
         return None
     value = m[key]
     if value is None and required:
-        raise InputError(f"{m.where(key)}: {_field(what, key)} is empty; give it a value")
+        raise FileError(f"{m.where(key)}: {_field(what, key)} is empty; give it a value", **m.at(key))
     return value
 
 
 def _check_range(m: YamlMap, key: str, what: str, value: float, lo: float | None, hi: float | None) -> None:
     if lo is not None and value < lo:
-        raise InputError(f"{m.where(key)}: {_field(what, key)} must be at least {lo:g}, got {value!r}")
+        raise FileError(f"{m.where(key)}: {_field(what, key)} must be at least {lo:g}, got {value!r}", **m.at(key))
     if hi is not None and value > hi:
-        raise InputError(f"{m.where(key)}: {_field(what, key)} must be at most {hi:g}, got {value!r}")
+        raise FileError(f"{m.where(key)}: {_field(what, key)} must be at most {hi:g}, got {value!r}", **m.at(key))
 
 
 def _read(path: Path, name: str) -> bytes:
@@ -245,15 +261,15 @@ def _read(path: Path, name: str) -> bytes:
         with path.open("rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise InputError(f"{name}: no such file; check the path") from None
+        raise FileError(f"{name}: no such file; check the path", path=name) from None
     except IsADirectoryError:
-        raise InputError(f"{name}: is a directory, not a YAML file") from None
+        raise FileError(f"{name}: is a directory, not a YAML file", path=name) from None
     except PermissionError:
-        raise InputError(f"{name}: permission denied; make the file readable") from None
+        raise FileError(f"{name}: permission denied; make the file readable", path=name) from None
     except OSError as err:
-        raise InputError(f"{name}: cannot read the file ({err.strerror or err})") from None
+        raise FileError(f"{name}: cannot read the file ({err.strerror or err})", path=name) from None
     if len(data) > MAX_FILE_BYTES:
-        raise InputError(f"{name}: larger than {MAX_FILE_BYTES // 1024} KiB; is this really a YAML config file?")
+        raise FileError(f"{name}: larger than {MAX_FILE_BYTES // 1024} KiB; is this really a YAML config file?", path=name)
     return data
 
 
@@ -264,9 +280,9 @@ def _decode(data: bytes, name: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise InputError(
+        raise FileError(
             f"{name}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
-            f"save the file as UTF-8"
+            f"save the file as UTF-8", path=name, line=line
         ) from None
 
 
@@ -279,16 +295,16 @@ def _compose(text: str, name: str) -> Node | None:
         mark = err.problem_mark or err.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = " ".join(str(p) for p in (err.context, err.problem) if p)
-        raise InputError(f"{name}{line}: invalid YAML: {problem}") from None
+        raise FileError(f"{name}{line}: invalid YAML: {problem}", path=name, line=mark.line + 1 if mark is not None else None) from None
     except yaml.reader.ReaderError as err:
         line = text[: max(err.position, 0)].count("\n") + 1
-        raise InputError(
-            f"{name}:{line}: invalid YAML: character {chr(err.character)!r} is not allowed in YAML text"
+        raise FileError(
+            f"{name}:{line}: invalid YAML: character {chr(err.character)!r} is not allowed in YAML text", path=name, line=line
         ) from None
     except yaml.YAMLError as err:
-        raise InputError(f"{name}: invalid YAML: {' '.join(str(err).split())}") from None
+        raise FileError(f"{name}: invalid YAML: {' '.join(str(err).split())}", path=name) from None
     except RecursionError:
-        raise InputError(f"{name}: nested too deeply to be a config file") from None
+        raise FileError(f"{name}: nested too deeply to be a config file", path=name) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -311,16 +327,16 @@ class _Builder:
         line = node.start_mark.line + 1
         self.count += 1
         if self.count > self.max_values:
-            raise InputError(
+            raise FileError(
                 f"{self.name}:{line}: the document expands to more than {self.max_values} values "
-                f"(anchors/aliases used as an 'alias bomb'?); write the values out instead"
+                f"(anchors/aliases used as an 'alias bomb'?); write the values out instead", path=self.name, line=line
             )
         if depth > MAX_DEPTH:
-            raise InputError(f"{self.name}:{line}: nested more than {MAX_DEPTH} levels deep")
+            raise FileError(f"{self.name}:{line}: nested more than {MAX_DEPTH} levels deep", path=self.name, line=line)
         if isinstance(node, ScalarNode):
             return self._scalar(node)
         if id(node) in self.open:
-            raise InputError(f"{self.name}:{line}: an alias refers to a mapping or list that contains it")
+            raise FileError(f"{self.name}:{line}: an alias refers to a mapping or list that contains it", path=self.name, line=line)
         self.open.add(id(node))
         try:
             if isinstance(node, SequenceNode):
@@ -332,18 +348,18 @@ class _Builder:
     def _scalar(self, node: ScalarNode) -> Any:
         line = node.start_mark.line + 1
         if node.tag not in _SCALAR_TAGS:
-            raise InputError(f"{self.name}:{line}: unsupported YAML tag {_tag(node.tag)!r}; remove it")
+            raise FileError(f"{self.name}:{line}: unsupported YAML tag {_tag(node.tag)!r}; remove it", path=self.name, line=line)
         try:
             return self.scalars.construct_object(node)
         except Exception:  # noqa: BLE001 - PyYAML's constructors raise KeyError (`!!bool maybe`),
             # AttributeError (`!!timestamp nope`), ValueError, ...: all mean the value is not of its tag's type
-            raise InputError(
-                f"{self.name}:{line}: cannot read {node.value!r} as {_TAG_NAMES[node.tag]}"
+            raise FileError(
+                f"{self.name}:{line}: cannot read {node.value!r} as {_TAG_NAMES[node.tag]}", path=self.name, line=line
             ) from None
 
     def _sequence(self, node: SequenceNode, depth: int) -> YamlList:
         if node.tag != _SEQ:
-            raise InputError(f"{self.name}:{node.start_mark.line + 1}: unsupported YAML tag {_tag(node.tag)!r}; remove it")
+            raise FileError(f"{self.name}:{node.start_mark.line + 1}: unsupported YAML tag {_tag(node.tag)!r}; remove it", path=self.name, line=node.start_mark.line + 1)
         out = YamlList(self.name, node.start_mark.line + 1)
         for item in node.value:
             out._add(self.build(item, depth + 1), item.start_mark.line + 1)
@@ -352,7 +368,7 @@ class _Builder:
     def _mapping(self, node: MappingNode, depth: int) -> YamlMap:
         line = node.start_mark.line + 1
         if node.tag != _MAP:
-            raise InputError(f"{self.name}:{line}: unsupported YAML tag {_tag(node.tag)!r}; remove it")
+            raise FileError(f"{self.name}:{line}: unsupported YAML tag {_tag(node.tag)!r}; remove it", path=self.name, line=line)
         out = YamlMap(self.name, line)
         merges: list[Node] = []
         for key_node, value_node in node.value:
@@ -361,20 +377,20 @@ class _Builder:
                 merges.append(value_node)
                 continue
             if not isinstance(key_node, ScalarNode):
-                raise InputError(f"{self.name}:{key_line}: mapping keys must be plain words, not lists or mappings")
+                raise FileError(f"{self.name}:{key_line}: mapping keys must be plain words, not lists or mappings", path=self.name, line=key_line)
             key = self._scalar(key_node)
             if key in out._key_lines:
-                raise InputError(
+                raise FileError(
                     f"{self.name}:{key_line}: duplicate key {key!r} (first written on line "
-                    f"{out._key_lines[key]}); keep one"
+                    f"{out._key_lines[key]}); keep one", path=self.name, line=key_line, key=str(key)
                 )
             out._put(key, self.build(value_node, depth + 1), key_line, value_node.start_mark.line + 1)
         for merge in merges:  # YAML merge keys: explicit keys win, then earlier sources
             sources = merge.value if isinstance(merge, SequenceNode) else [merge]
             for source in sources:
                 if not isinstance(source, MappingNode):
-                    raise InputError(
-                        f"{self.name}:{source.start_mark.line + 1}: '<<' must merge a mapping or a list of mappings"
+                    raise FileError(
+                        f"{self.name}:{source.start_mark.line + 1}: '<<' must merge a mapping or a list of mappings", path=self.name, line=source.start_mark.line + 1
                     )
                 merged = self.build(source, depth + 1)
                 for key, value in merged.items():

@@ -568,6 +568,7 @@ def _run_cli(case: Case, box: Sandbox) -> Outcome:
 
 def _run_api(case: Case, box: Sandbox) -> Outcome:
     import fitplan
+    from fitplan.cli.errors import exit_code
     from fitplan.errors import FitplanError
 
     kwargs = {k: box.fill(v) for k, v in case.api}
@@ -578,7 +579,7 @@ def _run_api(case: Case, box: Sandbox) -> Outcome:
         msg = str(err)
         if "\n" in msg or not msg.strip():
             return Outcome("bad-stderr", 2, f"{type(err).__name__} message is not one line", 0.0, msg)
-        return Outcome("rejected", err.exit_code, msg, 0.0)
+        return Outcome("rejected", exit_code(err), msg, 0.0)
     except Exception as exc:  # noqa: BLE001 - anything else escaping the API is the bug we look for
         return Outcome("traceback", None, f"{type(exc).__name__}: {_one(exc)}", 0.0, traceback.format_exc())
     from fitplan.planning.plan import Plan

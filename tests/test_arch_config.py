@@ -8,13 +8,13 @@ import pytest
 
 from fitplan.versions import parse as parse_version
 
-from fitplan.errors import InputError, UnsupportedModelError
+from fitplan.errors import FileError, InputError, UnsupportedModelError
 from fitplan.model import cachelayout, hf
 from fitplan.model.build import build_inventory
 from fitplan.model.fields import check_config_fields
 from fitplan.model.cachelayout import Held, UnknownCache, layout, probe_shapes
 from fitplan.model.inventory import Inventory, KVLayer
-from fitplan.model.source import _load_config
+from fitplan.model.sources.base import load_config
 from fitplan.planning.estimate import Workload, kv_bytes_per_layer
 
 SHAPES = probe_shapes()  # (1, 4), (2, 6) and the confirming (1, 6)
@@ -111,7 +111,7 @@ def test_inventory_round_trips_with_state_auto_class_and_image_tokens():
 def test_tagged_infinity_is_read_as_transformers_reads_it():
     raw = b'{"model_type": "mamba2", "time_step_limit": [0.0, {"__float__": "Infinity"}], ' \
           b'"x": [{"__float__": "-Infinity"}, {"__float__": "NaN"}, {"__float__": "Other"}]}'
-    cfg = _load_config(raw, "config.json", InputError, "fix it")
+    cfg = load_config(raw, "config.json", lambda m: FileError(m, path="config.json"), "fix it")
     assert cfg["time_step_limit"] == [0.0, float("inf")] and cfg["x"][0] == float("-inf") and cfg["x"][1] != cfg["x"][1]
     assert cfg["x"][2] == {"__float__": "Other"}  # unknown tags stay as written, as in transformers
 

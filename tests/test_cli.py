@@ -251,7 +251,7 @@ def test_a_note_says_when_eager_attention_scores_dominate(env):
                            "--json").stdout)["notes"]
     eager = [n for n in notes if "eager attention" in n]
     from fitplan.model.build import build_inventory
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
 
     if build_inventory(resolve("google/gemma-2-2b", offline=True).config, model_id="g").attn_implementation != "eager":
         assert eager == []  # Gemma-2 runs SDPA on this transformers (eager from 5.24): no scores to warn of

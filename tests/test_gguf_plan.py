@@ -9,7 +9,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 from fitplan import calibration as C
-from fitplan.errors import DoesNotFitError, InputError
+from fitplan.errors import DependencyError, DoesNotFitError, InputError
 from fitplan.gguf import GGUFModel, GGUFTensor, RunConfig, placement, plan_gguf, read_gguf
 from fitplan.gguf.load import llama_kwargs, load_gguf
 from fitplan.gguf.runtime import compute_bytes, kv_bytes_per_layer
@@ -168,8 +168,9 @@ def test_loader_arguments_and_missing_llama_cpp(model, monkeypatch, tmp_path):
     real = write_llama_gguf(tmp_path / "tiny.gguf")
     assert llama_kwargs(c, model_path=real)["model_path"] == real
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if not installed
-    with pytest.raises(InputError, match="pip install llama-cpp-python"):
+    with pytest.raises(DependencyError, match="pip install llama-cpp-python") as err:
         load_gguf(c)
+    assert isinstance(err.value, ImportError) and err.value.package == "llama-cpp-python"
     with pytest.raises(DoesNotFitError):
         llama_kwargs(plan_gguf(model, cpu(1 * GiB), context=2048))
     with pytest.raises(InputError, match="no GGUF file at"):

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def llama7b(tmp_path_factory):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
 
     cfg = resolve("meta-llama/Llama-2-7b-hf", offline=True).config
     path = tmp_path_factory.mktemp("llama7b")

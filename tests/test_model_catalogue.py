@@ -71,7 +71,7 @@ def _fitplan_build(file: str):
     whether a tied lm_head is stored apart)."""
     from fitplan.errors import FitplanError
     from fitplan.model.build import build_inventory
-    from fitplan.model.source import catalogue_entry
+    from fitplan.model.sources import catalogue_entry
 
     repo_id = next(r for r, e in CATALOGUE.items() if e["file"] == file) if file in _catalogued_files() else None
     stored = catalogue_entry(repo_id).stored_parameters if repo_id else None
@@ -276,7 +276,7 @@ def test_models_text_lines_stay_under_100_columns_and_name_each_source():
 
 def test_a_near_miss_offline_suggests_the_catalogue_id():
     from fitplan.errors import HubError
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
 
     with pytest.raises(HubError, match=r"did you mean 'openai/gpt-oss-120b'\?"):
         resolve("openai/gpt-oss-12b", offline=True)

@@ -40,7 +40,7 @@ def test_split_load_matches_plan_per_device(tmp_path):
 
     import fitplan
     from fitplan.hardware.probe import probe
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
 
     cfg = resolve("meta-llama/Llama-2-7b-hf", offline=True).config
     with torch.device("cuda:0"):

@@ -60,3 +60,16 @@ def test_the_api_doc_lists_every_option_with_its_flag():
 def test_enums_are_case_insensitive_from_python_and_the_command_line():
     o = PlanOptions.from_values(prefer="Speed", precision="NF4", min_precision="INT8")
     assert (o.prefer, o.precision, o.min_precision) == ("speed", "nf4", "int8")
+
+
+def test_a_bad_value_names_its_option_as_each_front_door_spells_it():
+    """One check per kind, one message: the API names the keyword, the CLI the flag, a profile the key."""
+    from fitplan.errors import OptionError
+
+    with pytest.raises(OptionError) as info:
+        PlanOptions.from_values(min_precision="int3")
+    err = info.value
+    assert err.option == "min_precision"
+    assert str(err).startswith("min_precision has unknown precision 'int3' (did you mean 'int8'?)")
+    assert err.render("cli").startswith("--min-precision has unknown precision")
+    assert err.render("profile").startswith("'min_precision:' has unknown precision")

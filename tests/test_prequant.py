@@ -18,7 +18,7 @@ from fitplan.errors import InputError
 from fitplan.hardware.machine import GPU, Hardware
 from fitplan.model import hf
 from fitplan.planning import prequant
-from fitplan.model.source import read_safetensors_header
+from fitplan.model.sources import read_safetensors_header
 from fitplan.model.cache import get_inventory
 from fitplan.planning.estimate import weights_by_layer, weights_bytes
 
@@ -383,7 +383,7 @@ def test_malformed_and_unknown_quantization_configs():
 # -- the published cases of issue 12 ----------------------------------------------------------------------
 
 def catalogue_config(repo_id: str) -> dict:
-    from fitplan.model.source import resolve
+    from fitplan.model.sources import resolve
 
     return resolve(repo_id, offline=True).config
 

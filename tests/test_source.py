@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fitplan.model import source
+from fitplan.model.sources import hub as hub_source
 from fitplan.errors import (FitplanError, GatedModelError, HubError, InputError, ModelNotFoundError,
                             UnsupportedModelError)
-from fitplan.model.source import ModelSource, TensorHeader, catalogue_entry, read_safetensors_header, resolve
+from fitplan.model.sources import ModelSource, TensorHeader, catalogue_entry, read_safetensors_header, resolve
 from hubserver import DTYPE_BYTES, Blob, point_huggingface_hub_at, safetensors_bytes
 
 CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
@@ -257,7 +257,7 @@ def test_shipped_catalogue_answers_without_the_hub(fake_hub):
     src = resolve(repo_id.upper())
     assert (src.origin, src.repo_id, src.tensors, src.revision) == ("catalogue", repo_id, None, None)
     assert src.config == json.loads(
-        (Path(source.__file__).parents[1] / "data" / "models" / entry["file"]).read_text(encoding="utf-8"))
+        (Path(hub_source.__file__).parents[2] / "data" / "models" / entry["file"]).read_text(encoding="utf-8"))
     assert src.parameters == entry.get("parameters") and src.gated == entry.get("gated")
     # Every shipped entry is readable (a broken one would fail users only for that model).
     assert all(resolve(repo).config for repo in catalogue)
@@ -438,8 +438,8 @@ def test_hub_persistent_errors_give_up_after_bounded_retries(fake_hub, status, h
     t0 = time.perf_counter()
     with pytest.raises(HubError) as err:
         resolve("org/tiny")
-    assert words in one_line(err) and f"after {source.ATTEMPTS} attempts" in str(err.value)
-    assert len(fake_hub.requests) == source.ATTEMPTS
+    assert words in one_line(err) and f"after {hub_source.ATTEMPTS} attempts" in str(err.value)
+    assert len(fake_hub.requests) == hub_source.ATTEMPTS
     assert time.perf_counter() - t0 < 5
 
 
@@ -449,7 +449,7 @@ def test_hub_persistent_error_on_headers(fake_hub):
     with pytest.raises(HubError) as err:
         resolve("org/tiny")
     assert "the Hub answered 502" in one_line(err)
-    assert len(fake_hub.requests_for("model.safetensors")) == source.ATTEMPTS
+    assert len(fake_hub.requests_for("model.safetensors")) == hub_source.ATTEMPTS
 
 
 def test_hub_slow_answer_times_out(fake_hub):
@@ -461,7 +461,7 @@ def test_hub_slow_answer_times_out(fake_hub):
     assert "did not answer within 0.3 s" in one_line(err) and "HF_HUB_ETAG_TIMEOUT" in str(err.value)
     assert time.perf_counter() - t0 < 3
     # Each attempt was cut off by the client (the server is still "working" on them): count arrivals.
-    assert [(m, f) for _, m, f in fake_hub.arrivals] == [("HEAD", "config.json")] * source.ATTEMPTS
+    assert [(m, f) for _, m, f in fake_hub.arrivals] == [("HEAD", "config.json")] * hub_source.ATTEMPTS
 
 
 def test_hub_slow_header_download_times_out(fake_hub):
@@ -595,11 +595,11 @@ def test_env_set_before_import_gives_the_same_result(fake_hub, tmp_path):
     torch nor transformers gets imported."""
     fake_hub.add_repo("org/sharded", sharded_files())
     in_process = json.loads(json.dumps(resolve("org/sharded").to_dict()))
-    code = ("import json, sys; from fitplan.model.source import resolve; s = resolve('org/sharded').to_dict(); "
+    code = ("import json, sys; from fitplan.model.sources import resolve; s = resolve('org/sharded').to_dict(); "
             "print(json.dumps([s, sorted(m for m in ('torch', 'transformers') if m in sys.modules)]))")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update(HF_ENDPOINT=fake_hub.url, HF_HOME=str(tmp_path / "fresh-home"), HF_HUB_DISABLE_PROGRESS_BARS="1",
-               PYTHONPATH=os.pathsep.join([str(Path(source.__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
+               PYTHONPATH=os.pathsep.join([str(Path(hub_source.__file__).parents[3]), os.environ.get("PYTHONPATH", "")]),
                NO_PROXY="127.0.0.1,localhost")  # PYTHONPATH kept: a CI leg's library versions come from it
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

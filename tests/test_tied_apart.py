@@ -54,7 +54,7 @@ def test_without_a_stored_count_the_config_decides():
 
 def test_magistral_from_the_catalogue_holds_its_own_lm_head():
     from fitplan.model.build import build_inventory
-    from fitplan.model.source import catalogue_entry
+    from fitplan.model.sources import catalogue_entry
 
     src = catalogue_entry("mistralai/Magistral-Small-2509")
     inv = build_inventory(src.config, model_id=src.model_id, stored_parameters=src.stored_parameters)

@@ -14,7 +14,7 @@ from ..versions import fitplan_version
 from ..vocab.precision import cc_text
 from ..vocab.units import gib
 from .common import collect, plan_options
-from .errors import handle_errors
+from .errors import fail, handle_errors
 from .models import models
 from .profiles import lock, profile
 
@@ -28,15 +28,8 @@ class _OneLineErrors(click.Group):
             sys.exit(0)
         try:
             rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
-        except click.UsageError as exc:
-            hint = f" (see 'fitplan {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else ""
-            click.echo(f"fitplan: error: {exc.format_message()}{hint}", err=True)
-            sys.exit(2)
-        except click.ClickException as exc:
-            click.echo(f"fitplan: error: {exc.format_message()}", err=True)
-            sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            sys.exit(130)
+        except (click.ClickException, click.exceptions.Abort) as exc:
+            fail(exc)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

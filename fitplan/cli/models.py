@@ -14,7 +14,7 @@ WIDTH = 99  # every text line stays under 100 columns
 def _rows() -> list[dict]:
     from importlib import resources
 
-    from ..model.source import catalogue_models
+    from ..model.sources import catalogue_models
 
     models_dir = resources.files("fitplan") / "data" / "models"
     out = []

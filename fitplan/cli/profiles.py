@@ -54,11 +54,11 @@ def init(model, output, force, no_cache, **kw):
 def validate(file):
     """Check FILE against the profile schema (GPU names included); lists every problem. Exit 0 valid, 2 not."""
     from ..profiles.settings import load_profile, profile_problems
-    from .errors import message
+    from .errors import message, say
 
     problems = profile_problems(file)
     for err in problems:  # every problem, one line each, not only the first
-        click.echo(f"fitplan: error: {message(err)}", err=True)
+        say(message(err))
     if problems:
         sys.exit(2)
     prof = load_profile(file)
@@ -105,7 +105,8 @@ def lock(profile_file, output, force, no_cache):
     prof, settings, p = resolve_profile(profile_file, use_cache=not no_cache)
     if not p.fits:
         hint = p.suggestions("profile")
-        raise DoesNotFitError(p.summary_line() + (f"; try: {hint[0]}" if hint else "") + "; no lock written")
+        raise DoesNotFitError(p.summary_line() + (f"; try: {hint[0]}" if hint else "") + "; no lock written",
+                              model_id=p.model_id)
     target = output or lock_path_for(profile_file)
     write_atomic(target, render_lock(p, prof, settings, profile_file), force=force)
     click.echo(f"locked {p.summary_line()} -> {target}")

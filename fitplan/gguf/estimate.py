@@ -61,7 +61,8 @@ def gguf_architecture(inv: Inventory) -> str:
     arch = ARCHITECTURES.get(inv.model_type)
     if arch is None:
         raise UnsupportedModelError(f"fitplan does not know how llama.cpp converts model_type "
-                                    f"'{inv.model_type}' to GGUF: plan a published .gguf file instead")
+                                    f"'{inv.model_type}' to GGUF: plan a published .gguf file instead",
+                                    model_type=inv.model_type)
     return gguf.MODEL_ARCH_NAMES[arch]
 
 

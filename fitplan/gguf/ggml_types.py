@@ -14,7 +14,7 @@ from math import prod
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from ..errors import InputError
+from ..errors import FileError, OptionError
 
 T = GGMLQuantizationType
 
@@ -67,7 +67,7 @@ def file_type(name: str) -> FileType:
     """The recipe called `name` (case-insensitive), or an InputError listing the known ones."""
     hit = _BY_NAME.get(str(name).upper())
     if hit is None:
-        raise InputError(f"unknown GGUF type {name!r}: use one of {', '.join(_BY_NAME)}")
+        raise OptionError(f"unknown GGUF type {name!r}: use one of {', '.join(_BY_NAME)}", option="file_type")
     return hit
 
 
@@ -93,19 +93,20 @@ def file_type_name(general_file_type: int | None) -> str | None:
 def kv_type(name: str) -> GGMLQuantizationType:
     hit = KV_TYPES.get(str(name).lower())
     if hit is None:
-        raise InputError(f"unknown KV cache type {name!r}: use one of {', '.join(KV_TYPES)}")
+        raise OptionError(f"unknown KV cache type {name!r}: use one of {', '.join(KV_TYPES)}", option="kv_type")
     return hit
 
 
-def ggml_type(value: int) -> GGMLQuantizationType:
-    """The ggml type with this id, or an InputError (a header naming a type this gguf package does not know)."""
+def ggml_type(value: int, *, path: str) -> GGMLQuantizationType:
+    """The ggml type with this id, or a `FileError` naming `path` (a header naming a type this gguf package
+    does not know)."""
     try:
         t = GGMLQuantizationType(int(value))
     except ValueError:
-        raise InputError(f"unknown ggml tensor type id {value}: upgrade the gguf package "
-                         "(pip install -U gguf)") from None
+        raise FileError(f"unknown ggml tensor type id {value}: upgrade the gguf package "
+                         "(pip install -U gguf)", path=path) from None
     if t not in GGML_QUANT_SIZES:
-        raise InputError(f"ggml type {t.name} has no block size in this gguf package: pip install -U gguf")
+        raise FileError(f"ggml type {t.name} has no block size in this gguf package: pip install -U gguf", path=path)
     return t
 
 
@@ -114,10 +115,11 @@ def block_size(t: GGMLQuantizationType) -> int:
 
 
 def row_bytes(t: GGMLQuantizationType, n: int) -> int:
-    """`ggml_row_size`: bytes of `n` consecutive elements of type `t` (n a multiple of the block size)."""
+    """`ggml_row_size`: bytes of `n` consecutive elements of type `t` (n a multiple of the block size,
+    else a ValueError: the caller says whose fault it is, a file's or an option's)."""
     block, size = GGML_QUANT_SIZES[t]
     if n % block:
-        raise InputError(f"a row of {n} elements cannot be stored as {t.name} (blocks of {block})")
+        raise ValueError(f"a row of {n} elements cannot be stored as {t.name} (blocks of {block})")
     return n // block * size
 
 

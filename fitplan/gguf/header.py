@@ -25,7 +25,7 @@ from typing import Callable
 
 from gguf import GGUF_MAGIC, GGUFValueType
 
-from ..errors import InputError
+from ..errors import FileError, InputError
 from .model import DEFAULT_ALIGNMENT, GGUFModel, GGUFTensor
 from .ggml_types import file_type_name, ggml_type, tensor_bytes
 
@@ -58,13 +58,14 @@ class _Truncated(Exception):
 class _Cursor:
     """Reads forward through the header, asking `read(offset, size)` for more bytes as needed."""
 
-    def __init__(self, read: Callable[[int, int], bytes], first_chunk: int):
+    def __init__(self, read: Callable[[int, int], bytes], first_chunk: int, where: str):
         self._read, self._buf, self._chunk, self.pos = read, b"", first_chunk, 0
+        self.where = where  # the file, named in errors
 
     def take(self, n: int) -> bytes:
         end = self.pos + n
         if end > MAX_HEADER_BYTES:
-            raise InputError(f"header longer than {MAX_HEADER_BYTES >> 20} MiB")
+            raise FileError(f"header longer than {MAX_HEADER_BYTES >> 20} MiB", path=self.where)
         while end > len(self._buf):
             want = max(self._chunk, end - len(self._buf))
             more = self._read(len(self._buf), want)
@@ -82,20 +83,20 @@ class _Cursor:
     def string(self) -> str:
         n = self.unpack("<Q")
         if n > MAX_HEADER_BYTES:
-            raise InputError(f"a string claims {n:,} bytes")
+            raise FileError(f"a string claims {n:,} bytes", path=self.where)
         return self.take(n).decode("utf-8", errors="replace")
 
     def skip_string(self) -> None:
         n = self.unpack("<Q")
         if n > MAX_HEADER_BYTES:
-            raise InputError(f"a string claims {n:,} bytes")
+            raise FileError(f"a string claims {n:,} bytes", path=self.where)
         self.take(n)
 
     def value(self, vtype: int, keep: bool):
         try:
             t = GGUFValueType(vtype)
         except ValueError:
-            raise InputError(f"unknown metadata value type {vtype}") from None
+            raise FileError(f"unknown metadata value type {vtype}", path=self.where) from None
         if t in _SCALARS:
             return self.unpack(_SCALARS[t])
         if t == GGUFValueType.STRING:
@@ -103,18 +104,18 @@ class _Cursor:
         if t == GGUFValueType.ARRAY:
             itype, n = self.unpack("<I"), self.unpack("<Q")
             if n > MAX_HEADER_BYTES:
-                raise InputError(f"an array claims {n:,} elements")
+                raise FileError(f"an array claims {n:,} elements", path=self.where)
             keep_items = keep and n <= _KEEP_ARRAY
             items = [self.value(itype, keep_items) for _ in range(n)] if itype in (
                 GGUFValueType.STRING, GGUFValueType.ARRAY) else self._scalar_array(itype, n, keep_items)
             return items if keep_items else _ArrayLen(n)
-        raise InputError(f"unknown metadata value type {vtype}")
+        raise FileError(f"unknown metadata value type {vtype}", path=self.where)
 
     def _scalar_array(self, itype: int, n: int, keep: bool):
         try:
             fmt = _SCALARS[GGUFValueType(itype)]
         except (ValueError, KeyError):
-            raise InputError(f"unknown array element type {itype}") from None
+            raise FileError(f"unknown array element type {itype}", path=self.where) from None
         raw = self.take(n * struct.calcsize(fmt))
         return list(struct.unpack("<" + fmt[1:] * n, raw)) if keep else None
 
@@ -130,21 +131,21 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
     `where` names the file in errors. With `file_size`, a file too short for its tensors is an error.
     Errors are `InputError`s with one line: what is wrong with which file, and what to do.
     """
-    cur = _Cursor(read, first_chunk)
+    cur = _Cursor(read, first_chunk, where)
     bad = f"{where} is not a valid GGUF file"
     try:
         magic = cur.unpack("<I")
         if magic != GGUF_MAGIC:
-            raise InputError(f"{where} is not a GGUF file (it does not start with 'GGUF'): pass a .gguf file "
-                             "made by llama.cpp's convert script or llama-quantize")
+            raise FileError(f"{where} is not a GGUF file (it does not start with 'GGUF'): pass a .gguf file "
+                             "made by llama.cpp's convert script or llama-quantize", path=where)
         version = cur.unpack("<I")
         if version not in (2, 3):
-            raise InputError(f"{where} is GGUF version {version}; fitplan reads versions 2 and 3: re-convert it "
-                             "with a current llama.cpp")
+            raise FileError(f"{where} is GGUF version {version}; fitplan reads versions 2 and 3: re-convert it "
+                             "with a current llama.cpp", path=where)
         n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
         if n_tensors > 1_000_000 or n_kv > 1_000_000:
-            raise InputError(f"{bad}: its header claims {n_tensors:,} tensors and {n_kv:,} metadata keys; "
-                             "the file is corrupt, re-download it")
+            raise FileError(f"{bad}: its header claims {n_tensors:,} tensors and {n_kv:,} metadata keys; "
+                             "the file is corrupt, re-download it", path=where)
         meta: dict = {}
         for _ in range(n_kv):
             key = cur.string()
@@ -154,25 +155,26 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
             name = cur.string()
             n_dims = cur.unpack("<I")
             if not 1 <= n_dims <= MAX_DIMS:
-                raise InputError(f"tensor {name!r} has {n_dims} dimensions")
+                raise FileError(f"tensor {name!r} has {n_dims} dimensions", path=where)
             shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
-            t = ggml_type(cur.unpack("<I"))
+            t = ggml_type(cur.unpack("<I"), path=where)
             offset = cur.unpack("<Q")
             infos.append((name, shape, t, offset))
         header_end = cur.pos
     except _Truncated:
-        raise InputError(f"{bad}: it ends inside its header (truncated after {cur.pos:,} bytes); "
-                         "re-download it") from None
+        raise FileError(f"{bad}: it ends inside its header (truncated after {cur.pos:,} bytes); "
+                         "re-download it", path=where) from None
     except InputError as e:
         if str(e).startswith(where):
             raise
-        raise InputError(f"{bad}: {e}; re-download it") from None
+        raise FileError(f"{bad}: {e}; re-download it", path=where) from None
     except (struct.error, UnicodeDecodeError) as e:
-        raise InputError(f"{bad}: its header cannot be decoded ({e}); re-download it") from None
+        raise FileError(f"{bad}: its header cannot be decoded ({e}); re-download it", path=where) from None
 
     alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise InputError(f"{bad}: general.alignment {alignment!r} is not a power of two; re-download it")
+        raise FileError(f"{bad}: general.alignment {alignment!r} is not a power of two; re-download it",
+                        path=where, key="general.alignment")
     data_start = -(-header_end // alignment) * alignment
     tensors = []
     end = 0
@@ -180,16 +182,16 @@ def parse_header(read: Callable[[int, int], bytes], *, where: str, file_size: in
         try:
             tensor = GGUFTensor(name, shape, int(t))
             nbytes = tensor_bytes(t, shape)
-        except InputError as e:
-            raise InputError(f"{bad}: tensor {name!r}: {e}; re-download it") from None
+        except ValueError as e:  # a FileError, or row_bytes refusing the shape
+            raise FileError(f"{bad}: tensor {name!r}: {e}; re-download it", path=where) from None
         if offset % alignment:
-            raise InputError(f"{bad}: tensor {name!r} starts at offset {offset}, not a multiple of the "
-                             f"alignment {alignment}; re-download it")
+            raise FileError(f"{bad}: tensor {name!r} starts at offset {offset}, not a multiple of the "
+                             f"alignment {alignment}; re-download it", path=where)
         tensors.append(tensor)
         end = max(end, offset + nbytes)
     if file_size is not None and data_start + end > file_size:
-        raise InputError(f"{bad}: its tensors need {data_start + end:,} bytes but the file has {file_size:,}; "
-                         "it is truncated, re-download it")
+        raise FileError(f"{bad}: its tensors need {data_start + end:,} bytes but the file has {file_size:,}; "
+                         "it is truncated, re-download it", path=where)
     return _model(meta, tuple(tensors), where=where, header_bytes=data_start, alignment=alignment,
                   file_bytes=file_size if file_size is not None else data_start + end)
 
@@ -198,7 +200,8 @@ def _model(meta: dict, tensors: tuple[GGUFTensor, ...], *, where: str, header_by
            file_bytes: int) -> GGUFModel:
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
-        raise InputError(f"{where} has no general.architecture: it is not a llama.cpp model file; re-convert it")
+        raise FileError(f"{where} has no general.architecture: it is not a llama.cpp model file; re-convert it",
+                        path=where, key="general.architecture")
 
     def get(key: str, default=None):
         return meta.get(f"{arch}.{key}", default)
@@ -213,13 +216,14 @@ def _model(meta: dict, tensors: tuple[GGUFTensor, ...], *, where: str, header_by
     n_embd = count("embedding_length")
     n_head = count("attention.head_count")
     if not n_layer or not n_embd or not n_head:
-        raise InputError(f"{where} lacks {arch}.block_count, .embedding_length or .attention.head_count: "
-                         "fitplan plans decoder models with attention; this file is not one it can plan")
+        raise FileError(f"{where} lacks {arch}.block_count, .embedding_length or .attention.head_count: "
+                         "fitplan plans decoder models with attention; this file is not one it can plan",
+                        path=where, key=f"{arch}.block_count")
     kv = get("attention.head_count_kv", n_head)
     n_head_kv = tuple(int(x) for x in kv) if isinstance(kv, list) else (int(kv),) * n_layer
     if len(n_head_kv) != n_layer:
-        raise InputError(f"{where}: {arch}.attention.head_count_kv has {len(n_head_kv)} entries for {n_layer} "
-                         "layers; re-convert the file")
+        raise FileError(f"{where}: {arch}.attention.head_count_kv has {len(n_head_kv)} entries for {n_layer} "
+                         "layers; re-convert the file", path=where, key=f"{arch}.attention.head_count_kv")
     head_k = count("attention.key_length", n_embd // n_head)
     head_v = count("attention.value_length", n_embd // n_head)
     tokens = meta.get("tokenizer.ggml.tokens")
@@ -255,14 +259,14 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
     """The header of a local `.gguf` file (or of every shard of a `-0000i-of-0000n.gguf` split set)."""
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"no such file: {p} (pass a .gguf file or a folder holding .gguf files)")
+        raise FileError(f"no such file: {p} (pass a .gguf file or a folder holding .gguf files)", path=str(p))
     parts = split_parts(p.name)
     if parts:
         shards = [p.with_name(n) for n in parts]
         missing = [s.name for s in shards if not s.is_file()]
         if missing:
-            raise InputError(f"{p.name} is part of a {len(parts)}-file split GGUF but {missing[0]} is "
-                             "missing: download every part")
+            raise FileError(f"{p.name} is part of a {len(parts)}-file split GGUF but {missing[0]} is "
+                             "missing: download every part", path=str(p))
         return merge_shards([_read_one(s) for s in shards], where=str(shards[0]))
     return _read_one(p)
 
@@ -315,5 +319,6 @@ def read_gguf_folder(folder: str | os.PathLike) -> tuple[GGUFModel, ...]:
     """Every model file in a folder holding several quantizations, in file name order."""
     files = gguf_files(folder)
     if not files:
-        raise InputError(f"{folder} holds no .gguf file: pass a folder with GGUF files, or a .gguf file")
+        raise FileError(f"{folder} holds no .gguf file: pass a folder with GGUF files, or a .gguf file",
+                        path=str(folder))
     return tuple(read_gguf(p) for p in files)

@@ -6,15 +6,16 @@ huggingface_hub's shared session, which follows the Hub's redirect to its CDN. A
 length prefix, so `header.parse_header` asks for 1 MiB first and doubles the request until the
 header is complete (a 128k-token vocabulary makes it about 8 MB: 4 requests).
 
-Hub errors go through fitplan's own retry and error wording (`fitplan.model.source`), so a GGUF repo
-fails the way a transformers repo does.
+Every request goes through fitplan's one Hub client (`fitplan.model.sources.hub.HubClient`: its
+retries, timeout and error wording), so a GGUF repo fails the way a transformers repo does.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import replace
 
-from ..errors import FitplanError, HubError, InputError
+from ..errors import FileError, OptionError
+from ..model.sources.hub import HubClient
 from .header import is_model_file, merge_shards, parse_header, split_parts
 from .model import GGUFModel
 
@@ -35,42 +36,20 @@ def read_hub_gguf(repo_id: str, filename: str, *, revision: str | None = None, t
 def hub_gguf_files(repo_id: str, *, revision: str | None = None, token=None, timeout: float | None = None
                    ) -> tuple[str, ...]:
     """The `.gguf` model files of a Hub repo (split sets by their first part, `mmproj*` left out)."""
-    from huggingface_hub import HfApi
-
-    from ..versions import fitplan_version
-    from ..model import source
-
-    api = HfApi(library_name="fitplan", library_version=fitplan_version())
-    explain = source._Explainer(repo_id, revision, token, api.endpoint, source._timeout(timeout))
-    try:
-        info = source._retrying(lambda: api.model_info(repo_id, revision=revision, token=token,
-                                                       timeout=source._timeout(timeout)))
-    except source._GaveUp as gave_up:
-        raise explain.transient(gave_up) from None
-    except FitplanError:
-        raise
-    except Exception as e:  # noqa: BLE001 - huggingface_hub/httpx failures become one line
-        raise explain.error(e) from None
+    client = HubClient.open(repo_id, revision=revision, token=token, timeout=timeout)
+    info = client.call(lambda: client.api.model_info(repo_id, revision=revision, token=token, timeout=client.timeout))
     out = sorted(s.rfilename for s in (info.siblings or ()) if is_model_file(s.rfilename.rpartition("/")[2]))
     if not out:
-        raise InputError(f"'{repo_id}' holds no .gguf file: pass a GGUF repo (e.g. one named '...-GGUF') or a "
-                         "transformers repo id for the what-if estimate")
+        raise OptionError(f"'{repo_id}' holds no .gguf file: pass a GGUF repo (e.g. one named '...-GGUF') or a "
+                          "transformers repo id for the what-if estimate", option="model")
     return tuple(out)
 
 
 def _read_one(repo_id: str, filename: str, revision, token, timeout) -> GGUFModel:
-    import huggingface_hub
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+    from huggingface_hub.utils import get_session, hf_raise_for_status
 
-    from ..versions import fitplan_version
-    from ..model import source
-
-    api = HfApi(library_name="fitplan", library_version=fitplan_version())
-    seconds = source._timeout(timeout)
-    explain = source._Explainer(repo_id, revision, token, api.endpoint, seconds)
-    url = huggingface_hub.hf_hub_url(repo_id, filename, revision=revision, endpoint=api.endpoint)
-    headers = build_hf_headers(token=token, library_name="fitplan", library_version=fitplan_version())
+    client = HubClient.open(repo_id, revision=revision, token=token, timeout=timeout)
+    url, headers = client.file_url(filename), client.headers()
     total: list[int] = []
 
     def get(offset: int, size: int) -> bytes:
@@ -79,20 +58,15 @@ def _read_one(repo_id: str, filename: str, revision, token, timeout) -> GGUFMode
         rng = {"Range": f"bytes={offset}-{offset + size - 1}"}
 
         def once():
-            response = get_session().get(url, headers={**headers, **rng}, timeout=seconds)
+            response = get_session().get(url, headers={**headers, **rng}, timeout=client.timeout)
+            if response.status_code == 416:
+                return None  # asked past the end: the file is shorter than its header
             hf_raise_for_status(response)
             return response
 
-        try:
-            response = source._retrying(once)
-        except source._GaveUp as gave_up:
-            raise explain.transient(gave_up) from None
-        except FitplanError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            if getattr(getattr(e, "response", None), "status_code", None) == 416:
-                return b""  # asked past the end: the file is shorter than its header
-            raise explain.error(e) from None
+        response = client.call(once)
+        if response is None:
+            return b""
         if response.status_code == 200:  # a server that ignores Range: keep only what was asked
             total[:] = [len(response.content)]
             return response.content[offset:offset + size]
@@ -101,13 +75,11 @@ def _read_one(repo_id: str, filename: str, revision, token, timeout) -> GGUFMode
             total[:] = [int(m.group(1))]
         return response.content
 
-    try:
-        model = parse_header(get, where=f"{repo_id}/{filename}", file_size=None)
-    except HubError:
-        raise
+    model = parse_header(get, where=f"{repo_id}/{filename}", file_size=None)
     size = total[0] if total else None
     if size is not None and size < model.file_bytes:
-        raise InputError(f"{repo_id}/{filename} is not a valid GGUF file: its tensors need {model.file_bytes:,} "
-                         f"bytes but the file has {size:,}; it is truncated, tell the repo owner")
+        raise FileError(f"{repo_id}/{filename} is not a valid GGUF file: its tensors need {model.file_bytes:,} "
+                        f"bytes but the file has {size:,}; it is truncated, tell the repo owner",
+                        path=f"{repo_id}/{filename}")
     return replace(model, origin="hub", repo_id=repo_id, files=(filename,),
                    file_bytes=size if size is not None else model.file_bytes)

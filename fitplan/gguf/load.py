@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DoesNotFitError, InputError
+from ..errors import DependencyError, DoesNotFitError, FileError
 from .plan import GGUFChoice, GGUFRow
 
 
@@ -19,7 +19,8 @@ def llama_kwargs(choice: GGUFChoice, row: GGUFRow | None = None, *, model_path: 
     the Hub. `model_path` replaces the row's file (a what-if row names the file to download)."""
     row = row or choice.recommended
     if row is None:
-        raise DoesNotFitError(f"no GGUF option for {choice.model} fits {choice.hardware}: see the plan's reasons")
+        raise DoesNotFitError(f"no GGUF option for {choice.model} fits {choice.hardware}: see the plan's reasons",
+                              model_id=str(choice.model))
     kw = choice.llama_cpp_kwargs(row)
     if model_path is not None:
         kw["model_path"] = str(model_path)
@@ -28,7 +29,7 @@ def llama_kwargs(choice: GGUFChoice, row: GGUFRow | None = None, *, model_path: 
     if not Path(kw["model_path"]).is_file():
         what = ("download a GGUF file of this type and pass model_path=" if row.origin == "estimate"
                 else "check the path, or pass model_path=")
-        raise InputError(f"no GGUF file at {kw['model_path']}: {what}")
+        raise FileError(f"no GGUF file at {kw['model_path']}: {what}", path=str(kw["model_path"]))
     return kw
 
 
@@ -40,8 +41,8 @@ def load_gguf(choice: GGUFChoice, row: GGUFRow | None = None, *, model_path: str
     try:
         import llama_cpp
     except ImportError:
-        raise InputError("loading a GGUF plan needs llama-cpp-python: pip install llama-cpp-python "
-                         "(or pip install 'fitplan[llama-cpp]')") from None
+        raise DependencyError("loading a GGUF plan needs llama-cpp-python: pip install llama-cpp-python "
+                         "(or pip install 'fitplan[llama-cpp]')", package="llama-cpp-python") from None
     if "repo_id" in kw:
         return llama_cpp.Llama.from_pretrained(**kw)
     return llama_cpp.Llama(**kw)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from .. import calibration as C
-from ..errors import InputError
+from ..errors import OptionError
 from ..hardware.machine import Hardware
 from ..model.inventory import Inventory
 from ..vocab.units import fmt_bytes, parse_fraction_or_bytes
@@ -221,7 +221,8 @@ def _models(model) -> tuple[tuple[GGUFModel, ...], str, tuple[str, ...]]:
     if isinstance(model, Sequence) and model and all(isinstance(m, GGUFModel) for m in model):
         ms = tuple(sorted(model, key=lambda m: (quality_rank(m.file_type or ""), -m.file_bytes)))
         return ms, ms[0].repo_id or ms[0].name, tuple(n for m in ms for n in m.notes)
-    raise InputError("plan_gguf needs a GGUFModel (read_gguf/read_hub_gguf), a list of them, or an Inventory")
+    raise OptionError("plan_gguf needs a GGUFModel (read_gguf/read_hub_gguf), a list of them, or an Inventory",
+                      option="model")
 
 
 def plan_gguf(model, hardware: Hardware, *, context: int = 4096, n_parallel: int = 1, kv_type: str = "f16",

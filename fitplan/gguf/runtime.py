@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 
 from gguf import GGMLQuantizationType as T
 
-from ..errors import InputError
+from ..errors import OptionError
 from .model import GGUFModel
 from .ggml_types import kv_type, row_bytes
 
@@ -67,7 +67,7 @@ class RunConfig:
         for name in ("context", "n_parallel", "n_ubatch", "n_batch"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be a positive whole number, got {v!r}")
+                raise OptionError(f"{name} must be a positive whole number, got {v!r}", option=name)
         kv_type(self.kv_type)
 
     @property
@@ -94,7 +94,10 @@ def kv_bytes_per_layer(m: GGUFModel, run: RunConfig) -> tuple[int, ...]:
             cells = run.n_parallel * min(seq_cells, _pad(m.sliding_window + run.ubatch))
         else:
             cells = run.n_ctx
-        out.append(cells * (row_bytes(t, m.head_dim_k * kv_heads) + row_bytes(t, m.head_dim_v * kv_heads)))
+        try:
+            out.append(cells * (row_bytes(t, m.head_dim_k * kv_heads) + row_bytes(t, m.head_dim_v * kv_heads)))
+        except ValueError as err:  # heads that do not fill whole blocks of this KV cache type
+            raise OptionError(str(err), option="kv_type") from None
     return tuple(out)
 
 
@@ -175,9 +178,10 @@ def placement(m: GGUFModel, run: RunConfig, n_gpu_layers: int, *, gpu: bool = Tr
     llama.cpp can offload, output layer included). `gpu=False`: a CPU-only build or host, where
     the whole graph runs in one CPU compute buffer (n_gpu_layers must be 0)."""
     if not 0 <= n_gpu_layers <= m.n_layer + 1:
-        raise InputError(f"n_gpu_layers must be between 0 and {m.n_layer + 1} for this model, got {n_gpu_layers}")
+        raise OptionError(f"n_gpu_layers must be between 0 and {m.n_layer + 1} for this model, got {n_gpu_layers}",
+                          option="n_gpu_layers")
     if not gpu and n_gpu_layers:
-        raise InputError("n_gpu_layers must be 0 without a GPU")
+        raise OptionError("n_gpu_layers must be 0 without a GPU", option="n_gpu_layers")
     start = m.n_layer - min(n_gpu_layers, m.n_layer)
     per_layer = m.layer_bytes()
     kv = kv_bytes_per_layer(m, run)

@@ -7,7 +7,13 @@ NVML or torch, so planning for a card you do not have is fast and works on any m
   `hardware_from_gpu_flag`. Names are case-insensitive; aliases and NVML names work too.
 - `--hardware FILE.yaml`: `hardware_from_file`, schema in `docs/hardware.md`.
 
-Every GPU built here has free == total and is numbered 0..n-1 in the order written.
+Every GPU built here is numbered 0..n-1 in the order written.
+
+Why one module (~425 lines): a hardware file's `gpus:` entries are catalogue names (`rtx4090`,
+`2x a100-80gb`, `gpu: h100` with a `free:` of its own) as often as described cards, so the file
+reader and the `--gpu` parser share one reader of a counted name, one catalogue lookup with its
+did-you-mean, and one builder of a GPU from a catalogue entry; split apart, each would import the
+other's internals.
 """
 from __future__ import annotations
 
@@ -20,11 +26,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import HardwareError, InputError
+from ..errors import FileError, HardwareError, InputError, OptionError
 from .machine import GPU, Hardware
 from .software import Software, default_software, parse_software
 from ..vocab.units import fmt_bytes
 from ..yamlsource import (
+    at,
     YamlList,
     YamlMap,
     check_keys,
@@ -102,26 +109,27 @@ def parse_gpu_catalogue(source: str | bytes | Path, *, source_name: str = _CATAL
     for key, entry in entries.items():
         where = entries.where(key)
         if not isinstance(key, str) or key != key.lower() or _norm(key) != key:
-            raise InputError(f"{where}: catalogue key {key!r} must be lowercase with '-' between words")
+            raise FileError(f"{where}: catalogue key {key!r} must be lowercase with '-' between words",
+                            **entries.at(key))
         entry = require_map(entry, where=where, what=f"gpus.{key}")
         what = f"gpus.{key}"
         check_keys(entry, ["name", "memory", "compute_capability", "bandwidth_gbs", "aliases", "reserved"], what=what)
         name = get_str(entry, "name", what=what, required=True)
         memory = get_size(entry, "memory", what=what, required=True, minimum=1, maximum=MAX_GPU_MEMORY)
         cc = _cc_field(entry, what)
-        bandwidth = get_number(entry, "bandwidth_gbs", what=what, required=True, minimum=BANDWIDTH_GBS_RANGE[0],
-                               maximum=BANDWIDTH_GBS_RANGE[1])
+        bandwidth = get_number(entry, "bandwidth_gbs", what=what, required=True, **BANDWIDTH_GBS)
         aliases = _aliases(entry, what)
         for word in (key, *aliases):
             owner = claimed.setdefault(_norm(word), key)
             if owner != key:
                 line = where if word == key else entry.where("aliases")
-                raise InputError(f"{line}: name {word!r} of {what} is already taken by '{owner}'; names must be unique")
+                raise FileError(f"{line}: name {word!r} of {what} is already taken by '{owner}'; names must be unique",
+                                **at(line, word))
         reserved = get_size(entry, "reserved", what=what, minimum=0, maximum=memory - 1)
         specs[key] = GPUSpec(key, name, memory, cc, bandwidth, aliases,
                              DRIVER_RESERVED_BYTES if reserved is None else reserved)
     if not specs:
-        raise InputError(f"{entries.where()}: the catalogue lists no GPUs")
+        raise FileError(f"{entries.where()}: the catalogue lists no GPUs", **entries.at())
     return specs
 
 
@@ -146,7 +154,8 @@ def find_gpu(word: str, catalogue: dict[str, GPUSpec] | None = None) -> GPUSpec:
     key = index.get(_norm(word))
     if key is not None:
         return catalogue[key]
-    raise HardwareError(f"unknown GPU {word.strip()!r}{_suggest(word, catalogue, index)}; {_HINT}")
+    raise HardwareError(f"unknown GPU {word.strip()!r}{_suggest(word, catalogue, index)}; {_HINT}",
+                        gpu=word.strip(), path=None)
 
 
 def _suggest(word: str, catalogue: dict[str, GPUSpec], index: dict[str, str]) -> str:
@@ -184,16 +193,18 @@ CATALOGUE_NOTE = ("GPUs from the catalogue, not probed: free memory is taken to 
 def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
     """`--gpu` -> Hardware. `text` lists cards, each optionally counted: `2xa100-80gb,rtx4090`."""
     if not isinstance(cpu_ram_bytes, int) or isinstance(cpu_ram_bytes, bool) or cpu_ram_bytes < 0:
-        raise InputError(f"CPU RAM must be a non-negative number of bytes, got {cpu_ram_bytes!r}")
+        raise OptionError(f"CPU RAM must be a non-negative number of bytes, got {cpu_ram_bytes!r}", option="cpu_ram")
     if not isinstance(text, str):
-        raise InputError(f"--gpu must be text naming GPUs such as 'rtx4090' or '2x a100-80gb', got {text!r:.80}")
+        raise OptionError(f"--gpu must be text naming GPUs such as 'rtx4090' or '2x a100-80gb', got {text!r:.80}",
+                          option="gpu")
     if not text or not text.strip():
-        raise InputError("--gpu is empty; name a GPU such as 'rtx4090' or '2x a100-80gb' (`fitplan gpus` lists them)")
+        raise OptionError("--gpu is empty; name a GPU such as 'rtx4090' or '2x a100-80gb' (`fitplan gpus` lists them)",
+                          option="gpu")
     catalogue = load_gpu_catalogue()
     gpus: list[GPU] = []
     for part in text.split(","):
         if not part.strip():
-            raise InputError(f"--gpu {text!r} has an empty entry; separate GPU names with single commas")
+            raise OptionError(f"--gpu {text!r} has an empty entry; separate GPU names with single commas", option="gpu")
         count, spec = _counted(part, catalogue, context="--gpu")
         _check_total(len(gpus) + count, f"--gpu {text!r}")
         gpus.extend([spec.to_gpu(len(gpus) + i) for i in range(count)])
@@ -212,7 +223,7 @@ HARDWARE_FILE_KEYS = ("gpus", "cpu_ram", "unified", "software")
 #: The keys of one entry of a `gpus:` list.
 GPU_ITEM_KEYS = ("gpu", "name", "memory", "compute_capability", "free", "bandwidth_gbs", "count")
 #: Bounds of a `bandwidth_gbs` (GB/s), in the catalogue and in files.
-BANDWIDTH_GBS_RANGE = (1, 100_000)
+BANDWIDTH_GBS = {"minimum": 1, "maximum": 100_000}
 
 
 def read_hardware_map(doc: YamlMap, *, name: str, what: str) -> tuple[tuple[GPU, ...], int | None, bool, Software]:
@@ -220,15 +231,15 @@ def read_hardware_map(doc: YamlMap, *, name: str, what: str) -> tuple[tuple[GPU,
     `hardware:`: the one reader of `HARDWARE_FILE_KEYS`. `what` names the mapping in errors."""
     check_keys(doc, HARDWARE_FILE_KEYS, what=what)
     if doc.get("gpus") is None:
-        raise InputError(f"{doc.where('gpus')}: {what} needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
-                         "machine)")
+        raise FileError(f"{doc.where('gpus')}: {what} needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
+                        "machine)", **doc.at("gpus"))
     gpus = parse_gpu_list(require_list(doc["gpus"], where=doc.where("gpus"), what="gpus"),
                           what="gpus" if what == "a hardware file" else f"{what}.gpus")
     ram = get_size(doc, "cpu_ram", what="" if what == "a hardware file" else what, maximum=MAX_CPU_RAM)
     unified = doc.get("unified", False)
     if not isinstance(unified, bool):
-        raise InputError(f"{doc.where('unified')}: unified must be true or false (true: the CPU and GPU share "
-                         f"cpu_ram, as on Apple silicon), got {describe(unified)}")
+        raise FileError(f"{doc.where('unified')}: unified must be true or false (true: the CPU and GPU share "
+                        f"cpu_ram, as on Apple silicon), got {describe(unified)}", **doc.at("unified"))
     software = parse_software(doc, what="software" if what == "a hardware file" else f"{what}.software")
     return gpus, ram, unified, software
 
@@ -236,16 +247,19 @@ def read_hardware_map(doc: YamlMap, *, name: str, what: str) -> tuple[tuple[GPU,
 def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) -> Hardware:
     """`--hardware FILE.yaml` -> Hardware. `cpu_ram_bytes` is used when the file has no `cpu_ram`."""
     if not isinstance(path, (str, os.PathLike)):
-        raise InputError(f"hardware must be the path of a YAML file (or a fitplan Hardware), got {path!r:.80}")
+        raise OptionError(f"hardware must be the path of a YAML file (or a fitplan Hardware), got {path!r:.80}",
+                          option="hardware")
     path = Path(path)
     name = str(path)
     doc = load_yaml(path, source_name=name)
     doc = require_map(doc, where=f"{name}:1", what="a hardware file")
-    check_keys(doc, HARDWARE_FILE_KEYS, what="a hardware file")  # an unknown key first: 'gpu:' for 'gpus:'
+    check_keys(doc, HARDWARE_FILE_KEYS, what="a hardware file")  # an unknown key ('gpu:') is said first
     if "gpus" not in doc:
-        raise InputError(f"{name}:1: a hardware file needs a 'gpus:' list (write 'gpus: []' for a CPU-only machine)")
+        raise FileError(f"{name}:1: a hardware file needs a 'gpus:' list (write 'gpus: []' for a CPU-only machine)",
+                        path=name, line=1, key="gpus")
     if doc["gpus"] is None:
-        raise InputError(f"{doc.where('gpus')}: 'gpus' is empty; list GPUs, or write 'gpus: []' for a CPU-only machine")
+        raise FileError(f"{doc.where('gpus')}: 'gpus' is empty; list GPUs, or write 'gpus: []' for a CPU-only machine",
+                        **doc.at("gpus"))
     gpus, ram, unified, software = read_hardware_map(doc, name=name, what="a hardware file")
     notes = [f"GPUs described in {name}, not probed"]
     if ram is None:
@@ -280,9 +294,9 @@ def _file_gpus(items: YamlList, i: int, item: Any, catalogue: dict[str, GPUSpec]
         count, spec = _counted(item, catalogue, context=f"{where}: {what}")
         return [spec.to_gpu(0) for _ in range(count)]
     if not isinstance(item, YamlMap):
-        raise InputError(
+        raise FileError(
             f"{where}: {what} must be a catalogue name like 'rtx4090' or a mapping "
-            f"with 'gpu:' or 'name:', got {describe(item)}"
+            f"with 'gpu:' or 'name:', got {describe(item)}", **items.at(i)
         )
     check_keys(item, GPU_ITEM_KEYS, what=what)
     count = get_int(item, "count", what=what, minimum=1, maximum=MAX_GPUS)
@@ -290,29 +304,29 @@ def _file_gpus(items: YamlList, i: int, item: Any, catalogue: dict[str, GPUSpec]
     if "gpu" in item:
         for key in ("name", "memory", "compute_capability", "bandwidth_gbs"):
             if key in item:
-                raise InputError(
+                raise FileError(
                     f"{item.where(key)}: {what} takes '{key}' from the catalogue entry 'gpu: {item['gpu']}'; "
-                    f"to describe a different card, replace 'gpu:' with 'name:'"
+                    f"to describe a different card, replace 'gpu:' with 'name:'", **item.at(key)
                 )
         word = item["gpu"]
         if not isinstance(word, (str, int)) or isinstance(word, bool):
-            raise InputError(f"{item.where('gpu')}: {what}.gpu must be a catalogue name, got {describe(word)}")
+            raise FileError(f"{item.where('gpu')}: {what}.gpu must be a catalogue name, got {describe(word)}",
+                            **item.at("gpu"))
         try:
             spec = find_gpu(str(word), catalogue)
         except HardwareError as err:
-            raise HardwareError(f"{item.where('gpu')}: {what}.gpu: {err}") from None
+            raise HardwareError(f"{item.where('gpu')}: {what}.gpu: {err}", gpu=err.gpu, path=item.source) from None
         free = _free(item, what, spec.memory_bytes)
         return [spec.to_gpu(0, free) for _ in range(count)]
     if "name" not in item:
-        raise InputError(
+        raise FileError(
             f"{item.where()}: {what} needs either 'gpu: KEY' (a catalogue card) or "
-            f"'name:', 'memory:' and 'compute_capability:' (any other card)"
+            f"'name:', 'memory:' and 'compute_capability:' (any other card)", **item.at()
         )
     name = get_str(item, "name", what=what, required=True)
     memory = get_size(item, "memory", what=what, required=True, minimum=1, maximum=MAX_GPU_MEMORY)
     cc = _cc_field(item, what)
-    bandwidth = get_number(item, "bandwidth_gbs", what=what, minimum=BANDWIDTH_GBS_RANGE[0],
-                           maximum=BANDWIDTH_GBS_RANGE[1])
+    bandwidth = get_number(item, "bandwidth_gbs", what=what, **BANDWIDTH_GBS)
     free = _free(item, what, memory)
     gpu = GPU(index=0, name=name, total_bytes=memory, free_bytes=memory - DRIVER_RESERVED_BYTES if free is None else free,
               compute_capability=cc, bandwidth_gbs=bandwidth)
@@ -322,23 +336,24 @@ def _file_gpus(items: YamlList, i: int, item: Any, catalogue: dict[str, GPUSpec]
 def _free(item: YamlMap, what: str, total: int) -> int | None:
     free = get_size(item, "free", what=what, maximum=MAX_GPU_MEMORY)
     if free is not None and free > total:
-        raise InputError(
+        raise FileError(
             f"{item.where('free')}: {what}.free ({fmt_bytes(free)}) is more than the card's memory "
-            f"({fmt_bytes(total)}); free memory cannot exceed the total"
+            f"({fmt_bytes(total)}); free memory cannot exceed the total", **item.at("free")
         )
     return free
 
 
 def _cc_field(entry: YamlMap, what: str) -> tuple[int, int]:
     if entry.get("compute_capability") is None:
-        raise InputError(
+        raise FileError(
             f"{entry.where('compute_capability')}: {what} needs compute_capability, e.g. \"8.6\" "
-            f"(nvidia-smi --query-gpu=compute_cap --format=csv prints it)"
+            f"(nvidia-smi --query-gpu=compute_cap --format=csv prints it)", **entry.at("compute_capability")
         )
     try:
         return parse_compute_capability(entry["compute_capability"])
     except ValueError as err:
-        raise InputError(f"{entry.where('compute_capability')}: {what}.compute_capability: {err}") from None
+        raise FileError(f"{entry.where('compute_capability')}: {what}.compute_capability: {err}",
+                        **entry.at("compute_capability")) from None
 
 
 def _aliases(entry: YamlMap, what: str) -> tuple[str, ...]:
@@ -349,7 +364,7 @@ def _aliases(entry: YamlMap, what: str) -> tuple[str, ...]:
     out = []
     for i, alias in enumerate(raw):
         if isinstance(alias, bool) or not isinstance(alias, (str, int)) or not str(alias).strip():
-            raise InputError(f"{raw.where(i)}: {what}.aliases[{i}] must be a name, got {describe(alias)}")
+            raise FileError(f"{raw.where(i)}: {what}.aliases[{i}] must be a name, got {describe(alias)}", **raw.at(i))
         out.append(str(alias).strip())
     return tuple(out)
 
@@ -361,19 +376,25 @@ def _counted(part: str, catalogue: dict[str, GPUSpec], *, context: str) -> tuple
     if m:
         count, word = int(m.group(1)), m.group(2).strip()
         if not word:
-            raise InputError(f"{context}: {part.strip()!r} has a count but no GPU name; write e.g. '2x rtx4090'")
+            raise _named_error(context, f"{context}: {part.strip()!r} has a count but no GPU name; write e.g. '2x rtx4090'")
         if count < 1:
-            raise InputError(f"{context}: GPU count must be at least 1, got {count} in {part.strip()!r}")
+            raise _named_error(context, f"{context}: GPU count must be at least 1, got {count} in {part.strip()!r}")
         _check_total(count, context)
     try:
         return count, find_gpu(word, catalogue)
     except HardwareError as err:
-        raise HardwareError(f"{context}: {err}") from None
+        raise HardwareError(f"{context}: {err}",
+                            gpu=err.gpu, path=at(context)["path"] if context != "--gpu" else None) from None
 
 
 def _check_total(n: int, context: str) -> None:
     if n > MAX_GPUS:
-        raise InputError(f"{context}: asks for {n} GPUs; fitplan plans for at most {MAX_GPUS} in one process")
+        raise _named_error(context, f"{context}: asks for {n} GPUs; fitplan plans for at most {MAX_GPUS} in one process")
+
+
+def _named_error(context: str, message: str) -> InputError:
+    """An error about GPUs named by `--gpu` (the option) or at `context` of a file ("FILE:LINE: what")."""
+    return OptionError(message, option="gpu") if context == "--gpu" else FileError(message, **at(context))
 
 
 def _renumber(gpu: GPU, index: int) -> GPU:

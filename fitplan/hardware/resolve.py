@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import os
 
-from ..errors import InputError
+from ..errors import OptionError
 from .machine import Hardware
 
 
 def resolve_hardware(gpu: str | None = None, hardware: str | os.PathLike | Hardware | None = None) -> Hardware:
     """`gpu` (catalogue names), `hardware` (a file or a `Hardware`), else the machine itself via NVML."""
     if gpu and hardware:
-        raise InputError("give either gpu or hardware, not both")
+        raise OptionError("give either gpu or hardware, not both", option="gpu")
     if isinstance(hardware, Hardware):
         return hardware
     from .probe import cpu_ram_bytes, probe

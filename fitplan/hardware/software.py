@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from ..errors import InputError
+from ..errors import FileError
 from ..versions import installed
 from ..yamlsource import YamlMap, check_keys, describe, require_map
 
@@ -98,8 +98,8 @@ def parse_software(doc: YamlMap, key: str = "software", *, what: str = "software
     for name in entry:
         value = entry[name]
         if not isinstance(value, bool):
-            raise InputError(f"{entry.where(name)}: {what}.{name} must be true or false (whether the target has it "
-                             f"installed), got {describe(value)}")
+            raise FileError(f"{entry.where(name)}: {what}.{name} must be true or false (whether the target has it "
+                            f"installed), got {describe(value)}", **entry.at(name))
         values[name] = value
     base = default_software()
     return Software(**{f.name: values.get(f.name, getattr(base, f.name)) for f in _key_fields()},

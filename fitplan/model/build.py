@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..errors import InputError, LibraryChangedError, UnsupportedModelError
+from ..errors import LibraryChangedError, OptionError, UnsupportedModelError
 from ..vocab.classes import AUTO_CLASSES
 from .inventory import HubKernel, Inventory
 from . import cacheprobe, fields, hf, vision
 from .prequant import mark_converted
-from .source import decode_special_floats
+from .sources import decode_special_floats
 from ..versions import lib_versions
 
 def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False,
@@ -31,9 +31,11 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
     Raises `FitplanError`s for configs it cannot plan."""
     if auto_class == "seq2seq-lm":
         raise UnsupportedModelError("fitplan does not plan encoder-decoder models (seq2seq-lm): their encoder "
-                                    "output and cross-attention cache are not sized; plan a decoder-only model")
+                                    "output and cross-attention cache are not sized; plan a decoder-only model",
+                                    model_type=cfg.get("model_type"))
     if auto_class is not None and auto_class not in AUTO_CLASSES:
-        raise InputError(f"auto_class must be one of {', '.join(AUTO_CLASSES)}, got {auto_class!r:.40}")
+        raise OptionError(f"auto_class must be one of {', '.join(AUTO_CLASSES)}, got {auto_class!r:.40}",
+                          option="auto_class")
     cfg = decode_special_floats(cfg)  # as transformers reads config.json: {"__float__": "Infinity"} is a float
     fields.check_config_fields(cfg)
     with hf.quiet():

@@ -77,7 +77,7 @@ def kv_layers_from_cache(model, build_dtype, generator=None) -> tuple[tuple[KVLa
             layers = cachelayout.layout(probes + [probe(model, *shapes[2], [], generator)], *args)
     except cachelayout.UnknownCache as exc:
         raise UnsupportedModelError(f"{name}'s cache (transformers {hf.version()}) is not one fitplan can size: "
-                                    f"{exc}") from None
+                                    f"{exc}", model_type=name) from None
     expected = hf.attention_layer_count(text, layer_count)
     filled = sum(1 for k in layers if k.elements_per_token > 0)
     if filled < expected:
@@ -99,17 +99,18 @@ def refuse_unsized(model) -> None:
     config = model.config
     if getattr(config, "is_encoder_decoder", False) is True:
         raise UnsupportedModelError(f"{name} is an encoder-decoder model: fitplan does not size its encoder output "
-                                    "and cross-attention cache (seq2seq models are not planned)")
+                                    "and cross-attention cache (seq2seq models are not planned)", model_type=name)
     if not model.can_generate():
         raise UnsupportedModelError(f"transformers {version} says {name} cannot generate (no generate()), so there "
-                                    "is no generation for fitplan to plan")
+                                    "is no generation for fitplan to plan", model_type=name)
     text = config.get_text_config(decoder=True)
     if hf.config_value(text, "cross_attention_layers"):
         raise UnsupportedModelError(f"{name} attends to the image through cross-attention layers whose cache holds "
-                                    "the image's keys and values; fitplan does not size that cache")
+                                    "the image's keys and values; fitplan does not size that cache", model_type=name)
     if hf.config_value(text, "add_cross_attention"):
         raise UnsupportedModelError(f"{name} attends to an encoder's output through cross-attention layers whose "
-                                    "cache holds that output's keys and values; fitplan does not size that cache")
+                                    "cache holds that output's keys and values; fitplan does not size that cache",
+                                    model_type=name)
 
 
 def kv_layers_fallback(model, text, exc, build_dtype) -> tuple[tuple[KVLayer, ...], bool, str]:
@@ -124,7 +125,7 @@ def kv_layers_fallback(model, text, exc, build_dtype) -> tuple[tuple[KVLayer, ..
                             for name, _ in decoder.named_modules() for part in name.split(".")):
         raise UnsupportedModelError(f"{type(decoder).__name__}, the language model of {type(model).__name__}, attends "
                                     "to the image through cross-attention whose cache holds the image's keys and "
-                                    "values; fitplan does not size that cache")
+                                    "values; fitplan does not size that cache", model_type=type(model).__name__)
     if decoder is not None and (own_generate or not isinstance(exc, hf.NoKVCache)):
         try:
             layers, math_sdpa = kv_layers_from_cache(decoder, build_dtype, generator=None if own_generate else model)
@@ -175,20 +176,20 @@ def kv_layers_from_config(text_config, model, exc: BaseException) -> tuple[KVLay
     if isinstance(exc, hf.NoKVCache):
         why = exc.args[1] if len(exc.args) > 1 else "neither takes nor returns a cache"
         raise UnsupportedModelError(f"{cls_name}'s forward (transformers {version}) {why}: fitplan plans generation "
-                                    "with a cache") from None
+                                    "with a cache", model_type=cls_name) from None
     failure = f"transformers {version}: {type(exc).__name__}: {hf.reason(exc)[:140]}"
     if "meta" not in str(exc).lower():  # not a step the meta device cannot take: the model's own failure
         raise UnsupportedModelError(f"{cls_name} fails on this config in a generation step ({failure}), so fitplan "
-                                    "cannot read its cache") from None
+                                    "cannot read its cache", model_type=cls_name) from None
     why = why_not_plain_attention(text_config)
     if not why and (hf.cache_argument(model) is None or not hf.uses_default_cache(model)):
         raise UnsupportedModelError(
             f"{cls_name}'s forward cannot run on the meta device ({failure}) and takes no DynamicCache whose layout "
-            "config fields would give, so its cache cannot be sized") from None
+            "config fields would give, so its cache cannot be sized", model_type=cls_name) from None
     if why:
         raise UnsupportedModelError(
             f"{cls_name}'s forward cannot run on the meta device ({failure}) and its config {why}, so its cache "
-            "cannot be sized from config fields") from None
+            "cannot be sized from config fields", model_type=cls_name) from None
     layers = fields.int_field(text_config, "decoder_layers") or fields.size_field(text_config, "num_hidden_layers")
     heads = fields.int_field(text_config, "decoder_attention_heads") or fields.size_field(text_config, "num_attention_heads")
     kv = fields.size_field(text_config, "num_key_value_heads", required=False) or heads

@@ -6,7 +6,7 @@ needs, from a per-layer list or a heterogeneous config where transformers allows
 """
 from __future__ import annotations
 
-from ..errors import InputError, UnsupportedModelError
+from ..errors import ConfigError, UnsupportedModelError
 from . import hf
 
 #: Limits on config fields that would make even a meta-device build hang or make no sense. The
@@ -26,17 +26,17 @@ def _positive_int(cfg: dict, key: str, limit: int, *, per_layer: bool = False, w
     name = f"{where}{key}"
     if per_layer and isinstance(v, list) and v:
         if not all(type(x) is int for x in v):
-            raise InputError(f"config.json: '{name}' must be a whole number or a list of them (one per layer), "
-                             f"got {v!r:.60}")
+            raise ConfigError(f"config.json: '{name}' must be a whole number or a list of them (one per layer), "
+                             f"got {v!r:.60}", key=name)
         if not all(0 <= x <= limit for x in v) or not any(v):
-            raise InputError(f"config.json: '{name}' = {v!r:.60} is out of range (0..{limit} per layer, one above 0); "
-                             "is this a real model config?")
+            raise ConfigError(f"config.json: '{name}' = {v!r:.60} is out of range (0..{limit} per layer, one above 0); "
+                             "is this a real model config?", key=name)
         return
     if isinstance(v, bool) or not isinstance(v, int):
-        raise InputError(f"config.json: '{name}' must be a whole number, got {v!r:.60}")
+        raise ConfigError(f"config.json: '{name}' must be a whole number, got {v!r:.60}", key=name)
     if not (0 if zero else 1) <= v <= limit:
-        raise InputError(f"config.json: '{name}' = {v} is out of range ({0 if zero else 1}..{limit}); is this a real "
-                         "model config?")
+        raise ConfigError(f"config.json: '{name}' = {v} is out of range ({0 if zero else 1}..{limit}); is this a real "
+                         "model config?", key=name)
 
 
 _LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -55,10 +55,11 @@ def check_config_fields(cfg: dict) -> None:
     The sub-configs of a combined config (`text_config`, `vision_config`, ...) are checked the same
     way, and so are the entries of a heterogeneous config's `per_layer_config`."""
     if not isinstance(cfg, dict):
-        raise InputError("config.json must be a JSON object")
+        raise ConfigError("config.json must be a JSON object", key=None)
     mt = cfg.get("model_type")
     if not isinstance(mt, str) or not mt:
-        raise InputError("config.json has no 'model_type'; fitplan needs it to know the architecture")
+        raise ConfigError("config.json has no 'model_type'; fitplan needs it to know the architecture",
+                          key="model_type")
     _check_sizes(cfg, "")
 
 
@@ -98,8 +99,9 @@ def size_field(text_config, name: str, *, required: bool = True) -> int | None:
     if unset and required:
         raise UnsupportedModelError(
             f"{text_config.model_type!r} gives no whole-model '{name}': fitplan plans decoders described by "
-            "hidden_size, num_hidden_layers and vocab_size, which this architecture is not")
+            "hidden_size, num_hidden_layers and vocab_size, which this architecture is not",
+            model_type=text_config.model_type)
     if unset:
         return None
-    raise InputError(f"config.json: '{name}' must be a positive whole number (or a list of them, one per layer), "
-                     f"got {value!r:.40}")
+    raise ConfigError(f"config.json: '{name}' must be a positive whole number (or a list of them, one per layer), "
+                     f"got {value!r:.40}", key=name)

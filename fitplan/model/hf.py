@@ -64,7 +64,7 @@ from importlib import metadata
 from typing import Any
 
 from .. import calibration as C
-from ..errors import InputError, LibraryChangedError, UnsupportedModelError
+from ..errors import ConfigError, LibraryChangedError, UnsupportedModelError
 from ..versions import parse as parse_version
 from ..vocab.classes import AUTO_CLASSES
 from .inventory import TensorInfo, dtype_name
@@ -603,15 +603,16 @@ def _config_object(cfg: dict, trust_remote_code: bool):
         if cfg.get("auto_map"):
             raise UnsupportedModelError(
                 f"model_type {model_type!r:.80} needs the repo's own code (trust_remote_code); fitplan only "
-                "plans architectures built into transformers"
+                "plans architectures built into transformers", model_type=model_type
             )
         raise UnsupportedModelError(
-            f"model_type {model_type!r:.80} is unknown to transformers; upgrade transformers or check config.json"
+            f"model_type {model_type!r:.80} is unknown to transformers; upgrade transformers or check config.json",
+            model_type=model_type
         )
     try:
         return CONFIG_MAPPING[model_type].from_dict(dict(cfg))
     except Exception as exc:  # transformers' validation errors are of many types
-        raise InputError(f"config.json is not valid for {model_type!r:.80}: {reason(exc)}") from None
+        raise ConfigError(f"config.json is not valid for {model_type!r:.80}: {reason(exc)}", key=None) from None
 
 
 def _mapping(auto_class: str):
@@ -642,7 +643,7 @@ def _model_class(config, auto_class: str):
     if type(config) not in mapping:
         what = {"causal-lm": "causal-LM", "image-text-to-text": "image-text-to-text"}[auto_class]
         raise UnsupportedModelError(f"'{config.model_type}' has no {what} class in transformers "
-                                    f"({AUTO_CLASSES[auto_class]} cannot load it)")
+                                    f"({AUTO_CLASSES[auto_class]} cannot load it)", model_type=config.model_type)
     cls = model_class(config, mapping)
     return cls, auto_model_config(config, cls)
 
@@ -672,7 +673,8 @@ def build(cfg: dict, auto_class: str | None, dtype, trust_remote_code: bool = Fa
         raise
     except Exception as exc:
         raise UnsupportedModelError(
-            f"transformers {version()} could not build {cls.__name__} from this config: {reason(exc)}") from None
+            f"transformers {version()} could not build {cls.__name__} from this config: {reason(exc)}",
+            model_type=cls.__name__) from None
     return Built(config, cls, model, chosen, auto_class in (None, default))
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable
 
-from ..errors import InputError, UnsupportedModelError
+from ..errors import ConfigError, UnsupportedModelError
 from ..vocab import precision as P
 from .inventory import Inventory, TensorInfo
 
@@ -86,7 +86,8 @@ def _get(qc: dict, *keys, default=None):
 def _int(qc: dict, what: str, value, allowed: tuple[int, ...] | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or (allowed and value not in allowed):
         choice = f" (one of {', '.join(map(str, allowed))})" if allowed else ""
-        raise InputError(f"config.json: quantization_config.{what} must be a whole number{choice}, got {value!r:.40}")
+        raise ConfigError(f"config.json: quantization_config.{what} must be a whole number{choice}, got {value!r:.40}",
+                          key=f"quantization_config.{what}")
     return value
 
 
@@ -95,7 +96,8 @@ def _names(qc: dict, key: str) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InputError(f"config.json: quantization_config.{key} must be a list of module names, got {value!r:.60}")
+        raise ConfigError(f"config.json: quantization_config.{key} must be a list of module names, got {value!r:.60}",
+                          key=f"quantization_config.{key}")
     return tuple(value)
 
 
@@ -104,7 +106,8 @@ def _group_size(qc: dict, value) -> int | None:
     if g == -1:
         return None
     if g <= 0:
-        raise InputError(f"config.json: quantization_config.group_size must be positive or -1, got {g}")
+        raise ConfigError(f"config.json: quantization_config.group_size must be positive or -1, got {g}",
+                          key="quantization_config.group_size")
     return g
 
 
@@ -113,7 +116,7 @@ def _gptq(qc: dict) -> Scheme:
     fmt = str(_get(qc, "checkpoint_format", "format", default="gptq")).lower()
     if fmt not in ("gptq", "gptq_v2"):
         raise UnsupportedModelError(f"GPTQ checkpoint_format {fmt!r:.30} has a packing fitplan does not know; "
-                                    "it plans 'gptq' and 'gptq_v2'")
+                                    "it plans 'gptq' and 'gptq_v2'", model_type=None)
     blocks = qc.get("block_name_to_quantize")
     blocks = (blocks,) if isinstance(blocks, str) else tuple(blocks or ())
     in_blocks = qc.get("modules_in_block_to_quantize") or ()
@@ -127,7 +130,7 @@ def _awq(qc: dict) -> Scheme:
     fmt = str(_get(qc, "version", "format", default="gemm")).lower()
     if fmt not in ("gemm", "gemv"):
         raise UnsupportedModelError(f"AWQ format {fmt!r:.30} has a packing fitplan does not know; it plans "
-                                    "'gemm' and 'gemv'")
+                                    "'gemm' and 'gemv'", model_type=None)
     group = Group(bits, group_size=_group_size(qc, _get(qc, "group_size", "q_group_size", default=128)),
                   zero_points=bool(qc.get("zero_point", True)), fmt=fmt)
     return Scheme("awq", f"awq-int{bits}", (group,), skip=_names(qc, "modules_to_not_convert"))
@@ -137,12 +140,12 @@ def _fp8(qc: dict) -> Scheme:
     block = qc.get("weight_block_size")
     if block is not None:
         if not (isinstance(block, list) and len(block) == 2):
-            raise InputError(f"config.json: quantization_config.weight_block_size must be [rows, columns], got "
-                             f"{block!r:.40}")
+            raise ConfigError(f"config.json: quantization_config.weight_block_size must be [rows, columns], got "
+                             f"{block!r:.40}", key="quantization_config.weight_block_size")
         block = (_int(qc, "weight_block_size", block[0]), _int(qc, "weight_block_size", block[1]))
     if qc.get("expert_dtype", "fp8") != "fp8":
         raise UnsupportedModelError(f"fp8 checkpoints with expert_dtype {qc.get('expert_dtype')!r:.20} have a layout "
-                                    "fitplan does not know")
+                                    "fitplan does not know", model_type=None)
     group = Group(8, "float", block=block, static_input=qc.get("activation_scheme") == "static",
                   fmt=str(qc.get("scale_fmt") or "float"))
     return Scheme("fp8", "fp8", (group,), skip=_names(qc, "modules_to_not_convert"),
@@ -157,12 +160,14 @@ def _bitsandbytes(qc: dict) -> Scheme:
     if qc.get("load_in_4bit"):
         kind = str(qc.get("bnb_4bit_quant_type") or "fp4")
         if kind not in ("nf4", "fp4"):
-            raise InputError(f"config.json: quantization_config.bnb_4bit_quant_type must be nf4 or fp4, got {kind!r:.20}")
+            raise ConfigError(f"config.json: quantization_config.bnb_4bit_quant_type must be nf4 or fp4, got {kind!r:.20}",
+                              key="quantization_config.bnb_4bit_quant_type")
         name = kind + ("-dq" if qc.get("bnb_4bit_use_double_quant") else "")
     elif qc.get("load_in_8bit"):
         name = "int8"
     else:
-        raise InputError("config.json: a bitsandbytes quantization_config needs load_in_4bit or load_in_8bit")
+        raise ConfigError("config.json: a bitsandbytes quantization_config needs load_in_4bit or load_in_8bit",
+                          key="quantization_config.load_in_4bit")
     return Scheme("bitsandbytes", f"bnb-{name}", (Group(P.get(name).bits),),
                   skip=_names(qc, "llm_int8_skip_modules"))
 
@@ -187,12 +192,12 @@ def _ct_group(name: str, g: dict, default_fmt: str) -> Group | None:
             "block": None}.get(strategy, -1)
     if size == -1:
         raise UnsupportedModelError(f"compressed-tensors weight strategy {strategy!r:.20} has a layout fitplan does "
-                                    "not know")
+                                    "not know", model_type=None)
     block = tuple(w["block_structure"]) if strategy == "block" and w.get("block_structure") else None
     fmt = str(g.get("format") or default_fmt)
     if fmt not in CT_FORMATS:
         raise UnsupportedModelError(f"compressed-tensors format {fmt!r:.30} has a layout fitplan does not know; it "
-                                    f"plans {', '.join(CT_FORMATS)}")
+                                    f"plans {', '.join(CT_FORMATS)}", model_type=None)
     acts = g.get("input_activations")
     targets = g.get("targets") or []
     return Group(bits, str(w.get("type") or "int"), size, block, zero_points=not w.get("symmetric", True),
@@ -203,7 +208,8 @@ def _ct_group(name: str, g: dict, default_fmt: str) -> Group | None:
 def _compressed_tensors(qc: dict) -> Scheme:
     groups = qc.get("config_groups") or {}
     if not isinstance(groups, dict):
-        raise InputError("config.json: quantization_config.config_groups must be an object")
+        raise ConfigError("config.json: quantization_config.config_groups must be an object",
+                          key="quantization_config.config_groups")
     fmt = str(qc.get("format") or "dense")
     parsed = tuple(x for x in (_ct_group(k, v, fmt) for k, v in groups.items()) if x is not None)
     first = parsed[0] if parsed else Group(16)
@@ -354,7 +360,8 @@ METHODS: dict[str, Method] = {
 def _method_name(qc: dict) -> str:
     m = qc.get("quant_method")
     if not isinstance(m, str) or not m:
-        raise InputError("config.json: quantization_config has no 'quant_method'")
+        raise ConfigError("config.json: quantization_config has no 'quant_method'",
+                          key="quantization_config.quant_method")
     return m.lower()
 
 
@@ -371,7 +378,7 @@ def _parse(blob: str) -> Scheme:
 def scheme_of(quantization_config) -> Scheme:
     """The `Scheme` of a config's `quantization_config` (InputError for a malformed one)."""
     if not isinstance(quantization_config, dict):
-        raise InputError("config.json: quantization_config must be an object")
+        raise ConfigError("config.json: quantization_config must be an object", key="quantization_config")
     return _parse(json.dumps(quantization_config, sort_keys=True, default=str))
 
 
@@ -387,7 +394,8 @@ def mark_converted(model, quantization_config: dict, tensors: tuple[TensorInfo, 
         if stored_bytes is None:
             raise UnsupportedModelError(
                 f"pre-quantized with {scheme.method!r:.30}, whose layout fitplan does not know, and its safetensors "
-                f"headers are not available; plan it from a local folder or a Hub repo with safetensors files")
+                f"headers are not available; plan it from a local folder or a Hub repo with safetensors files",
+                model_type=None)
         return tensors
     converted = method.select(model, scheme)
     return tuple(replace(t, quantizable=True, out_features=converted[t.name]) if t.name in converted else t

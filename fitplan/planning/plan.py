@@ -189,7 +189,7 @@ class Plan:
         if not self.fits:
             from ..errors import DoesNotFitError
 
-            raise DoesNotFitError(self.summary_line())
+            raise DoesNotFitError(self.summary_line(), model_id=self.model_id)
         from ..model import hf
 
         return hf.from_pretrained_kwargs(self.kwargs_as_data())

@@ -15,7 +15,7 @@ from ..vocab import precision as P
 from .estimate import Estimate, Sizes, load_dtype, sizes, weights_bytes
 from .workload import Workload
 from ..hardware.machine import Hardware
-from ..errors import InputError
+from ..errors import OptionError
 from . import prequant
 from ..options import PlanOptions
 from ..model.inventory import Inventory
@@ -262,8 +262,9 @@ def _prequantized_candidates(inv: Inventory, opts: PlanOptions, hw: Hardware,
     rows = prequant.rows(inv, prequant.target_of(inv, hw.gpus, hw.software), P.get("bf16" if compute == "bfloat16" else "fp16"))
     names = [p.name for p, _ in rows]
     if opts.precision and opts.precision not in names:
-        raise InputError(f"{inv.model_id} is pre-quantized ({names[0]}): it loads as stored, so precision "
-                         f"{opts.precision!r} does not apply; choose {' or '.join(names)} or drop it")
+        raise OptionError(f"{inv.model_id} is pre-quantized ({names[0]}): it loads as stored, so precision "
+                         f"{opts.precision!r} does not apply; choose {' or '.join(names)} or drop it",
+                          option="precision")
     return [(p, why or (f"not asked for (precision {opts.precision} was)" if opts.precision and p.name != opts.precision
                         else None)) for p, why in rows]
 
@@ -315,8 +316,9 @@ def choose(inv: Inventory, hw: Hardware, opts: PlanOptions, work: Workload) -> C
     if inv.prequantized:
         candidates = _prequantized_candidates(inv, opts, hw, compute)
     elif opts.precision and P.is_label(opts.precision):
-        raise InputError(f"precision {opts.precision!r} names a pre-quantized checkpoint's stored form, and "
-                         f"{inv.model_id} is not pre-quantized; choose one of {', '.join(P.BY_NAME)}")
+        raise OptionError(f"precision {opts.precision!r} names a pre-quantized checkpoint's stored form, and "
+                          f"{inv.model_id} is not pre-quantized; choose one of {', '.join(P.BY_NAME)}",
+                          option="precision")
     else:
         candidates = _candidates(opts, hw, compute)
     decisions = [replace(_decide(inv, prec, opts, work, hw, compute), ruled_out=why) for prec, why in candidates]

@@ -62,7 +62,7 @@ def _awq_layout(g: Group, out: int, inp: int, gate_up: bool) -> tuple[Held, ...]
         # calculate_zeros_width (groups rounded up to whole int32 words of 8, times 1/2/4 for group 128/64/32).
         mult = {128: 1, 64: 2, 32: 4}.get(size, 1 if size > 128 else None)
         if mult is None:
-            raise UnsupportedModelError(f"AWQ gemv with group_size {size} has no layout in GPTQModel")
+            raise UnsupportedModelError(f"AWQ gemv with group_size {size} has no layout in GPTQModel", model_type=None)
         width = ceil(ceil(ceil(inp / size) / 8) / mult) * mult
         return (Held("int32", out * (inp // pack)), Held("int32", out * width), Held("float16", out * width * 8))
     # AWQuantLinear (gemm): qweight [in, out/pack], qzeros [in/group, out/pack] int32, scales [in/group, out] fp16.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import InputError, ref
+from ..errors import OptionError, ref
 from ..model.inventory import Inventory
 from ..options import PlanOptions
 from ..vocab.classes import AUTO_CLASSES
@@ -25,10 +25,10 @@ def workload_of(options: PlanOptions, inv: Inventory) -> Workload:
     if not options.images:
         return Workload(options.context, options.batch)
     if inv.auto_class != "image-text-to-text":
-        raise InputError(f"{ref('images')}: {inv.model_id} is planned as {AUTO_CLASSES[inv.auto_class]}, which "
-                         "takes no images; plan it as image-text-to-text or drop the images", option="images")
+        raise OptionError(f"{ref('images')}: {inv.model_id} is planned as {AUTO_CLASSES[inv.auto_class]}, which "
+                          "takes no images; plan it as image-text-to-text or drop the images", option="images")
     per_image = inv.image_tokens_per_image
     if not per_image:
-        raise InputError(f"{ref('images')}: fitplan cannot tell how many tokens an image takes on {inv.model_id} "
-                         f"(docs/models.md); add them to {ref('context')} instead", option="images")
+        raise OptionError(f"{ref('images')}: fitplan cannot tell how many tokens an image takes on {inv.model_id} "
+                          f"(docs/models.md); add them to {ref('context')} instead", option="images")
     return Workload(options.context + options.images * per_image, options.batch)

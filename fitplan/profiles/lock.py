@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import DoesNotFitError, HardwareError, InputError
+from ..errors import DoesNotFitError, FileError, HardwareError, InputError
 from ..hardware.machine import Hardware
 from ..vocab import precision as P
 from ..planning.plan import Pin, Plan
@@ -60,7 +60,7 @@ class Lock:
 def render_lock(plan: Plan, profile: Profile, settings: Settings, profile_path: str | os.PathLike) -> str:
     """The lock file's text: the resolved plan a load must reproduce, and what it was made from."""
     if not plan.fits:
-        raise DoesNotFitError(plan.summary_line())
+        raise DoesNotFitError(plan.summary_line(), model_id=plan.model_id)
     d = plan.decision
     kwargs = plan.kwargs_as_data()
     mm = plan.max_memory()
@@ -111,8 +111,8 @@ def read_lock(path: str | os.PathLike) -> Lock:
         doc = require_map(load_yaml(Path(path), source_name=name), where=f"{name}:1", what="a fitplan lock file")
         version = get_int(doc, "lock_version", what="lock", required=True)
         if version != LOCK_VERSION:
-            raise InputError(f"{doc.where('lock_version')}: lock_version {version} is not {LOCK_VERSION}, the "
-                             f"version this fitplan reads")
+            raise FileError(f"{doc.where('lock_version')}: lock_version {version} is not {LOCK_VERSION}, the "
+                             f"version this fitplan reads", **doc.at("lock_version"))
         digest = get_str(doc, "profile_sha256", what="lock", required=True)
         model = get_str(doc, "model", what="lock", required=True)
         revision = get_str(doc, "revision", what="lock")
@@ -124,7 +124,8 @@ def read_lock(path: str | os.PathLike) -> Lock:
         plan = require_map(doc.get("plan"), where=doc.where("plan"), what="lock plan")
         precision = get_str(plan, "precision", what="plan", required=True)
         if precision not in P.BY_NAME and not P.is_label(precision):
-            raise InputError(f"{plan.where('precision')}: plan.precision: unknown precision {precision!r}")
+            raise FileError(f"{plan.where('precision')}: plan.precision: unknown precision {precision!r}",
+                            **plan.at("precision"))
         compute = get_str(plan, "compute_dtype", what="plan", required=True)
         device_map = _lock_device_map(plan)
         max_memory = _lock_max_memory(plan)
@@ -137,7 +138,7 @@ def read_lock(path: str | os.PathLike) -> Lock:
             gpus.append((get_str(g, "name", what=f"hardware.gpus[{i}]", required=True),
                          get_int(g, "total_bytes", what=f"hardware.gpus[{i}]", required=True, minimum=0)))
     except InputError as err:
-        raise InputError(f"{err}; this lock cannot be used: {fix}") from None
+        raise FileError(f"{err}; this lock cannot be used: {fix}", **FileError.fields_of(err, name)) from None
     return Lock(name, digest, model, revision, context, batch, images, auto_class, precision, compute, device_map,
                 max_memory, tuple(gpus), needs)
 
@@ -152,8 +153,8 @@ def _lock_device_map(plan: YamlMap):
     # {'': GPU index} for one GPU; {module: GPU index or 'cpu'} for an offloaded plan (every module named)
     if isinstance(value, YamlMap) and value and all(isinstance(k, str) and device(v) for k, v in value.items()):
         return tuple(value.items())
-    raise InputError(f"{plan.where('device_map')}: plan.device_map must be 'auto', 'cpu', {{'': GPU index}} or a "
-                     f"map of modules to GPU indices and 'cpu', got {describe(value)}")
+    raise FileError(f"{plan.where('device_map')}: plan.device_map must be 'auto', 'cpu', {{'': GPU index}} or a "
+                     f"map of modules to GPU indices and 'cpu', got {describe(value)}", **plan.at("device_map"))
 
 
 def _lock_max_memory(plan: YamlMap):
@@ -165,7 +166,8 @@ def _lock_max_memory(plan: YamlMap):
     for key, n in value.items():
         good_key = key == "cpu" or (isinstance(key, int) and not isinstance(key, bool) and key >= 0)
         if not good_key or isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise InputError(f"{value.where(key)}: plan.max_memory must map GPU indices (and 'cpu') to bytes")
+            raise FileError(f"{value.where(key)}: plan.max_memory must map GPU indices (and 'cpu') to bytes",
+                            **value.at(key))
         out.append((key, n))
     return tuple(out)
 
@@ -177,7 +179,8 @@ def _lock_needs(plan: YamlMap) -> tuple[tuple[Any, int], ...]:
         d = require_map(d, where=items.where(i), what=f"plan.devices[{i}]")
         dev = d.get("device")
         if not (dev == "cpu" or (isinstance(dev, int) and not isinstance(dev, bool) and dev >= 0)):
-            raise InputError(f"{d.where('device')}: plan.devices[{i}].device must be a GPU index or 'cpu'")
+            raise FileError(f"{d.where('device')}: plan.devices[{i}].device must be a GPU index or 'cpu'",
+                            **d.at("device"))
         out.append((dev, get_int(d, "total_bytes", what=f"plan.devices[{i}]", required=True, minimum=0)))
     return tuple(out)
 
@@ -186,22 +189,23 @@ def check_lock(lock: Lock, profile: Profile, s: Settings, hw: Hardware) -> None:
     """Refuse to load when the profile, the model, the workload or this machine's GPUs left the lock."""
     fix = f"re-run `fitplan lock --force {profile.path}`"
     if lock.profile_sha256 != profile.digest:
-        raise InputError(f"{profile.path} changed since it was locked ({lock.path}); {fix} and commit the new lock")
+        raise FileError(f"{profile.path} changed since it was locked ({lock.path}); {fix} and commit the new lock",
+                        path=str(profile.path))
     if s.model != lock.model:
-        raise InputError(f"model {s.model!r} (from {s.source_of('model')}) is not the locked {lock.model!r} "
-                         f"({lock.path}); drop the override or {fix}")
+        raise FileError(f"model {s.model!r} (from {s.source_of('model')}) is not the locked {lock.model!r} "
+                         f"({lock.path}); drop the override or {fix}", path=str(lock.path), key="model")
     for name in ("context", "batch", "images", "auto_class"):
         now, locked = getattr(s.options, name), getattr(lock, name)
         if now != locked and not (name == "auto_class" and now is None):  # None: the checkpoint's own, as locked
-            raise InputError(f"{name} {now} (from {s.source_of(name)}) differs from the locked {locked} "
-                             f"({lock.path}); drop the override or {fix}")
+            raise FileError(f"{name} {now} (from {s.source_of(name)}) differs from the locked {locked} "
+                             f"({lock.path}); drop the override or {fix}", path=str(lock.path), key=name)
     if s.options.precision is not None and s.options.precision != lock.precision:
-        raise InputError(f"precision {s.options.precision} (from {s.source_of('precision')}) differs from the locked "
-                         f"{lock.precision} ({lock.path}); drop it or {fix}")
+        raise FileError(f"precision {s.options.precision} (from {s.source_of('precision')}) differs from the locked "
+                         f"{lock.precision} ({lock.path}); drop it or {fix}", path=str(lock.path), key="precision")
     problem = hardware_change(lock.gpus, hw)
     if problem:
         raise HardwareError(f"this machine's GPUs differ from the lock {lock.path}: {problem}; "
-                            f"{fix} for this hardware")
+                            f"{fix} for this hardware", gpu=None, path=str(lock.path))
 
 
 def hardware_change(locked: tuple[tuple[str, int], ...], hw: Hardware) -> str | None:
@@ -237,13 +241,14 @@ def check_pin(plan: Plan) -> None:
     pin = plan.pin
     if plan.compute_dtype != pin.compute_dtype:
         raise HardwareError(f"this machine computes in {plan.compute_dtype}, the lock {pin.path} in "
-                            f"{pin.compute_dtype}; re-run `fitplan lock --force` on this hardware")
+                            f"{pin.compute_dtype}; re-run `fitplan lock --force` on this hardware",
+                            gpu=None, path=str(pin.path))
     free = {g.index: g.free_bytes for g in plan.hardware.gpus}
     for dev, need in pin.needs:
         if dev != "cpu" and free.get(dev, 0) < need:
             raise DoesNotFitError(f"GPU {dev} has {fmt_bytes(free.get(dev, 0))} free, the locked plan ({pin.path}) "
                                   f"puts {fmt_bytes(need)} there; free GPU memory (another process?) or re-run "
-                                  "`fitplan lock --force` on the profile")
+                                  "`fitplan lock --force` on the profile", model_id=plan.model_id)
 
 
 def lock_notes(lock_file: Path, profile: Profile, plan: Plan) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..hardware.catalogue import BANDWIDTH_GBS_RANGE, HARDWARE_FILE_KEYS, MAX_GPUS
+from ..hardware.catalogue import BANDWIDTH_GBS, HARDWARE_FILE_KEYS, MAX_GPUS
 from ..hardware.software import json_schema as software_schema
 from ..options import OPTION_KEYS, SECTIONS, PlanOptions, SourceOptions, env_var
 from ..vocab.kinds import SIZE_PATTERN, kind
@@ -111,8 +111,7 @@ def json_schema() -> dict:
                 "properties": {"name": {"type": "string", "pattern": r"\S", "description": "NVML name."},
                                "memory": {"$ref": "#/$defs/size"},
                                "compute_capability": {"$ref": "#/$defs/compute_capability"},
-                               "bandwidth_gbs": {"type": "number", "minimum": BANDWIDTH_GBS_RANGE[0],
-                                                 "maximum": BANDWIDTH_GBS_RANGE[1]},
+                               "bandwidth_gbs": {"type": "number", **BANDWIDTH_GBS},
                                "free": {"$ref": "#/$defs/size"}, "count": count}},
            ]}
     return {

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field as dataclass_field, make_dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import FitplanError, InputError
+from ..errors import FileError, FitplanError, OptionError
 from ..hardware.catalogue import read_hardware_map
 from ..hardware.software import Software, default_software
 from ..hardware.machine import GPU, Hardware
@@ -174,8 +174,8 @@ def _digest(doc: YamlMap) -> str:
 def _section(doc: YamlMap, f: Field) -> YamlMap:
     value = doc[f.key]
     if value is None:
-        raise InputError(f"{doc.where(f.key)}: '{f.key}' is empty; put its keys under it "
-                         f"({', '.join(g.key for g in f.fields)}) or delete the line")
+        raise FileError(f"{doc.where(f.key)}: '{f.key}' is empty; put its keys under it "
+                         f"({', '.join(g.key for g in f.fields)}) or delete the line", **doc.at(f.key))
     return require_map(value, where=doc.where(f.key), what=f.key)
 
 
@@ -184,11 +184,12 @@ def _value(m: YamlMap, f: Field, section: str) -> Any:
     where = m.where(f.key)
     value = m[f.key]
     if value is None:
-        raise InputError(f"{where}: {what} is empty; give it a value (default: {f.default}) or delete the line")
+        raise FileError(f"{where}: {what} is empty; give it a value (default: {f.default}) or delete the line",
+                        **m.at(f.key))
     try:
         return check_value(f, value)
     except BadValue as bad:
-        raise InputError(f"{where}: {bad.after(what)}") from None
+        raise FileError(f"{where}: {bad.after(what)}", **m.at(f.key)) from None
 
 
 def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
@@ -197,14 +198,15 @@ def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
     if value == "auto":
         return HardwareSpec(auto=True)
     if value is None:
-        raise InputError(f"{where}: hardware is empty; write 'hardware: auto' to probe the machine, or list "
-                         "GPUs: 'hardware: {gpus: [rtx4090]}'")
+        raise FileError(f"{where}: hardware is empty; write 'hardware: auto' to probe the machine, or list "
+                         "GPUs: 'hardware: {gpus: [rtx4090]}'", **doc.at(key))
     if not isinstance(value, YamlMap):
         hint = (f"; for a catalogue GPU write 'hardware: {{gpus: [{value}]}}'" if isinstance(value, str) else "")
-        raise InputError(f"{where}: hardware must be 'auto' or a mapping with 'gpus:', got {describe(value)}{hint}")
+        raise FileError(f"{where}: hardware must be 'auto' or a mapping with 'gpus:', got {describe(value)}{hint}",
+                        **doc.at(key))
     if value.get("gpus") is None and set(value) <= set(HARDWARE_KEYS):
-        raise InputError(f"{value.where('gpus')}: hardware needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
-                         "machine), or write 'hardware: auto' to probe")
+        raise FileError(f"{value.where('gpus')}: hardware needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
+                        "machine), or write 'hardware: auto' to probe", **value.at("gpus"))
     gpus, ram, unified, software = read_hardware_map(value, name=doc.source, what="hardware")  # the file's reader
     return HardwareSpec(auto=False, gpus=gpus, cpu_ram_bytes=ram, unified=unified, software=software)
 
@@ -229,7 +231,8 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         try:
             out[name] = from_text(f, text)
         except BadValue as bad:
-            raise InputError(f"environment variable {var}={raw!r}: the value {bad}; fix it or unset {var}") from None
+            raise OptionError(f"environment variable {var}={raw!r}: the value {bad}; fix it or unset {var}",
+                              option=name) from None
     return out
 
 
@@ -271,8 +274,8 @@ def merge_settings(profile: Profile, *, model: str | None, overrides: Mapping[st
         if value is not None:
             origin.append((name, where))
     if not merged["model"]:
-        raise InputError(f"{profile.path}: no model: add 'model: org/name' to the profile, pass MODEL, "
-                         "or set FITPLAN_MODEL")
+        raise FileError(f"{profile.path}: no model: add 'model: org/name' to the profile, pass MODEL, "
+                         "or set FITPLAN_MODEL", path=str(profile.path), key="model")
     opts = PlanOptions.from_values(**{k: merged[k] for k in PLAN_KEYS})
     return Settings(model=merged["model"], revision=merged["revision"], options=opts, token=flags.get("token"),
                     offline=flags.get("offline"), origin=tuple(origin))
@@ -293,7 +296,7 @@ def profile_hardware(profile: Profile, overrides: Mapping[str, Any], env: Mappin
             return hardware_from_gpu_flag(env["gpu"], cpu_ram_bytes())
         except FitplanError as err:
             raise type(err)(f"environment variable {ENV_VARS['gpu']}={env['gpu']!r}: "
-                            f"{str(err).removeprefix('--gpu: ')}") from None
+                            f"{str(err).removeprefix('--gpu: ')}", **err.data) from None
     if profile.hardware is not None:
         return profile.hardware.resolve(profile.path)
     return resolve_hardware(None, None)

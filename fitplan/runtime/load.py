@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..errors import DoesNotFitError, InputError
+from ..errors import DoesNotFitError, OptionError
 from ..vocab.classes import AUTO_CLASSES
 from ..options import OPTION_KEYS
 from ..planning.plan import Plan
@@ -49,9 +49,9 @@ def _auto_class_name(auto_class):
     names = {cls: name for name, cls in AUTO_CLASSES.items()}
     given = getattr(auto_class, "__name__", repr(auto_class))
     if given not in names:
-        raise InputError(f"auto_class: fitplan plans and loads {', '.join(AUTO_CLASSES.values())} only, not {given:.60} "
+        raise OptionError(f"auto_class: fitplan plans and loads {', '.join(AUTO_CLASSES.values())} only, not {given:.60} "
                          "(encoder-decoder and other heads are not planned); pass one of "
-                         f"{', '.join(AUTO_CLASSES)}")
+                         f"{', '.join(AUTO_CLASSES)}", option="auto_class")
     return names[given]
 
 
@@ -59,8 +59,8 @@ def merge_kwargs(planned: dict, user: dict) -> tuple[dict, tuple[str, ...]]:
     """Planned from_pretrained kwargs with the user's on top; names every planned value they replaced."""
     unknown = set(user) - set(PLANNED_KEYS) - set(PASSTHROUGH_KEYS)
     if unknown:
-        raise InputError(f"fitplan.load() does not know {', '.join(sorted(unknown))}; pass from_pretrained "
-                         f"arguments among: {', '.join(PLANNED_KEYS + PASSTHROUGH_KEYS)}")
+        raise OptionError(f"fitplan.load() does not know {', '.join(sorted(unknown))}; pass from_pretrained "
+                         f"arguments among: {', '.join(PLANNED_KEYS + PASSTHROUGH_KEYS)}", option=sorted(unknown)[0])
     changed = tuple(f"{k}={user[k]!r} replaces the planned {planned[k]!r}" if k in planned else f"{k}={user[k]!r} added"
                     for k in user if k in PLANNED_KEYS and planned.get(k) != user[k])
     return {**planned, **user}, changed
@@ -80,7 +80,8 @@ def _recheck(plan: Plan, replan) -> Plan:
         return plan
     new = replan(now)
     if not new.fits:
-        raise DoesNotFitError(f"free GPU memory dropped since planning (another process?): {new.summary_line()}")
+        raise DoesNotFitError(f"free GPU memory dropped since planning (another process?): {new.summary_line()}",
+                              model_id=new.model_id)
     log.warning("fitplan: free GPU memory changed since planning; re-planned: %s", new.summary_line())
     return new
 
@@ -133,7 +134,8 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
         kwargs["auto_class"] = _auto_class_name(kwargs["auto_class"])
     options = {k: kwargs.pop(k) for k in list(kwargs) if k in OPTION_KEYS}
     if "torch_dtype" in kwargs:
-        raise InputError("fitplan.load() takes dtype=, not torch_dtype= (renamed in transformers 5)")
+        raise OptionError("fitplan.load() takes dtype=, not torch_dtype= (renamed in transformers 5)",
+                          option="torch_dtype")
     user = dict(kwargs)
     merge_kwargs({}, user)  # unknown names are refused here, before anything is planned or loaded
     for key in ("revision", "token"):
@@ -150,7 +152,7 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
         user["revision"] = plan.revision
     if not plan.fits:
         hint = plan.suggestions()
-        raise DoesNotFitError(plan.summary_line() + (f"; try: {hint[0]}" if hint else ""))
+        raise DoesNotFitError(plan.summary_line() + (f"; try: {hint[0]}" if hint else ""), model_id=plan.model_id)
     plan = _recheck(plan, replan)
     kwargs, changed = merge_kwargs(plan.from_pretrained_kwargs(), user)
     for c in changed:
@@ -226,6 +228,6 @@ def _tokenizer(model: str, user: dict, *, processor: bool = False):
         reason = f"transformers made a {type(tok).__name__} of {len(tok)} tokens, so it found no tokenizer files"
         tok = tok if len(tok) > MIN_TOKENIZER_SIZE else None
     if tok is None:
-        raise InputError(f"{model!r} has no {what} fitplan.load() can use ({reason}); pass tokenizer=False "
-                         "to load the model alone", model=model)
+        raise OptionError(f"{model!r} has no {what} fitplan.load() can use ({reason}); pass tokenizer=False "
+                         "to load the model alone", option="tokenizer")
     return loaded if processor else tok

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import FitplanError, ref
+from ..errors import NoGpuError, OptionError, ref
 from ..options import PlanOptions
 
 
@@ -35,10 +35,6 @@ class VerifyReport:
         return all(d.ok for d in self.devices)
 
 
-class NoGpuError(FitplanError):
-    """verify measures GPU memory; without a GPU there is nothing to verify."""
-
-
 def verify(model: str, *, max_new_tokens: int = 32, **options) -> VerifyReport:
     import time
 
@@ -52,7 +48,8 @@ def verify(model: str, *, max_new_tokens: int = 32, **options) -> VerifyReport:
     context = options.get("context") or defaults.context
     batch = options.get("batch") or defaults.batch
     if max_new_tokens >= context:
-        raise FitplanError(f"{ref('max_new_tokens')} ({max_new_tokens}) must be below {ref('context')} ({context})")
+        raise OptionError(f"{ref('max_new_tokens')} ({max_new_tokens}) must be below {ref('context')} ({context})",
+                          option="max_new_tokens")
     base = {i: torch.cuda.mem_get_info(i) for i in range(torch.cuda.device_count())}
     m = load(model, tokenizer=False, **options)
     plan = m.fitplan.plan

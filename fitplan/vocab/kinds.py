@@ -18,7 +18,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from .precision import LABEL_PATTERN, NAMES as PRECISION_NAMES, is_label
 from .units import parse_fraction_or_bytes
 
@@ -77,13 +77,13 @@ def parse_headroom(value) -> float | int:
     if isinstance(value, float):
         if 0 <= value < 1:
             return value
-        raise InputError(f"headroom: a plain number is a share and must be below 1 (e.g. 0.1), got {value}; "
-                         "write sizes with a unit, e.g. '1.5GiB'")
+        raise OptionError(f"headroom: a plain number is a share and must be below 1 (e.g. 0.1), got {value}; "
+                          "write sizes with a unit, e.g. '1.5GiB'", option="headroom")
     frac, nbytes = parse_fraction_or_bytes(value, what="headroom")
     if frac is not None:
         return frac
     if nbytes is None:
-        raise InputError("headroom: write a share like '10%' or a size like '1.5GiB'")
+        raise OptionError("headroom: write a share like '10%' or a size like '1.5GiB'", option="headroom")
     return nbytes
 
 
@@ -142,6 +142,9 @@ class Enum(Kind):
     name = "enum"
     what = "value"
 
+    def example(self, decl) -> str:
+        return decl["choices"][0]
+
     def check(self, value, decl):
         return self.from_file(value.lower() if isinstance(value, str) else value, decl)
 
@@ -149,9 +152,11 @@ class Enum(Kind):
         # a file says exactly what it means (its JSON Schema lists the choices as written)
         if isinstance(value, str) and value in decl["choices"]:
             return value
-        hint = did_you_mean(value, decl["choices"]) if isinstance(value, str) else ""
-        shown = repr(value) if isinstance(value, str) else describe(value)
-        raise BadValue(f"has unknown {self.what} {shown}{hint}; choose one of {', '.join(decl['choices'])}")
+        if not isinstance(value, str):
+            raise BadValue(f"must be a name such as {self.example(decl)!r}, got {value!r}; choose one of "
+                           f"{', '.join(decl['choices'])}")
+        raise BadValue(f"has unknown {self.what} {value!r}{did_you_mean(value, decl['choices'])}; choose one of "
+                       f"{', '.join(decl['choices'])}")
 
     def click(self, decl):
         import click
@@ -167,6 +172,9 @@ class PrecisionName(Enum):
 
     name = "precision"
     what = "precision"
+
+    def example(self, decl) -> str:
+        return "bf16"
 
     def from_file(self, value, decl):
         if decl.get("stored_rows") and is_label(value):

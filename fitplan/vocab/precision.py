@@ -67,14 +67,16 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8, "int64":
 
 
 def get(name: str) -> Precision:
-    from ..errors import InputError
+    from ..errors import OptionError
 
     if not isinstance(name, str):
-        raise InputError(f"precision must be a name such as 'bf16', got {name!r}; choose one of {', '.join(BY_NAME)}")
+        raise OptionError(f"precision must be a name such as 'bf16', got {name!r}; choose one of {', '.join(BY_NAME)}",
+                          option="precision")
     try:
         return BY_NAME[name.lower()]
     except KeyError:
-        raise InputError(f"unknown precision {name!r}; choose one of {', '.join(BY_NAME)}") from None
+        raise OptionError(f"unknown precision {name!r}; choose one of {', '.join(BY_NAME)}",
+                          option="precision") from None
 
 
 #: The names of a pre-quantized checkpoint's as-stored rows (what `precision` may also say for one;

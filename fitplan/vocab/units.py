@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 
-from ..errors import InputError
+from ..errors import OptionError
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -25,20 +25,21 @@ _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
 def parse_bytes(value: object, *, what: str = "size") -> int:
     """Bytes from an int or a string like `24GiB`, `1.5 GB`, `24000MiB`. Rejects negatives and junk."""
     if isinstance(value, bool):
-        raise InputError(f"{what}: expected a size like '24GiB', got {value!r}")
+        raise OptionError(f"{what}: expected a size like '24GiB', got {value!r}", option=what)
     if isinstance(value, int):
         if value < 0:
-            raise InputError(f"{what}: must not be negative, got {value}")
+            raise OptionError(f"{what}: must not be negative, got {value}", option=what)
         return value
     if isinstance(value, float):
         if not math.isfinite(value) or value < 0:
-            raise InputError(f"{what}: expected a non-negative size, got {value!r}")
+            raise OptionError(f"{what}: expected a non-negative size, got {value!r}", option=what)
         return int(value)
     if not isinstance(value, str):
-        raise InputError(f"{what}: expected a size like '24GiB', got {type(value).__name__}")
+        raise OptionError(f"{what}: expected a size like '24GiB', got {type(value).__name__}", option=what)
     m = _SIZE.match(value)
     if not m or m.group(2).lower() not in _UNITS:
-        raise InputError(f"{what}: cannot read {value!r} as a size; write e.g. '24GiB', '24GB' or '24000MiB'")
+        raise OptionError(f"{what}: cannot read {value!r} as a size; write e.g. '24GiB', '24GB' or '24000MiB'",
+                          option=what)
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
@@ -48,9 +49,9 @@ def parse_fraction_or_bytes(value: object, *, what: str) -> tuple[float | None, 
         try:
             pct = float(value.strip()[:-1])
         except ValueError:
-            raise InputError(f"{what}: cannot read {value!r} as a percentage; write e.g. '10%'") from None
+            raise OptionError(f"{what}: cannot read {value!r} as a percentage; write e.g. '10%'", option=what) from None
         if not 0 <= pct < 100:
-            raise InputError(f"{what}: must be between 0% and 100% (exclusive), got {value!r}")
+            raise OptionError(f"{what}: must be between 0% and 100% (exclusive), got {value!r}", option=what)
         return pct / 100, None
     if isinstance(value, float) and 0 <= value < 1:
         return value, None
