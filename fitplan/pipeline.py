@@ -76,6 +76,7 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
         plan = replace(plan, model_digest=digest)
     if req.options.engine != "transformers":
         return replace(plan, engine=_engine(plan, src.config))
+    plan = replace(plan, hub_kernels=_hub_kernels(plan))
     if not hardware.gpus or not plan.fits:
         plan = replace(plan, gguf=_gguf_rows(plan))
     if len(req.hardware.gpus) > 1 and (not plan.fits or len({s.device for s in plan.decision.placement}) > 1):
@@ -106,6 +107,8 @@ def fit_positions(inv, req: Request) -> Request:
     note = (f"context {fits} (not the default {req.options.context}): {inv.model_id} has {limit} learned absolute "
             "positions and cannot run a longer sequence")
     return replace(req, options=replace(req.options, context=fits), notes=req.notes + (note,))
+
+
 def _knobs(options: PlanOptions):
     """The engine settings of `options` as `fitplan.engines.plan.Knobs`."""
     from .engines.plan import Knobs
@@ -135,6 +138,19 @@ def _tp_hint(plan: Plan, config: dict):
                        concurrency=plan.workload.batch, model_id=plan.model_id)
     except FitplanError:
         return None
+
+
+def _hub_kernels(plan):
+    """The Hub kernels from_pretrained fetches where the plan loads: CUDA when it places layers on a GPU (the
+    first one decides a capability-limited kernel); this machine's kernel cache only when it is the target."""
+    from .model.kernels import kernel_use
+
+    gpus = sorted(plan.hardware.gpus, key=lambda g: g.index)
+    on_gpu = plan.decision is not None and any(s.device != "cpu" for s in plan.decision.placement)
+    on_gpu = on_gpu or (plan.decision is None and bool(gpus))
+    return kernel_use(plan.inventory, device="cuda" if on_gpu else "cpu",
+                      compute_capability=gpus[0].compute_capability if on_gpu and gpus else None,
+                      this_machine=plan.hardware.source == "probe")
 
 
 def _gguf_rows(plan: Plan):

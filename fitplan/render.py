@@ -51,8 +51,10 @@ def render_text(plan) -> str:
     lines = [f"model     {plan.model_id}  ({plan.inventory.architecture} via "
              f"{AUTO_CLASSES[plan.inventory.auto_class]}, {count} parameters, from {plan.origin})",
              f"hardware  {plan.hardware.describe()}  [{plan.hardware.source}]",
-             f"workload  {_workload_text(plan)}",
-             ""]
+             f"workload  {_workload_text(plan)}"]
+    if plan.hub_kernels is not None:
+        lines.append(f"kernels   {plan.hub_kernels.summary()}")
+    lines.append("")
     head = (f"{'precision':10} {'weights':>8} {'kv cache':>8} {'activ.':>8} {'overhead':>8} {'total':>8} "
             f"{'tok/s':>8}  fits")
     lines += [head, "-" * len(head)]
@@ -189,6 +191,7 @@ def render_load_report(report) -> str:
     rows += [f"  user override: {o}" for o in report.overrides]
     if report.allocator:
         rows.append(f"  {report.allocator}")
+    rows += [f"  note: {n}" for n in report.notes]
     return "\n".join(rows)
 
 

@@ -339,7 +339,7 @@ def test_mxfp4_is_dequantized_without_triton_and_kernels(monkeypatch):
     monkeypatch.setattr(hf, "mxfp4_kernels", lambda: (False, True))
     p = plan(tiny_gpt_oss(), hw((9, 0)))
     stored, dense = p.choice.decisions
-    assert stored.precision == "mxfp4" and "missing here: triton>=3.4.0" in stored.rejected_because
+    assert stored.precision == "mxfp4" and "missing on the target: triton>=3.4.0" in stored.rejected_because
     assert p.precision == "bf16" and dense.estimate.weights_bytes > 2 * stored.estimate.weights_bytes
     monkeypatch.setattr(hf, "mxfp4_kernels", lambda: (True, True))
     assert plan(tiny_gpt_oss(), hw((9, 0))).precision == "mxfp4"

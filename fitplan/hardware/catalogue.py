@@ -29,6 +29,7 @@ from typing import Any
 from ..errors import FileError, HardwareError, InputError, OptionError
 from .machine import GPU, Hardware
 from .nodes import file_nodes, parse_nodes
+from .software import Software, default_software, parse_software
 from ..vocab.units import fmt_bytes
 from ..yamlsource import (
     at,
@@ -201,13 +202,14 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
         raise OptionError("--gpu is empty; name a GPU such as 'rtx4090' or '2x a100-80gb' (`fitplan gpus` lists them)",
                           option="gpu")
     catalogue = load_gpu_catalogue()
+    software = default_software()
     nodes = parse_nodes(text)
     if nodes:  # several machines (hardware/nodes.py)
         n, per, word = nodes
         _check_total(n * per, f"--gpu {text!r}")
         return Hardware(gpus=tuple(find_gpu(word, catalogue).to_gpu(i) for i in range(n * per)),
                         cpu_ram_bytes=cpu_ram_bytes, source="catalogue", gpus_per_node=per if n > 1 else None,
-                        notes=(CATALOGUE_NOTE, f"{n} nodes of {per} GPUs"))
+                        notes=(CATALOGUE_NOTE, software.note(), f"{n} nodes of {per} GPUs"), software=software)
     gpus: list[GPU] = []
     for part in text.split(","):
         if not part.strip():
@@ -219,12 +221,13 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
         gpus=tuple(gpus),
         cpu_ram_bytes=cpu_ram_bytes,
         source="catalogue",
-        notes=(CATALOGUE_NOTE,),
+        notes=(CATALOGUE_NOTE, software.note()),
+        software=software,
     )
 
 
 #: The keys of a hardware file, and of a profile's `hardware:` mapping, which is the same thing.
-HARDWARE_FILE_KEYS = ("gpus", "cpu_ram", "unified")
+HARDWARE_FILE_KEYS = ("gpus", "cpu_ram", "unified", "software")
 #: The keys of one entry of a `gpus:` list.
 GPU_ITEM_KEYS = ("gpu", "name", "memory", "compute_capability", "free", "bandwidth_gbs", "count")
 #: Bounds of a `bandwidth_gbs` (GB/s), in the catalogue and in files.
@@ -232,9 +235,10 @@ BANDWIDTH_GBS = {"minimum": 1, "maximum": 100_000}
 
 
 def read_hardware_map(doc: YamlMap, *, name: str, what: str,
-                      also: tuple[str, ...] = ()) -> tuple[tuple[GPU, ...], int | None, bool]:
-    """(GPUs, cpu_ram or None, unified) from a hardware file's mapping or a profile's `hardware:`: the one
-    reader of `HARDWARE_FILE_KEYS`. `what` names the mapping in errors; `also`: keys its caller reads itself."""
+                      also: tuple[str, ...] = ()) -> tuple[tuple[GPU, ...], int | None, bool, Software]:
+    """(GPUs, cpu_ram or None, unified, the target's software) from a hardware file's mapping or a profile's
+    `hardware:`: the one reader of `HARDWARE_FILE_KEYS`. `what` names the mapping in errors; `also`: keys its
+    caller reads itself."""
     check_keys(doc, HARDWARE_FILE_KEYS + also, what=what)
     if doc.get("gpus") is None:
         raise FileError(f"{doc.where('gpus')}: {what} needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
@@ -246,7 +250,8 @@ def read_hardware_map(doc: YamlMap, *, name: str, what: str,
     if not isinstance(unified, bool):
         raise FileError(f"{doc.where('unified')}: unified must be true or false (true: the CPU and GPU share "
                         f"cpu_ram, as on Apple silicon), got {describe(unified)}", **doc.at("unified"))
-    return gpus, ram, unified
+    software = parse_software(doc, what="software" if what == "a hardware file" else f"{what}.software")
+    return gpus, ram, unified, software
 
 
 def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) -> Hardware:
@@ -265,7 +270,7 @@ def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) ->
     if doc["gpus"] is None:
         raise FileError(f"{doc.where('gpus')}: 'gpus' is empty; list GPUs, or write 'gpus: []' for a CPU-only machine",
                         **doc.at("gpus"))
-    gpus, ram, unified = read_hardware_map(doc, name=name, what="a hardware file", also=("nodes",))
+    gpus, ram, unified, software = read_hardware_map(doc, name=name, what="a hardware file", also=("nodes",))
     notes = [f"GPUs described in {name}, not probed"]
     if ram is None:
         if cpu_ram_bytes is None:
@@ -273,8 +278,10 @@ def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) ->
             notes.append(f"{name} gives no cpu_ram: planning with no CPU RAM to offload to")
         else:
             ram = cpu_ram_bytes
+    notes.append(software.note())
     per_node = file_nodes(doc, len(gpus), name)  # several machines (hardware/nodes.py)
     return Hardware(gpus=gpus, cpu_ram_bytes=ram, source="file", unified=unified, gpus_per_node=per_node,
+                    software=software,
                     notes=tuple(notes) + ((f"{len(gpus) // per_node} nodes of {per_node} GPUs",) if per_node else ()))
 
 

@@ -6,6 +6,10 @@ Pure data. `probe.py` fills it from NVML; `catalogue.py` fills it from `--gpu NA
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .software import Software
 
 from ..vocab.precision import BF16_MIN_CC
 from ..vocab.units import gib
@@ -59,6 +63,9 @@ class Hardware:
     # "expandable" (what fitplan.load() sets up) or "caching" (torch's default); see `allocator_planned`.
     allocator: str = "expandable"
     gpus_per_node: int | None = None  # several machines (`--gpu 2x8xh100`): GPUs per node; None: one machine
+    #: The target's packages that only matter where it loads (`hardware/software.py`); None for this
+    #: machine (the probe), whose packages are read where they are.
+    software: "Software | None" = None
 
     @property
     def has_gpu(self) -> bool:
@@ -83,6 +90,7 @@ class Hardware:
             "unified": self.unified,
             "allocator": self.allocator,
             **({"gpus_per_node": self.gpus_per_node} if self.gpus_per_node else {}),
+            "software": None if self.software is None else self.software.to_dict(),
             "notes": list(self.notes),
         }
 

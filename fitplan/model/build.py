@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from ..errors import LibraryChangedError, OptionError, UnsupportedModelError
 from ..vocab.classes import AUTO_CLASSES
-from .inventory import Inventory
+from .inventory import HubKernel, Inventory
 from . import cacheprobe, fields, hf, vision
 from .prequant import mark_converted
 from .sources import decode_special_floats
@@ -94,6 +94,8 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
                          f"which holds {scratch:,} bytes per token of each sequence at once during the prompt: "
                          f"planned; installing {kernels} makes it linear in the state, not in this")
         notes.append(image_note)
+        found = hf.hub_kernels(model)
+        hub_kernels = None if found is None else tuple(HubKernel(*k) for k in found)
         if apart:
             notes.append(f"this config ties {', '.join(apart)} to the input embeddings, but the checkpoint stores "
                          f"{stored_parameters:,} parameters, the count with them apart, and transformers "
@@ -137,6 +139,7 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
             compile_fullgraph=bool(getattr(type(model), "_can_compile_fullgraph", False)),
             flash_attn=bool(getattr(type(model), "_supports_flash_attn", False)) and hf.kernels_installed(hf.FLASH_ATTENTION_KERNELS),
             num_key_value_heads=fields.size_field(text, "num_key_value_heads", required=False) or 0,
+            hub_kernels=hub_kernels,
             notes=tuple(n for n in notes if n),
             versions=lib_versions(),
         )

@@ -57,6 +57,7 @@ from __future__ import annotations
 import contextlib as _contextlib
 import inspect as _inspect
 import io as _io
+import re
 import warnings as _warnings
 from dataclasses import dataclass
 from importlib import metadata
@@ -896,3 +897,134 @@ def tensors(model, build_dtype, apart: list[str] = ()) -> tuple[TensorInfo, ...]
     return tuple(out)
 
 
+
+# -- Hub kernels ------------------------------------------------------------------------------------------
+#
+# From 5.25 `from_pretrained` defaults to `use_kernels=True` (unless `USE_HUB_KERNELS` says no) and
+# `kernels` is a dependency: after loading it calls `kernelize(model, device=<the model's device>,
+# mode=INFERENCE)`, which, for every module whose class carries a `kernel_layer_name` (e.g.
+# `LlamaRMSNorm` -> "RMSNorm") and every function attached with `use_kernelized_func` (rotary ->
+# "rotary_pos_emb"), looks the name up in transformers' own mapping
+# (`integrations/hub_kernels.get_kernel_mapping_transformers()`: {name: {device: repo | {Mode: repo}}})
+# and fetches that Hub repository (`kernels-community/rotary`, version 2, ...). On the CPU the mapping
+# names no repository, so nothing is fetched; on CUDA with the Hub offline and a repository not in the
+# local kernel cache, kernels raises ValueError inside from_pretrained (5.25 with kernels 0.19: its
+# `KernelizeFallback.ALL` falls back only on FileNotFoundError).
+
+#: First release whose from_pretrained kernelizes by default (`use_kernels` None -> True).
+HUB_KERNELS_DEFAULT_SINCE = (5, 25)
+
+
+def kernelizes_by_default() -> bool:
+    """Whether the installed transformers kernelizes a model in `from_pretrained` unless told not to."""
+    return version_tuple() >= HUB_KERNELS_DEFAULT_SINCE
+
+
+def kernels_disabled_by_env() -> bool:
+    """`USE_HUB_KERNELS` set to a false value: from_pretrained kernelizes nothing (5.25's `_kernels_enabled`)."""
+    import os
+
+    return os.environ.get("USE_HUB_KERNELS", "YES").strip().upper() in ("0", "NO", "FALSE", "OFF", "N")
+
+
+def hub_kernels(model, device_types=("cuda", "cpu")):
+    """[(device type, layer name, repo id, ref, min cc, max cc)]: each Hub kernel repository `kernelize` would
+    fetch for this (meta) model in inference mode on each of `device_types`, from transformers' own mapping
+    of the installed version (`ref` "v2" for a version, else the revision; cc bounds as major*10+minor, None
+    when any card takes it). None when the installed transformers does not kernelize by default (before 5.25)
+    or has no `kernels` package: then nothing is fetched and the answer is "not applicable"."""
+    if not kernelizes_by_default():
+        return None
+    from transformers.utils.import_utils import is_kernels_available
+
+    if not is_kernels_available():
+        return None
+    try:
+        from kernels import Mode
+        from kernels._internals.layer.repos import _select_repository
+        from transformers.integrations.hub_kernels import get_kernel_mapping_transformers
+    except ImportError as exc:
+        raise changed(f"its Hub kernel mapping cannot be read ({exc})") from None
+    mapping = get_kernel_mapping_transformers()
+    if not isinstance(mapping, dict) or not mapping:
+        raise changed(f"get_kernel_mapping_transformers() gave {type(mapping).__name__} with no kernels")
+    names: list[str] = []
+    for module in model.modules():
+        layer = getattr(type(module), "kernel_layer_name", None)
+        if isinstance(layer, str) and layer not in names and _kernel_condition(module):
+            names.append(layer)
+        for func in getattr(module, "_kernel_funcs", {}).values():
+            layer = getattr(type(func), "kernel_layer_name", None)
+            if isinstance(layer, str) and layer not in names:
+                names.append(layer)
+    out = []
+    for name in names:
+        for device, entry in (mapping.get(name) or {}).items():
+            dtype = device if isinstance(device, str) else getattr(device, "type", None)
+            if dtype not in device_types:
+                continue
+            props = getattr(device, "properties", None)
+            lo, hi = getattr(props, "min_capability", None), getattr(props, "max_capability", None)
+            repo = entry
+            if isinstance(entry, dict):
+                picked = _select_repository(entry, mode=Mode.INFERENCE)
+                if picked is None:
+                    continue
+                repo = picked[0]
+            repo_id, rev, ver = (getattr(repo, a, None) for a in ("_repo_id", "_revision", "_version"))
+            if not isinstance(repo_id, str) or (rev is None and ver is None):
+                raise changed(f"its kernel mapping's {name!r} entry is a {type(repo).__name__} without a repo id and a "
+                              "version or revision")
+            out.append((dtype, name, repo_id, f"v{ver}" if ver is not None else str(rev), lo, hi))
+    return out
+
+
+def _kernel_condition(module) -> bool:
+    """A layer's `kernel_condition` (kernels' `use_kernel_forward_from_hub(condition=)`), which kernelize asks
+    before swapping it; a condition the meta module cannot answer counts as met (the kernel is listed)."""
+    cond = getattr(type(module), "kernel_condition", None)
+    if not callable(cond):
+        return True
+    try:
+        return bool(cond(module))
+    except Exception:  # noqa: BLE001 - a condition that needs real tensors
+        return True
+
+
+def kernel_cached(repo_id: str, ref: str) -> bool:
+    """Whether a Hub kernel repository at `ref` ("v2", a branch or a commit) is in the local kernel cache,
+    where `kernels` looks for it offline (`KERNELS_CACHE`, else the Hub cache: `kernels--ORG--NAME/refs/REF`
+    naming a commit whose `snapshots/COMMIT` is there)."""
+    try:
+        from kernels._internals._versions import _cached_refs_dir
+    except ImportError:
+        return False
+    refs = _cached_refs_dir(repo_id)
+    commit = ref if re.fullmatch(r"[0-9a-f]{40}", ref) else None
+    if commit is None:
+        try:
+            commit = (refs / ref).read_text().strip()
+        except OSError:
+            return False
+    return bool(commit) and (refs.parent / "snapshots" / commit).is_dir()
+
+
+def hub_offline() -> bool:
+    """Whether `kernels` will look only in its local cache: it reads `huggingface_hub.constants.HF_HUB_OFFLINE`
+    (kernels 0.19 `_internals/load.py`), set from `HF_HUB_OFFLINE` when huggingface_hub is imported."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def fetch_kernel(repo_id: str, ref: str) -> str | None:
+    """Download a Hub kernel repository into the local kernel cache now, before any weight is read, with
+    `kernels.install_kernel` (public); None when it is there, else why not (the Hub unreachable, ...)."""
+    try:
+        from kernels import install_kernel
+
+        spec = {"version": int(ref[1:])} if re.fullmatch(r"v\d+", ref) else {"revision": ref}
+        install_kernel(repo_id, **spec)
+    except Exception as exc:  # noqa: BLE001 - network and Hub errors of many types; one line for the note
+        return " ".join(str(exc).split())[:160] or type(exc).__name__
+    return None

@@ -15,10 +15,10 @@ def dtype_name(dtype) -> str:
 
 
 #: Bump when the meaning of a field changes, so stale on-disk caches are rebuilt, not misread.
-SCHEMA_VERSION = 14  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`;
+SCHEMA_VERSION = 15  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`;
 # 11: per-sequence state, the Auto class and image tokens; 12: prefill scratch of kernel-less SSM paths;
 # 13: `position_limit` (learned absolute position tables); 14: how it can generate (compile_fullgraph,
-# flash_attn, num_key_value_heads)
+# flash_attn, num_key_value_heads); 15: the Hub kernels transformers 5.25+ fetches (`hub_kernels`)
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,29 @@ class KVLayer:
 
 
 @dataclass(frozen=True)
+class HubKernel:
+    """One Hub kernel repository transformers' `kernelize` fetches for this model on `device` ("cuda", or
+    "cpu" where a mapping names one), from the installed transformers' own mapping (`hf.hub_kernels`):
+    the layer name it replaces, the repository and its ref ("v2", or a revision), and the compute
+    capabilities (major*10+minor) it is limited to, None when any card takes it."""
+
+    device: str
+    layer: str
+    repo_id: str
+    ref: str
+    min_cc: int | None = None
+    max_cc: int | None = None
+
+    def applies(self, device: str, cc: tuple[int, int] | None) -> bool:
+        """Whether kernelize fetches it for a model on `device` whose first GPU has compute capability `cc`."""
+        if device != self.device:
+            return False
+        value = None if cc is None else cc[0] * 10 + cc[1]
+        return value is None or ((self.min_cc is None or value >= self.min_cc)
+                                 and (self.max_cc is None or value <= self.max_cc))
+
+
+@dataclass(frozen=True)
 class Inventory:
     """Everything the estimator needs to know about a model, gathered once per config.
 
@@ -116,6 +139,9 @@ class Inventory:
     compile_fullgraph: bool = False
     flash_attn: bool = False
     num_key_value_heads: int = 0
+    #: Hub kernels from_pretrained's default `use_kernels=True` fetches (transformers 5.25+); None: the
+    #: installed transformers kernelizes nothing by default ("not applicable").
+    hub_kernels: tuple[HubKernel, ...] | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     versions: dict = field(default_factory=dict)
 
@@ -134,6 +160,8 @@ class Inventory:
         )
         d["kv_layers"] = tuple(KVLayer(**k) for k in d["kv_layers"])
         d["notes"] = tuple(d.get("notes", ()))
+        if d.get("hub_kernels") is not None:
+            d["hub_kernels"] = tuple(HubKernel(**k) for k in d["hub_kernels"])
         return cls(**d)
 
     def state_bytes_per_sequence(self, element_size: int) -> int:

@@ -65,6 +65,7 @@ class Plan:
     model_digest: str | None = None  # a local folder's content when planned (fitplan.model.digest)
     engine: Any = None  # the serving-engine deployment (fitplan.engines.choose.EngineChoice) when engine is not transformers
     tp_hint: Any = None  # what vLLM tensor parallelism gives on these GPUs when one GPU is not enough (EngineChoice)
+    hub_kernels: Any = None  # fitplan.model.kernels.KernelUse: Hub kernels from_pretrained fetches on the target
 
     @property
     def fits(self) -> bool:
@@ -297,6 +298,7 @@ class Plan:
             "gguf": None if self.gguf is None else self.gguf.to_dict(),
             **({"engine": self.engine.to_dict()} if self.engine is not None else {}),
             **({"tensor_parallel_hint": self.tp_hint.to_dict()} if self.tp_hint is not None else {}),
+            "hub_kernels": None if self.hub_kernels is None else self.hub_kernels.to_dict(),
             "versions": dict(self.inventory.versions),
             "notes": self.notes,
         }

@@ -281,7 +281,7 @@ def _prequantized_candidates(inv: Inventory, opts: PlanOptions, hw: Hardware,
                              compute: str) -> list[tuple[Precision, str | None]]:
     """A pre-quantized checkpoint loads as stored: its rows (fitplan.planning.prequant.rows), `--precision` only
     picks among them, and bitsandbytes or float precisions do not apply to it."""
-    rows = prequant.rows(inv, prequant.target_of(inv, hw.gpus), P.get("bf16" if compute == "bfloat16" else "fp16"))
+    rows = prequant.rows(inv, prequant.target_of(inv, hw.gpus, hw.software), P.get("bf16" if compute == "bfloat16" else "fp16"))
     names = [p.name for p, _ in rows]
     if opts.precision and opts.precision not in names:
         raise OptionError(f"{inv.model_id} is pre-quantized ({names[0]}): it loads as stored, so precision "

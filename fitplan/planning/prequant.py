@@ -179,7 +179,7 @@ def _kept_mxfp4(s: Scheme, t: Target) -> str | None:
     missing += [] if t.kernels else ["a kernels release transformers accepts"]
     if missing:
         return ("transformers keeps mxfp4 only with triton>=3.4.0, the kernels package and a GPU of compute "
-                f"capability 7.5 or newer, and dequantizes it otherwise; missing here: {', '.join(missing)}")
+                f"capability 7.5 or newer, and dequantizes it otherwise; missing on the target: {', '.join(missing)}")
     return None
 
 
@@ -188,10 +188,14 @@ def _kept_ct(s: Scheme, t: Target) -> str | None:
             "(its decompress hook), so generation holds dense weights")
 
 
-def target_of(inv: Inventory, gpus) -> Target:
-    """The `Target` for `gpus` (the planned hardware's): transformers decides on the current device, GPU 0."""
+def target_of(inv: Inventory, gpus, software=None) -> Target:
+    """The `Target` for `gpus` (the planned hardware's): transformers decides on the current device, GPU 0.
+    triton and `kernels` are the target's declared `software` (hardware/software.py) when the plan is for
+    another machine, and this environment's (`_mxfp4_kernels()`) when `software` is None (the probe)."""
     cc = min(gpus, key=lambda g: g.index).compute_capability if gpus else None
-    kernels = _mxfp4_kernels() if cc is not None and scheme(inv).method == "mxfp4" else (False, False)
+    if cc is None or scheme(inv).method != "mxfp4":
+        return Target(cc)
+    kernels = _mxfp4_kernels() if software is None else (software.triton, software.kernels)
     return Target(cc, *kernels)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..hardware.catalogue import BANDWIDTH_GBS, HARDWARE_FILE_KEYS, MAX_GPUS
+from ..hardware.software import json_schema as software_schema
 from ..options import OPTION_KEYS, SECTIONS, PlanOptions, SourceOptions, env_var
 from ..vocab.kinds import SIZE_PATTERN, kind
 
@@ -133,7 +134,8 @@ def _field_schema(f: Field) -> dict:
              "properties": {"gpus": {"type": "array", "maxItems": MAX_GPUS, "items": {"$ref": "#/$defs/gpu"}},
                             "cpu_ram": {"$ref": "#/$defs/size"},
                             "unified": {"type": "boolean", "description": "The CPU and GPU share cpu_ram "
-                                                                            "(Apple silicon)."}}}]}
+                                                                            "(Apple silicon)."},
+                            "software": software_schema()}}]}
     if f.kind == "section":
         return {**base, "type": "object", "additionalProperties": False, "minProperties": 1,
                 "properties": {g.key: _field_schema(g) for g in f.fields}}

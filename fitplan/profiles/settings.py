@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import FileError, FitplanError, OptionError
 from ..hardware.catalogue import read_hardware_map
+from ..hardware.software import Software, default_software
 from ..hardware.machine import GPU, Hardware
 from ..options import PLAN_KEYS, PlanOptions, check_keys as check_keys_given
 from ..yamlsource import YamlMap, check_keys, load_yaml, require_map
@@ -60,6 +61,7 @@ class HardwareSpec:
     gpus: tuple[GPU, ...] = ()
     cpu_ram_bytes: int | None = None
     unified: bool = False
+    software: Software | None = None
 
     def resolve(self, source_name: str) -> Hardware:
         from ..hardware.probe import cpu_ram_bytes, probe
@@ -67,8 +69,9 @@ class HardwareSpec:
         if self.auto:
             return probe()
         ram = cpu_ram_bytes() if self.cpu_ram_bytes is None else self.cpu_ram_bytes
+        software = self.software or default_software()
         return Hardware(gpus=self.gpus, cpu_ram_bytes=ram, source="file", unified=self.unified,
-                        notes=(f"GPUs described in {source_name}, not probed",))
+                        notes=(f"GPUs described in {source_name}, not probed", software.note()), software=software)
 
 
 @dataclass(frozen=True)
@@ -207,8 +210,8 @@ def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
     if value.get("gpus") is None and set(value) <= set(HARDWARE_KEYS):
         raise FileError(f"{value.where('gpus')}: hardware needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
                         "machine), or write 'hardware: auto' to probe", **value.at("gpus"))
-    gpus, ram, unified = read_hardware_map(value, name=doc.source, what="hardware")  # the --hardware file's reader
-    return HardwareSpec(auto=False, gpus=gpus, cpu_ram_bytes=ram, unified=unified)
+    gpus, ram, unified, software = read_hardware_map(value, name=doc.source, what="hardware")  # the file's reader
+    return HardwareSpec(auto=False, gpus=gpus, cpu_ram_bytes=ram, unified=unified, software=software)
 
 
 # -- the environment and precedence ----------------------------------------------------------------

@@ -21,7 +21,7 @@ log = logging.getLogger("fitplan")
 #: from_pretrained arguments a plan sets; a user value for one of them wins, with a warning.
 PLANNED_KEYS = ("quantization_config", "dtype", "device_map", "max_memory")
 #: Accepted and handed through untouched.
-PASSTHROUGH_KEYS = ("revision", "token", "trust_remote_code", "attn_implementation", "cache_dir",
+PASSTHROUGH_KEYS = ("revision", "token", "trust_remote_code", "attn_implementation", "cache_dir", "use_kernels",
                     "local_files_only", "low_cpu_mem_usage", "offload_folder", "subfolder", "variant",
                     "use_safetensors", "force_download")
 #: A tokenizer of this many entries or fewer is not one: real vocabularies hold thousands of tokens.
@@ -42,6 +42,7 @@ class LoadReport:
     rank: int | None = None
     generation: Any = None  # the setup applied (fitplan.planning.generation.Generation)
     warmup_s: float | None = None  # the first generate() (compile included) with warmup=True
+    notes: tuple[str, ...] = ()  # what load() did that the plan alone does not say (Hub kernels left out)
 
     def __str__(self) -> str:  # `print(model.fitplan)`; the words live with the other renderers
         from ..render import render_load_report
@@ -245,6 +246,13 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
         (tp, kwargs), changed = prepare(plan, w, user), ()
     for c in changed:
         log.warning("fitplan: user argument overrides the plan: %s", c)
+    notes = ()
+    if "use_kernels" not in user:
+        kernels_off = hub_kernels_fallback(plan.hub_kernels)
+        if kernels_off:
+            kwargs["use_kernels"] = False
+            notes = (kernels_off,)
+            log.warning("fitplan: %s", kernels_off)
     import transformers
 
     cls = getattr(transformers, AUTO_CLASSES[plan.inventory.auto_class])
@@ -267,13 +275,14 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
         allocator = "allocator: expandable segments were asked for, but torch's snapshot shows none"
         log.warning("fitplan: %s; the plan budgeted their smaller reserve", allocator)
     if tp is None:
-        report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed, allocator, generation=gen)
+        report = LoadReport(plan, _predicted(plan), _measured(loaded, before), changed, allocator, generation=gen,
+                            notes=notes)
     else:
         from .tensor_parallel import device, local_bytes
 
         dev = device(w, plan)
         report = LoadReport(plan, {dev: tp.share(w.rank).weights_bytes}, {dev: sum(local_bytes(loaded))}, changed,
-                            allocator, tp, w.rank)
+                            allocator, tp, w.rank, notes=notes)
     from . import generation as apply_gen
 
     if gen is not None:
@@ -285,6 +294,30 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
         took = apply_gen.warmup(loaded, batch=plan.options.batch, vocab_size=plan.inventory.vocab_size)
         loaded.fitplan = replace(report, warmup_s=took)
     return (loaded, tok) if tokenizer else loaded
+
+
+def hub_kernels_fallback(use) -> str | None:
+    """None when `from_pretrained` can load the Hub kernels the plan's target needs (or needs none); else the
+    one note saying it loads without them. A repository missing from the local kernel cache is fetched now,
+    before any weight is read, unless the Hub is offline; one that cannot be had means `use_kernels=False`
+    (the torch path, which is what fitplan planned) instead of a ValueError inside from_pretrained."""
+    if use is None or not use.used:
+        return None
+    from ..model import hf
+
+    missing = [r for r in use.repos if not hf.kernel_cached(r.repo_id, r.ref)]
+    if not missing:
+        return None
+    names = ", ".join(f"{r.repo_id} {r.ref}" for r in missing)
+    if hf.hub_offline():
+        why = "the Hub is offline (HF_HUB_OFFLINE)"
+    else:
+        errors = [e for e in (hf.fetch_kernel(r.repo_id, r.ref) for r in missing) if e]
+        if not errors:
+            return None
+        why = f"fetching failed ({errors[0]})"
+    return (f"loaded without Hub kernels (use_kernels=False): {names} not in the local kernel cache and {why}; "
+            "the torch path is what the plan sized. Load once with the Hub reachable to cache them")
 
 
 def _tokenizer(model: str, user: dict, *, processor: bool = False):

@@ -1,0 +1,84 @@
+"""Hub kernels: which kernel repositories `from_pretrained` will fetch for a plan's target, and whether each
+is in the local kernel cache.
+
+From transformers 5.25, `from_pretrained` defaults to `use_kernels=True`: on a CUDA device it swaps
+layers (RMSNorm, activations, rotary embeddings, ...) for kernels fetched from the Hub. The inventory
+holds the repositories the installed transformers' own mapping names for the model
+(`Inventory.hub_kernels`, read by `hf.hub_kernels`); this module picks those that apply to the
+target's device and first GPU, and, when the target is this machine, looks each up in the local
+kernel cache (`hf.kernel_cached`). `fitplan.load()` reads the result to load without kernels rather
+than fail inside `from_pretrained` when one is missing and cannot be fetched (docs/compatibility.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import hf
+from .inventory import Inventory
+
+
+@dataclass(frozen=True)
+class KernelRepo:
+    repo_id: str
+    ref: str
+    layers: tuple[str, ...]
+    cached: bool | None  # None: the target is another machine, whose cache cannot be seen from here
+
+    def to_dict(self) -> dict:
+        return {"repo_id": self.repo_id, "ref": self.ref, "layers": list(self.layers), "cached": self.cached}
+
+
+@dataclass(frozen=True)
+class KernelUse:
+    """What the installed transformers does with Hub kernels when it loads this model on the target.
+    `applicable` False: it kernelizes nothing by default (before 5.25, or no `kernels` package);
+    `disabled`: `USE_HUB_KERNELS` turns it off; `repos`: what kernelize fetches on `device`."""
+
+    applicable: bool
+    transformers: str
+    device: str = "cuda"
+    repos: tuple[KernelRepo, ...] = ()
+    disabled: bool = False
+
+    @property
+    def used(self) -> bool:
+        return self.applicable and not self.disabled and bool(self.repos)
+
+    @property
+    def missing(self) -> tuple[KernelRepo, ...]:
+        """Repositories known not to be in this machine's kernel cache."""
+        return tuple(r for r in self.repos if r.cached is False)
+
+    def summary(self) -> str:
+        """One line for the check table."""
+        if not self.applicable:
+            return f"not applicable (transformers {self.transformers} loads no Hub kernels by default)"
+        if self.disabled:
+            return "off (USE_HUB_KERNELS turns them off): the torch path, as planned"
+        if not self.repos:
+            return f"none for this model on {self.device.upper()} (transformers {self.transformers}'s mapping)"
+        state = {None: "cache not seen from here", True: "cached", False: "NOT cached"}
+        names = ", ".join(f"{r.repo_id} {r.ref} ({state[r.cached]})" for r in self.repos)
+        return (f"{names}; memory planned for the torch path (the kernelized path is not measured); "
+                "fitplan.load() loads without them if one cannot be fetched")
+
+    def to_dict(self) -> dict:
+        return {"applicable": self.applicable, "transformers": self.transformers, "device": self.device,
+                "disabled": self.disabled, "used": self.used, "repos": [r.to_dict() for r in self.repos]}
+
+
+def kernel_use(inv: Inventory, *, device: str, compute_capability: tuple[int, int] | None,
+               this_machine: bool) -> KernelUse:
+    """The Hub kernels `from_pretrained` fetches for `inv` on `device` ("cuda" when the plan places layers on
+    a GPU, else "cpu"); the cache is looked at only when the target is `this_machine`."""
+    version = inv.versions.get("transformers") or hf.version()
+    if inv.hub_kernels is None:
+        return KernelUse(applicable=False, transformers=version, device=device)
+    by_repo: dict[tuple[str, str], list[str]] = {}
+    for k in inv.hub_kernels:
+        if k.applies(device, compute_capability):
+            by_repo.setdefault((k.repo_id, k.ref), []).append(k.layer)
+    repos = tuple(KernelRepo(repo_id, ref, tuple(layers), hf.kernel_cached(repo_id, ref) if this_machine else None)
+                  for (repo_id, ref), layers in by_repo.items())
+    return KernelUse(applicable=True, transformers=version, device=device, repos=repos,
+                     disabled=hf.kernels_disabled_by_env())
