@@ -31,6 +31,13 @@ TESTED: dict[str, tuple[str, ...]] = {
 #: 1.15 and bitsandbytes 0.50.2), run by CI as a leg of its own.
 GPU_IMAGE = {"transformers": "5.17.0", "huggingface_hub": "1.33.0", "accelerate": "1.15.0", "bitsandbytes": "0.50.2"}
 
+#: The versions the stored GPU measurements were taken with (benchmarks/results/acc*.jsonl: 148 H100 rows that
+#: docs/accuracy.md summarises). CI replays them on a leg of their own at exactly these versions, running only
+#: `REPLAY_TESTS`, the tests that re-score stored measurements and recordings: on another version a model can
+#: build differently, and the document's summary is checked nowhere else.
+MEASURED = {"transformers": "5.24.0", "huggingface_hub": "2.4.0", "accelerate": "1.15.0", "bitsandbytes": "0.50.2"}
+REPLAY_TESTS = ("tests/test_accuracy_doc.py", "tests/test_golden.py")
+
 #: The libraries CI's newest leg resolves to their newest release inside pyproject.toml's ranges when it
 #: runs (torch is held at its CPU build, `TESTED["torch"][-1]`).
 NEWEST = ("transformers", "accelerate", "huggingface_hub", "bitsandbytes")
@@ -130,6 +137,10 @@ def _main(argv: list[str]) -> int:
     elif argv[:1] == ["legs"]:
         for leg in ci_legs()[1:]:
             print(split(leg))
+    elif argv[:1] == ["replay"]:
+        print(split(MEASURED))
+    elif argv[:1] == ["replay-tests"]:
+        print(" ".join(REPLAY_TESTS))
     elif argv[:1] == ["header"] and len(argv) >= 2:
         have = lib_versions()
         print(f"== {argv[1]}: " + ", ".join(f"{lib} {have[lib]}" for lib in LIBRARIES), flush=True)
@@ -145,7 +156,8 @@ def _main(argv: list[str]) -> int:
             print(f"CI: the newest leg resolved older releases than a pinned leg runs: {', '.join(stale)}", file=sys.stderr)
             return 1
     else:
-        print("usage: python fitplan/versions.py torch|base|newest|legs|header NAME [LIB==VERSION | LIB>=RANGE ...]",
+        print("usage: python fitplan/versions.py torch|base|newest|legs|replay|replay-tests|header NAME "
+              "[LIB==VERSION | LIB>=RANGE ...]",
               file=sys.stderr)
         return 2
     return 0

@@ -43,13 +43,27 @@ def folder() -> Path:
     return HERE / f"transformers-{metadata.version('transformers').split('+')[0]}"
 
 
+#: The CPU RAM a `--gpu` plan is made with is this machine's: the recordings hold a fixed figure (the
+#: development and CI machines' 24 GiB class), so they replay the same on any machine.
+CPU_RAM_BYTES = 25_276_194_816
+
+
 def check(args: tuple[str, ...]) -> tuple[int, str]:
-    """(exit code, stdout) of `fitplan check ARGS --json`, run in this process as the CLI runs it."""
+    """(exit code, stdout) of `fitplan check ARGS --json`, run in this process as the CLI runs it, with the
+    machine's RAM read as `CPU_RAM_BYTES` and no FITPLAN_* or allocator setting of the caller's."""
+    import os
+    from unittest import mock
+
     from click.testing import CliRunner
 
     from fitplan.cli import main
+    from fitplan.hardware import probe
 
-    r = CliRunner().invoke(main, ["check", *args, "--json"], catch_exceptions=False)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("FITPLAN_") or k == "FITPLAN_CACHE"}
+    env = {k: v for k, v in env.items() if k not in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")}
+    with mock.patch.object(probe, "cpu_ram_bytes", lambda: CPU_RAM_BYTES), mock.patch.dict(os.environ, env, clear=True):
+        r = CliRunner().invoke(main, ["check", *args, "--json"], catch_exceptions=False)
     return r.exit_code, r.stdout
 
 

@@ -163,6 +163,17 @@ def _why(p: EnginePlan) -> str:
             f"{p.concurrency} asked")
 
 
+#: The flag each engine takes for a setting that is passed only when it differs from the default.
+_EAGER_FLAG = {"vllm": "--enforce-eager", "sglang": "--disable-cuda-graph"}
+
+
+def _optional_flags(p: EnginePlan) -> list[str]:
+    """The KV dtype, online quantization and eager-mode flags `p` needs, spelled for its engine."""
+    out = [f"--kv-cache-dtype {p.kv_cache_dtype}"] if p.kv_cache_dtype != "auto" else []
+    out += [f"--quantization {p.quantization}"] if p.quantization else []
+    return out + ([_EAGER_FLAG[p.name]] if p.enforce_eager else [])
+
+
 def command(p: EnginePlan, model_id: str, per_node: int) -> tuple[str, ...]:
     """The command lines that start `p`: `vllm serve ...` (with the Ray steps across nodes) or SGLang's launcher
     (one line per node). A pre-quantized checkpoint gets no --quantization: the engine reads its method."""
@@ -170,13 +181,7 @@ def command(p: EnginePlan, model_id: str, per_node: int) -> tuple[str, ...]:
     if p.name == "vllm":
         args = [f"vllm serve {model_id}", f"--tensor-parallel-size {p.tensor_parallel_size}",
                 f"--pipeline-parallel-size {p.pipeline_parallel_size}", f"--max-model-len {p.max_model_len}",
-                f"--gpu-memory-utilization {p.gpu_memory_utilization:g}"]
-        if p.kv_cache_dtype != "auto":
-            args.append(f"--kv-cache-dtype {p.kv_cache_dtype}")
-        if p.quantization:
-            args.append(f"--quantization {p.quantization}")
-        if p.enforce_eager:
-            args.append("--enforce-eager")
+                f"--gpu-memory-utilization {p.gpu_memory_utilization:g}", *_optional_flags(p)]
         if nodes == 1:
             return (" ".join(args),)
         args.append("--distributed-executor-backend ray")
@@ -185,13 +190,7 @@ def command(p: EnginePlan, model_id: str, per_node: int) -> tuple[str, ...]:
                 "# then on the head node:", " ".join(args))
     args = [f"python -m sglang.launch_server --model-path {model_id}", f"--tp {p.tensor_parallel_size}",
             f"--pp-size {p.pipeline_parallel_size}", f"--context-length {p.max_model_len}",
-            f"--mem-fraction-static {p.gpu_memory_utilization:g}"]
-    if p.kv_cache_dtype != "auto":
-        args.append(f"--kv-cache-dtype {p.kv_cache_dtype}")
-    if p.quantization:
-        args.append(f"--quantization {p.quantization}")
-    if p.enforce_eager:
-        args.append("--disable-cuda-graph")
+            f"--mem-fraction-static {p.gpu_memory_utilization:g}", *_optional_flags(p)]
     if nodes == 1:
         return (" ".join(args),)
     return tuple(f"# node {i}: " + " ".join(args + [f"--nnodes {nodes}", f"--node-rank {i}",
