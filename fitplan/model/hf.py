@@ -45,12 +45,15 @@ by one, so a difference there shows up as a refusal from the checks, not a wrong
 | heterogeneous configs (`per_layer_config`, per-layer fields raise on the global config) | none | yes | yes |
 | sparse-attention indexer keys (`DynamicIndexedLayer.indexer_keys`) | no such models | yes | yes |
 
-Why one module (~730 lines): every private transformers name fitplan touches is here and nowhere else
+Why one module (~1030 lines): every private transformers name fitplan touches is here and nowhere else
 (tests/test_layout.py holds the rest of the package to that), so a new transformers release is
-checked against this one file; the meta build (`build`, `tensors`, `tied_apart`) lives here too
-because each of its steps is a transformers rule (which class an Auto class picks, the init
-contexts, the dtype plan, weight tying), so a build is one call from the model stage, not a walk
-back and forth between it and this file.
+checked against this one file. It holds one section per transformers subsystem fitplan reads, each
+keyed by version: the cache and its storages; the meta build (`build`, `tensors`, `tied_apart`:
+which class an Auto class picks, the init contexts, the dtype plan, weight tying); the prefill
+scratch of kernel-less state-space paths; the tensor-parallel plan and its sharding styles
+(`tensor_parallel_rules`); the Hub-kernel mapping of 5.25 (`hub_kernels`). Split into modules, each
+would still reach into the same private names, and the quarantine would be several files to check
+instead of one.
 """
 from __future__ import annotations
 

@@ -104,7 +104,8 @@ def choose(inv, precision: Precision, work, *, gpus=(), placement: str = "one-gp
            compute_dtype: str = "bfloat16") -> Generation:
     """The fastest setup known to work for `inv` at `precision` on `gpus`, placed as `placement`
     ("one-gpu", "split", "offload", "cpu"; "no-room": one GPU that holds it only without the static
-    setup's workspace); `fast=False`: plain transformers."""
+    setup's workspace; "no-fit": it fits nowhere here, so it is sized as plain generate());
+    `fast=False`: plain transformers."""
     if not fast:
         return plain(inv, "fast=False: plain transformers generate() with its dynamic cache", gpus, compute_dtype)
     if placement == "cpu" or not gpus:
@@ -113,6 +114,9 @@ def choose(inv, precision: Precision, work, *, gpus=(), placement: str = "one-gp
     if placement == "no-room":
         return plain(inv, "the static cache and its compiled decode's workspace do not fit with the weights on one "
                           "GPU, plain generate() does", gpus, compute_dtype)
+    if placement == "no-fit":
+        return plain(inv, "does not fit here: sized as plain generate(), the least it would hold", gpus,
+                     compute_dtype)
     if placement == "offload":
         return plain(inv, "offloaded layers: transformers does not compile a model with CPU offload", gpus, compute_dtype)
     if placement == "split":

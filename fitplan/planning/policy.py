@@ -187,7 +187,7 @@ def _decide(inv: Inventory, prec: Precision, opts: PlanOptions, work: Workload, 
     d = _decide_placed(prec, opts, hw, setup)
     if d.offload_bytes:  # offloaded: transformers compiles no such model
         d = replace(d, generation=setup("offload")[0])
-    return d if d.generation is not None else replace(d, generation=setup("split")[0])
+    return d if d.generation is not None else replace(d, generation=setup("split" if d.fits else "no-fit")[0])
 
 
 def _decide_placed(prec: Precision, opts: PlanOptions, hw: Hardware, setup) -> Decision:
@@ -213,7 +213,8 @@ def _decide_placed(prec: Precision, opts: PlanOptions, hw: Hardware, setup) -> D
         return Decision(prec.name, est, True,
                         f"fits on GPU {best.index} ({fmt_bytes(s.total_bytes)} of {fmt_bytes(s.budget_bytes)} usable)",
                         one[0], sizes=sz, generation=gen)
-    gen, sz = setup("split" if len(hw.gpus) > 1 else "offload")  # a split or offload generates plainly
+    # a split or an offload generates plainly; without offload allowed, one GPU that cannot hold it is no fit
+    gen, sz = setup("split" if len(hw.gpus) > 1 else "offload" if opts.offload else "no-fit")
     est = sz.estimate()
     budget_one = best.free_bytes - headroom_bytes(best.total_bytes, opts.headroom)
     if len(hw.gpus) > 1:
