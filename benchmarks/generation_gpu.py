@@ -29,35 +29,11 @@ import statistics
 import time
 from pathlib import Path
 
+from accuracy import make_checkpoint  # a random-weight checkpoint at the real shape, as every GPU benchmark makes it
+
 SHAPES = {"llama1b": "meta-llama/Llama-3.2-1B", "qwen8b": "Qwen/Qwen3-8B", "gemma3-1b": "google/gemma-3-1b-it",
           "olmoe": "allenai/OLMoE-1B-7B-0924"}
 PRECISIONS = ("bf16", "int8", "nf4", "nf4-dq")
-
-
-def _config(model_id: str) -> dict:
-    from importlib import resources
-
-    text = resources.files("fitplan.data").joinpath("models").joinpath(model_id.replace("/", "--") + ".json").read_text()
-    data = json.loads(text)
-    return data.get("config", data)
-
-
-def make_checkpoint(model_id: str, root: Path) -> Path:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    path = root / model_id.replace("/", "--")
-    if (path / "config.json").exists():
-        return path
-    cfg = _config(model_id)
-    config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k != "quantization_config"})
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(path)
-    del model
-    gc.collect()
-    torch.cuda.empty_cache()
-    return path
 
 
 def quant_config(precision: str):

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+
+from cli_process import process_env, run
 
 from tiny_models import save_tiny
 
@@ -16,13 +15,7 @@ PRECISIONS = ["fp32", "bf16", "fp16", "int8", "nf4", "nf4-dq", "fp4", "fp4-dq"]
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    return {**os.environ, "FITPLAN_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")])}
-
-
-def run(env, *args):
-    return subprocess.run([sys.executable, "-m", "fitplan", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return process_env(tmp_path_factory.mktemp("cache"))
 
 
 def test_check_fits_prints_table_plan_and_arguments(env):

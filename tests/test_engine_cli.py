@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+
+from cli_process import process_env, run
 
 import fitplan
 from fitplan.errors import InputError
@@ -17,13 +16,7 @@ SMALL = "meta-llama/Llama-3.1-8B-Instruct"
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    return {**os.environ, "FITPLAN_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")])}
-
-
-def run(env, *args):
-    return subprocess.run([sys.executable, "-m", "fitplan", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return process_env(tmp_path_factory.mktemp("cache"))
 
 
 def test_check_engine_json_has_the_engine_object(env):
