@@ -21,3 +21,19 @@ def fake_hub(tmp_path, monkeypatch):
         point_huggingface_hub_at(monkeypatch, hub.url, tmp_path / "hf-home")
         yield hub
         huggingface_hub.close_session()  # no pooled connection outlives the server
+
+
+# ---- a tiny vision-language checkpoint (LLaVA, random weights) ----------------------------------------
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+    """A saved tiny LLaVA (tests/test_arch_vision.py's config), for the load and check-output tests."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from test_arch_vision import llava_config
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("llava")
+    AutoModelForImageTextToText.from_config(llava_config(), dtype=torch.bfloat16).save_pretrained(path)
+    return str(path)

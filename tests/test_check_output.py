@@ -50,19 +50,6 @@ def private_cache(monkeypatch, tmp_path_factory):
 
 # -- the from_pretrained class --------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def llava(tmp_path_factory):
-    import torch
-    from transformers import AutoModelForImageTextToText
-
-    from test_arch_vision import llava_config
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("llava")
-    AutoModelForImageTextToText.from_config(llava_config(), dtype=torch.bfloat16).save_pretrained(path)
-    return str(path)
-
-
 def _snippet(stdout: str) -> str:
     """The printed call, from its first line of code (after any lines that set the environment up)."""
     body = stdout.split("from_pretrained arguments:\n", 1)[1]

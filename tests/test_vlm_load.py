@@ -10,21 +10,9 @@ import json
 
 import pytest
 
-from test_arch_vision import llava_config
 from tiny_models import forbid_from_pretrained, save_tiny
 
 PER_IMAGE = (64 // 16) ** 2
-
-
-@pytest.fixture(scope="module")
-def llava(tmp_path_factory):
-    import torch
-    from transformers import AutoModelForImageTextToText
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("llava")
-    AutoModelForImageTextToText.from_config(llava_config(), dtype=torch.bfloat16).save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(autouse=True)
