@@ -17,13 +17,12 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from .errors import OptionError, ref
+from .errors import OptionError
 from .hardware.machine import Hardware, allocator_planned
 from .hardware.resolve import resolve_hardware
 from .model.cache import get_inventory
 from .options import OPTION_KEYS, PLAN_KEYS, SOURCE_KEYS, PlanOptions, check_keys
 from .planning.plan import Pin, Plan, decide
-from .planning.workload import workload_of
 
 
 @dataclass(frozen=True)
@@ -43,21 +42,19 @@ class Request:
 
 
 def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str], None] | None = None) -> Plan:
-    """The plan for `req`: source, inventory, the policy's choice, and what would make it fit.
-    `progress(text)` hears about slow steps (the first meta-device build of a config)."""
+    """The plan for `req`, one stage after another: the model's source and inventory, the policy's choice (and
+    what would make it fit), then what the plan adds for its target: a serving engine's deployment, or the Hub
+    kernels, llama.cpp rows and tensor-parallel hint of a transformers load. `progress(text)` hears about slow
+    steps (the first meta-device build of a config)."""
     from .model.sources import resolve
 
     src = resolve(req.model, revision=req.revision, token=req.token, offline=req.offline)
     digest = None
     if src.origin == "local":
-        from .model.digest import folder_digest
+        from .model.digest import checked_digest
 
-        digest = folder_digest(src.local_path)
-        if req.model_sha256 and digest != req.model_sha256:
-            from .model.digest import changed
-
-            raise changed(src.local_path, "locked", req.model_sha256, digest,
-                          "check the folder, or re-run `fitplan lock --force` on the profile")
+        digest = checked_digest(src.local_path, req.model_sha256, since="locked",
+                                fix="check the folder, or re-run `fitplan lock --force` on the profile")
     stored = None
     if src.tensors is not None and src.config.get("quantization_config"):
         stored = sum(t.nbytes for t in src.tensors)
@@ -67,103 +64,48 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
     key_id = src.local_path if src.origin == "local" else src.model_id
     inv = get_inventory(src.config, model_id=key_id, stored_bytes=stored, stored_parameters=src.stored_parameters,
                         auto_class=req.options.auto_class, use_cache=use_cache, on_build=on_build)
-    req = fit_positions(inv, req)
     # the reserve planned is that of the allocator a load from this environment runs under
     hardware = replace(req.hardware, allocator=allocator_planned(os.environ))
     plan = decide(inv, hardware, req.options, model_id=src.model_id, origin=src.origin, revision=src.revision,
-                  pin=req.pin, notes=req.notes)
-    if digest is not None:
-        plan = replace(plan, model_digest=digest)
-    if req.options.engine != "transformers":
-        return replace(plan, engine=_engine(plan, src.config))
-    plan = replace(plan, hub_kernels=_hub_kernels(plan))
+                  pin=req.pin, notes=req.notes, context_given=req.context_given, model_digest=digest)
+    on_engine = plan.options.engine != "transformers"
+    # one GPU is not enough, or the plan is a sequential split: say what vLLM tensor parallelism gives
+    hint = not on_engine and len(hardware.gpus) > 1 and (
+        not plan.fits or len({s.device for s in plan.decision.placement}) > 1)
+    deployment = None
+    if on_engine or hint:
+        from .engines.choose import deploy
+
+        deployment = deploy(inv, src.config, hardware, plan.options, plan.workload, model_id=plan.model_id,
+                            hint=hint)
+    if on_engine:
+        return replace(plan, engine=deployment)
+    # the Hub kernels from_pretrained fetches where the plan loads: CUDA when it places layers on a GPU (the
+    # first one decides a capability-limited kernel); this machine's kernel cache only when it is the target
+    from .model.kernels import kernel_use
+
+    gpus = sorted(hardware.gpus, key=lambda g: g.index)
+    on_gpu = any(s.device != "cpu" for s in plan.decision.placement) if plan.decision is not None else bool(gpus)
+    plan = replace(plan, tp_hint=deployment, hub_kernels=kernel_use(
+        inv, device="cuda" if on_gpu else "cpu", compute_capability=gpus[0].compute_capability if on_gpu and gpus
+        else None, this_machine=hardware.source == "probe"))
     if not hardware.gpus or not plan.fits:
-        plan = replace(plan, gguf=_gguf_rows(plan))
-    if len(req.hardware.gpus) > 1 and (not plan.fits or len({s.device for s in plan.decision.placement}) > 1):
-        plan = replace(plan, tp_hint=_tp_hint(plan, src.config))
+        # llama.cpp (GGUF) rows for a machine without a GPU or a plan that does not fit with bitsandbytes (none for
+        # architectures the GGUF what-if cannot map)
+        from .errors import UnsupportedModelError
+        from .gguf import plan_gguf
+
+        try:
+            plan = replace(plan, gguf=plan_gguf(inv, hardware, context=plan.workload.context,
+                                                n_parallel=plan.workload.batch, kv_type=plan.options.kv_type,
+                                                headroom=plan.options.headroom, unified=hardware.unified))
+        except UnsupportedModelError:
+            pass
     if plan.pin is not None:
         from .profiles.lock import check_pin
 
         check_pin(plan)
     return plan
-
-
-def fit_positions(inv, req: Request) -> Request:
-    """A model with learned absolute positions (`Inventory.position_limit`) cannot run a longer
-    sequence at all: a context past it that the user asked for is refused with the limit; the default
-    context is capped at it, with a note. (Rotary and ALiBi models run past their trained length:
-    their plan keeps the context and says what that does to quality, `Plan.notes`.)"""
-    limit, asked = inv.position_limit, workload_of(req.options, inv).context
-    if not limit or asked <= limit:
-        return req
-    images = asked - req.options.context
-    fits = limit - images
-    if req.context_given or fits < 1:
-        with_images = f" plus {images} image tokens" if images else ""
-        fix = f"use {ref('context', fits)} or less" if fits >= 1 else f"use fewer {ref('images')}"
-        raise OptionError(f"{ref('context', req.options.context)}{with_images} is past the {limit} positions "
-                         f"{inv.model_id} has: {inv.architecture} looks positions up in a learned table of {limit} "
-                         f"rows, so a longer sequence cannot run; {fix}", option="context")
-    note = (f"context {fits} (not the default {req.options.context}): {inv.model_id} has {limit} learned absolute "
-            "positions and cannot run a longer sequence")
-    return replace(req, options=replace(req.options, context=fits), notes=req.notes + (note,))
-
-
-def _knobs(options: PlanOptions):
-    """The engine settings of `options` as `fitplan.engines.plan.Knobs`."""
-    from .engines.plan import Knobs
-    from .options import ENGINE_KEYS
-
-    return Knobs(**{n: getattr(options, n) for n in ENGINE_KEYS if n != "concurrency"})
-
-
-def _engine(plan: Plan, config: dict):
-    """The serving-engine deployment the request asks for (fitplan.engines), at the plan's workload."""
-    from .engines.choose import plan_engine
-
-    o = plan.options
-    return plan_engine(plan.inventory, config, plan.hardware, engine=o.engine, knobs=_knobs(o),
-                       max_model_len=plan.workload.context, concurrency=o.concurrency or plan.workload.batch,
-                       model_id=plan.model_id)
-
-
-def _tp_hint(plan: Plan, config: dict):
-    """What vLLM tensor parallelism gives on the same GPUs, when one GPU is not enough (None if fitplan cannot plan
-    this model for vLLM)."""
-    from .engines.choose import tp_hint
-    from .errors import FitplanError
-
-    try:
-        return tp_hint(plan.inventory, config, plan.hardware, max_model_len=plan.workload.context,
-                       concurrency=plan.workload.batch, model_id=plan.model_id)
-    except FitplanError:
-        return None
-
-
-def _hub_kernels(plan):
-    """The Hub kernels from_pretrained fetches where the plan loads: CUDA when it places layers on a GPU (the
-    first one decides a capability-limited kernel); this machine's kernel cache only when it is the target."""
-    from .model.kernels import kernel_use
-
-    gpus = sorted(plan.hardware.gpus, key=lambda g: g.index)
-    on_gpu = plan.decision is not None and any(s.device != "cpu" for s in plan.decision.placement)
-    on_gpu = on_gpu or (plan.decision is None and bool(gpus))
-    return kernel_use(plan.inventory, device="cuda" if on_gpu else "cpu",
-                      compute_capability=gpus[0].compute_capability if on_gpu and gpus else None,
-                      this_machine=plan.hardware.source == "probe")
-
-
-def _gguf_rows(plan: Plan):
-    """llama.cpp (GGUF) options for the plan's workload, for a machine without a GPU or a plan that does
-    not fit with bitsandbytes; None for architectures the GGUF what-if cannot map."""
-    from .errors import UnsupportedModelError
-    from .gguf import plan_gguf
-
-    try:
-        return plan_gguf(plan.inventory, plan.hardware, context=plan.workload.context, n_parallel=plan.workload.batch,
-                         kv_type=plan.options.kv_type, headroom=plan.options.headroom, unified=plan.hardware.unified)
-    except UnsupportedModelError:
-        return None
 
 
 def plan_gguf_file(path: str, *, hardware: Hardware, options: PlanOptions):

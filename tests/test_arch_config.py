@@ -223,12 +223,11 @@ def test_cross_attention_to_the_image_is_refused_with_its_reason():
 def test_a_failing_meta_forward_falls_back_only_for_plain_attention(monkeypatch):
     """The config-field fallback is exact for plain multi-head attention (tests/test_arch_state.py checks
     BART, BioGPT and JetMoE against real caches); a config that says otherwise is refused."""
-    from fitplan.model import cacheprobe
 
     def broken(*args, **kwargs):
         raise RuntimeError("Tensor.item() cannot be called on meta tensors")
 
-    monkeypatch.setattr(cacheprobe, "kv_layers_from_cache", broken)
+    monkeypatch.setattr(hf, "kv_layers_from_cache", broken)
     inv = build_inventory({"model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
                            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                            "vocab_size": 512}, model_id="l")
@@ -242,7 +241,7 @@ def test_a_failing_meta_forward_falls_back_only_for_plain_attention(monkeypatch)
     def fails(*args, **kwargs):
         raise RuntimeError("split_with_sizes expects split_sizes to sum exactly to 64")
 
-    monkeypatch.setattr(cacheprobe, "kv_layers_from_cache", fails)
+    monkeypatch.setattr(hf, "kv_layers_from_cache", fails)
     with pytest.raises(UnsupportedModelError, match="fails on this config in a generation step .*split_with_sizes"):
         build_inventory({"model_type": "llama", "num_hidden_layers": 2}, model_id="l")
 

@@ -102,7 +102,7 @@ def test_qwen2_vl_image_tokens_follow_the_processors_grid():
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from fitplan.model.vision import REFERENCE_PIXELS
+    from fitplan.model.hf import REFERENCE_PIXELS
 
     inv = build_inventory(qwen2_vl_config().to_dict(), model_id="qwen2-vl", auto_class="image-text-to-text")
     side = round(REFERENCE_PIXELS / 28) * 2  # patches per side

@@ -194,7 +194,7 @@ def test_bitsandbytes_checkpoint_is_sized_in_its_layout_for_vllm_and_refused_for
 
 
 def test_layouts_keep_tp_within_a_node_and_pp_across_nodes():
-    from fitplan.engines.choose import _layouts
+    from fitplan.engines.model import layouts as _layouts
 
     geo = AttentionGeometry(61, 128, 128, 128)
     assert _layouts(geo, 8, 8, Knobs()) == [(1, 1), (2, 1), (4, 1), (8, 1)]

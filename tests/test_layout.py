@@ -166,12 +166,12 @@ def test_hardware_and_model_stages_do_not_import_each_other():
     assert across == []
 
 
-#: Where torch and transformers may be imported: the runtime (which allocates), the private-name
-#: quarantine (model/hf.py) and the model stage's modules that build on the meta device through it
-#: (the build, the cache probe, image tokens, a pre-quantized method's module rules). Planning, the
-#: options, profiles, the CLI and presentation never do: a cached plan imports neither.
-TORCH_HOMES = ("fitplan.runtime", "fitplan.model.hf", "fitplan.model.build", "fitplan.model.cacheprobe",
-               "fitplan.model.vision", "fitplan.model.prequant")
+#: Where torch and transformers may be imported: the runtime (which allocates) and the model stage's
+#: transformers quarantine (model/hf.py), which builds on the meta device and reads what it built (the
+#: tensors, the cache probe, image tokens, a pre-quantized method's converted weights). Planning, the
+#: options, profiles, the CLI, presentation and the rest of the model stage never do: a cached plan
+#: imports neither.
+TORCH_HOMES = ("fitplan.runtime", "fitplan.model.hf")
 
 
 def test_torch_and_transformers_only_where_the_model_is_built_or_loaded():

@@ -15,7 +15,7 @@ from fitplan.model.build import build_inventory
 from fitplan.options import PlanOptions
 from fitplan import calibration as C
 from fitplan.vocab import precision as P
-from fitplan.planning.estimate import layer_of, sizes
+from fitplan.planning.estimate import sizes
 from fitplan.planning.plan import decide
 from tiny_models import FAMILIES, config_dict
 
@@ -80,7 +80,7 @@ def test_the_cpu_share_of_a_4bit_plan_is_its_bf16_size(llama8b):
     p = plan_for(llama8b, card(5), context=2048, precision="nf4", offload=True)
     gpu, cpu = p.decision.placement[0], p.decision.placement[-1]
     assert cpu.device == "cpu" and cpu.layers and gpu.layers
-    bf16 = sum(t.numel * 2 for t in llama8b.tensors if layer_of(t.name) in cpu.layers)
+    bf16 = sum(t.numel * 2 for t in llama8b.tensors if t.layer in cpu.layers)
     assert cpu.weights_bytes == p.decision.offload_bytes == bf16
     packed = dict(sizes(llama8b, P.NF4, p.workload, "bfloat16").layer_weights)
     assert bf16 > 3 * sum(packed[li] for li in cpu.layers)

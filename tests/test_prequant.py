@@ -432,8 +432,10 @@ def test_a_folder_of_bin_files_plans_from_the_config_and_with_safetensors_from_t
 
 
 def test_the_model_and_planning_tables_name_the_same_methods():
-    """A method's scheme and module rule (model stage) and its byte layout (planning) are two rows of one
-    fact: a method in one table and not the other would be parsed and then sized as nothing."""
-    from fitplan.model.prequant import METHODS
+    """A method's scheme (model stage), the weights it converts on the built model (the transformers
+    quarantine) and its byte layout (planning) are three rows of one fact: a method in one table and not
+    another would be parsed and then sized as nothing."""
+    from fitplan.model.hf import CONVERTS
+    from fitplan.model.prequant import PARSERS
 
-    assert set(METHODS) == set(prequant.LAYOUTS) and METHODS
+    assert set(PARSERS) == set(CONVERTS) == set(prequant.LAYOUTS) and PARSERS

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..errors import OptionError, UnsupportedModelError
+from ..errors import FitplanError, OptionError, UnsupportedModelError
+from ..options import ENGINE_KEYS
 from ..hardware.machine import Hardware
 from ..model import prequant
 from ..model.inventory import Inventory
 from .common import FP8_MIN_CC
-from .model import AttentionGeometry, geometry
+from . import model
+from .command import command
 from .plan import EnginePlan, Knobs
 from .sglang import plan_sglang
-from .vllm import check_parallel, plan_vllm
+from .vllm import plan_vllm
 
 
 @dataclass(frozen=True)
@@ -39,26 +41,6 @@ class EngineChoice:
         return {**self.plan.to_dict(), "rejected": [r.to_dict() for r in self.rejected]}
 
 
-def _layouts(geo: AttentionGeometry, n_gpus: int, per_node: int, knobs: Knobs) -> list[tuple[int, int]]:
-    """(tp, pp) pairs to try, fewest GPUs first; a forced size is the only one tried. Within a node only tensor
-    parallelism (a power of two that divides the attention heads, and the KV heads it does not exceed); pipeline
-    stages across nodes, or within a node only where no TP above 1 divides the heads (as vLLM's and SGLang's
-    docs advise)."""
-    if knobs.tensor_parallel_size or knobs.pipeline_parallel_size:
-        return [(knobs.tensor_parallel_size or 1, knobs.pipeline_parallel_size or 1)]
-
-    def divides(tp: int) -> bool:
-        return geo.num_heads % tp == 0 and (geo.kv_heads <= tp or geo.kv_heads % tp == 0)
-
-    tps = [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= per_node and divides(t)]
-    out = {(t, 1) for t in tps}
-    nodes = n_gpus // per_node
-    out |= {(tps[-1], k) for k in range(2, nodes + 1) if k <= geo.num_layers}  # whole nodes, one stage each
-    if tps == [1]:  # no TP divides the heads: pipeline stages within the node too
-        out |= {(1, k) for k in range(2, min(n_gpus, geo.num_layers) + 1)}
-    return sorted(out, key=lambda tp_pp: (tp_pp[0] * tp_pp[1], tp_pp[1]))
-
-
 def _variants(inv: Inventory, cc: tuple[int, int], knobs: Knobs) -> list[Knobs]:
     """Weights and KV dtype, best quality first: the checkpoint as it is, then online fp8 weights and an fp8 KV
     cache where the GPU runs fp8 (compute capability 8.9) and nothing was forced."""
@@ -73,37 +55,36 @@ def _variants(inv: Inventory, cc: tuple[int, int], knobs: Knobs) -> list[Knobs]:
     return out
 
 
-def _label(tp: int, pp: int, k: Knobs) -> str:
-    parts = [f"TP {tp} x PP {pp}"]
-    if k.quantization:
-        parts.append(f"{k.quantization} weights")
-    if k.kv_cache_dtype:
-        parts.append(f"{k.kv_cache_dtype} KV cache")
-    return ", ".join(parts)
-
-
-def tp_hint(inv: Inventory, config: dict, hw: Hardware, *, max_model_len: int, concurrency: int,
-            model_id: str) -> EngineChoice | None:
-    """What vLLM tensor parallelism over the GPUs of this machine gives, the checkpoint as it is (`fitplan check`
-    says it when one GPU is not enough, or the plan is a sequential split): the largest power-of-two TP that divides
-    the heads. None when no TP above 1 divides them."""
-    geo = geometry(config)
-    n = hw.gpus_per_node or len(hw.gpus)
-    tp = max((t for t in (2, 4, 8, 16, 32, 64) if t <= n and geo.num_heads % t == 0
-              and (geo.kv_heads <= t or geo.kv_heads % t == 0)), default=None)
-    if tp is None:
-        return None
-    return plan_engine(inv, config, hw, engine="vllm", knobs=Knobs(tensor_parallel_size=tp, kv_cache_dtype="auto"),
-                       max_model_len=max_model_len, concurrency=concurrency, model_id=model_id, explore=False)
+def deploy(inv: Inventory, config: dict, hw: Hardware, options, workload, *, model_id: str,
+           hint: bool = False) -> EngineChoice | None:
+    """The serving-engine deployment a plan's options ask for, at its workload (`fitplan.pipeline`'s one call
+    into the engines). `hint`: instead, what vLLM tensor parallelism over the same GPUs gives with the checkpoint
+    as it is (`fitplan check` says it when one GPU is not enough, or the plan is a sequential split): the largest
+    power-of-two TP that divides the heads; None when none above 1 does, or fitplan cannot plan it for vLLM."""
+    if hint:
+        engine, knobs, concurrency = "vllm", Knobs(kv_cache_dtype="auto"), workload.batch
+    else:
+        engine, concurrency = options.engine, options.concurrency or workload.batch
+        knobs = Knobs(**{n: getattr(options, n) for n in ENGINE_KEYS if n != "concurrency"})
+    try:
+        return plan_engine(inv, config, hw, engine=engine, knobs=knobs, max_model_len=workload.context,
+                           concurrency=concurrency, model_id=model_id, explore=not hint, largest_tp=hint)
+    except FitplanError:
+        if hint:
+            return None
+        raise
 
 
 def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knobs: Knobs, max_model_len: int,
-                concurrency: int, model_id: str, explore: bool = True) -> EngineChoice:
+                concurrency: int, model_id: str, explore: bool = True, largest_tp: bool = False) -> EngineChoice | None:
     """The deployment of `model_id` on `engine` over `hw`'s GPUs (one kind; `gpus_per_node` from the hardware).
-    `explore` False plans `knobs` as they are (no fp8 variants)."""
+    `explore` False plans `knobs` as they are (no fp8 variants); `largest_tp`: at the largest power-of-two TP
+    that divides the heads (None when none above 1 does)."""
     if not hw.gpus:
         raise OptionError(f"{engine} plans need GPUs: give --gpu (e.g. --gpu 4xh100) or a hardware file",
                           option="engine")
+    gpu = hw.gpus[0]
+    variants = _variants(inv, gpu.compute_capability, knobs) if explore else [knobs]
     if any(k.state_elements or k.state_fixed_bytes for k in inv.kv_layers):
         raise UnsupportedModelError(f"{model_id} keeps recurrent (Mamba / linear-attention) state; fitplan does not "
                                     f"mirror {engine}'s state pool yet: plan it with engine transformers",
@@ -111,27 +92,32 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
     if inv.prequantized and prequant.scheme(inv).method == "bitsandbytes" and engine == "sglang":
         raise UnsupportedModelError(f"{model_id} is a bitsandbytes checkpoint; fitplan sizes bitsandbytes for "
                                     "transformers and vllm only", model_type=inv.model_type)
-    geo = geometry(config)
-    gpu = hw.gpus[0]
+    geo = model.geometry(config)
     n = len(hw.gpus)
     if knobs.quantization == "fp8" and gpu.compute_capability < (8, 0):
         cc = ".".join(map(str, gpu.compute_capability))
         raise OptionError(f"quantization fp8 needs compute capability 8.0 (weight-only, Marlin) or 8.9 (W8A8); "
                          f"{gpu.name} has {cc}: drop --quantization", option="quantization")
     per_node = hw.gpus_per_node or n
+    if largest_tp:
+        tp = model.largest_tp(geo, per_node)
+        if tp is None:
+            return None
+        knobs = variants[0] = replace(knobs, tensor_parallel_size=tp)
     tp0, pp0 = knobs.tensor_parallel_size or 1, knobs.pipeline_parallel_size or 1
     if knobs.tensor_parallel_size or knobs.pipeline_parallel_size:
-        check_parallel(geo, tp0, pp0)
+        model.check_parallel(geo, tp0, pp0)
         if tp0 * pp0 > n:
             raise OptionError(f"tensor_parallel_size {tp0} x pipeline_parallel_size {pp0} = {tp0 * pp0} ranks, but the "
                              f"hardware has {n} GPU{'s' if n > 1 else ''}", option="tensor_parallel_size")
+    layouts = model.layouts(geo, n, per_node, knobs)
     if max_model_len > (inv.max_positions or max_model_len):
         raise OptionError(f"context {max_model_len} exceeds {model_id}'s max_position_embeddings {inv.max_positions}; "
                          "the engine refuses a longer --max-model-len", option="context")
     rejected: list[Rejected] = []
     best: EnginePlan | None = None
-    for tp, pp in _layouts(geo, n, per_node, knobs):
-        for k in (_variants(inv, gpu.compute_capability, knobs) if explore else [knobs]):
+    for tp, pp in layouts:
+        for k in variants:
             p = (plan_vllm(inv, geo, gpu, k, tp=tp, pp=pp, max_model_len=max_model_len, concurrency=concurrency,
                            gpus_per_node=per_node) if engine == "vllm" else
                  plan_sglang(inv, geo, gpu, k, tp=tp, pp=pp, max_model_len=max_model_len, concurrency=concurrency,
@@ -139,7 +125,7 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
             p = replace(p, nodes=-(-tp * pp // per_node), command=command(p, model_id, per_node))
             if p.fits:
                 return EngineChoice(p, tuple(rejected))
-            rejected.append(Rejected(_label(tp, pp, k), _why(p)))
+            rejected.append(Rejected(k.label(tp, pp), p.shortfall()))
             if best is None or (p.max_concurrency, p.available_kv_cache_bytes) > (best.max_concurrency,
                                                                                    best.available_kv_cache_bytes):
                 best = p  # nothing fits: show the one that comes closest
@@ -147,51 +133,3 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
         raise OptionError(f"no tensor parallel size up to {n} divides {model_id}'s {geo.num_heads} attention heads",
                          option="tensor_parallel_size")
     return EngineChoice(best, tuple(rejected))
-
-
-def _why(p: EnginePlan) -> str:
-    gib = 1 << 30
-    if p.available_kv_cache_bytes <= 0:
-        w = max(r.weights_bytes for r in p.per_rank)
-        return (f"no memory left for the KV cache: {w / gib:.2f} GiB of weights per rank plus the profile run exceed "
-                f"{p.gpu_memory_utilization:g} of the GPU")
-    if p.max_model_len_fit < p.max_model_len:
-        return (f"{p.available_kv_cache_bytes / gib:.2f} GiB of KV cache holds {p.kv_cache_tokens:,} tokens; the "
-                f"largest --max-model-len that fits is {p.max_model_len_fit:,}, below {p.max_model_len:,} (the engine "
-                "refuses to start)")
-    return (f"holds {p.max_concurrency:.2f} sequences of {p.max_model_len:,} tokens, fewer than the "
-            f"{p.concurrency} asked")
-
-
-#: The flag each engine takes for a setting that is passed only when it differs from the default.
-_EAGER_FLAG = {"vllm": "--enforce-eager", "sglang": "--disable-cuda-graph"}
-
-
-def _optional_flags(p: EnginePlan) -> list[str]:
-    """The KV dtype, online quantization and eager-mode flags `p` needs, spelled for its engine."""
-    out = [f"--kv-cache-dtype {p.kv_cache_dtype}"] if p.kv_cache_dtype != "auto" else []
-    out += [f"--quantization {p.quantization}"] if p.quantization else []
-    return out + ([_EAGER_FLAG[p.name]] if p.enforce_eager else [])
-
-
-def command(p: EnginePlan, model_id: str, per_node: int) -> tuple[str, ...]:
-    """The command lines that start `p`: `vllm serve ...` (with the Ray steps across nodes) or SGLang's launcher
-    (one line per node). A pre-quantized checkpoint gets no --quantization: the engine reads its method."""
-    nodes = -(-p.world_size // per_node)
-    if p.name == "vllm":
-        args = [f"vllm serve {model_id}", f"--tensor-parallel-size {p.tensor_parallel_size}",
-                f"--pipeline-parallel-size {p.pipeline_parallel_size}", f"--max-model-len {p.max_model_len}",
-                f"--gpu-memory-utilization {p.gpu_memory_utilization:g}", *_optional_flags(p)]
-        if nodes == 1:
-            return (" ".join(args),)
-        args.append("--distributed-executor-backend ray")
-        return ("# on the head node:", "ray start --head --port 6379",
-                f"# on each of the {nodes - 1} other nodes:", "ray start --address HEAD_IP:6379",
-                "# then on the head node:", " ".join(args))
-    args = [f"python -m sglang.launch_server --model-path {model_id}", f"--tp {p.tensor_parallel_size}",
-            f"--pp-size {p.pipeline_parallel_size}", f"--context-length {p.max_model_len}",
-            f"--mem-fraction-static {p.gpu_memory_utilization:g}", *_optional_flags(p)]
-    if nodes == 1:
-        return (" ".join(args),)
-    return tuple(f"# node {i}: " + " ".join(args + [f"--nnodes {nodes}", f"--node-rank {i}",
-                                                     "--dist-init-addr HEAD_IP:5000"]) for i in range(nodes))

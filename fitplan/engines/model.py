@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UnsupportedModelError
+from ..errors import OptionError, UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,45 @@ def _windows(c: dict, layers: int) -> tuple[int | None, ...]:
     if c.get("model_type") in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe"):
         return (None,) * layers  # use_sliding_window defaults to False there
     return (int(w),) * layers
+
+
+def check_parallel(geo: AttentionGeometry, tp: int, pp: int) -> None:
+    """vLLM's own checks: attention heads divide by TP; layers at least PP."""
+    if tp < 1 or pp < 1:
+        raise OptionError("tensor_parallel_size and pipeline_parallel_size must be 1 or more", option="tensor_parallel_size")
+    if geo.num_heads % tp:
+        raise OptionError(f"tensor_parallel_size {tp} does not divide the {geo.num_heads} attention heads; use a "
+                         "divisor of them (or pipeline parallelism)", option="tensor_parallel_size")
+    if geo.kv_heads > tp and geo.kv_heads % tp:
+        raise OptionError(f"tensor_parallel_size {tp} does not divide the {geo.kv_heads} KV heads",
+                         option="tensor_parallel_size")
+    if pp > geo.num_layers:
+        raise OptionError(f"pipeline_parallel_size {pp} exceeds the {geo.num_layers} layers",
+                         option="pipeline_parallel_size")
+
+
+def layouts(geo: AttentionGeometry, n_gpus: int, per_node: int, knobs) -> list[tuple[int, int]]:
+    """(tp, pp) pairs to try, fewest GPUs first; a forced size is the only one tried. Within a node only tensor
+    parallelism (a power of two that divides the attention heads, and the KV heads it does not exceed); pipeline
+    stages across nodes, or within a node only where no TP above 1 divides the heads (as vLLM's and SGLang's
+    docs advise)."""
+    if knobs.tensor_parallel_size or knobs.pipeline_parallel_size:
+        return [(knobs.tensor_parallel_size or 1, knobs.pipeline_parallel_size or 1)]
+
+    def divides(tp: int) -> bool:
+        return geo.num_heads % tp == 0 and (geo.kv_heads <= tp or geo.kv_heads % tp == 0)
+
+    tps = [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= per_node and divides(t)]
+    out = {(t, 1) for t in tps}
+    nodes = n_gpus // per_node
+    out |= {(tps[-1], k) for k in range(2, nodes + 1) if k <= geo.num_layers}  # whole nodes, one stage each
+    if tps == [1]:  # no TP divides the heads: pipeline stages within the node too
+        out |= {(1, k) for k in range(2, min(n_gpus, geo.num_layers) + 1)}
+    return sorted(out, key=lambda tp_pp: (tp_pp[0] * tp_pp[1], tp_pp[1]))
+
+
+def largest_tp(geo: AttentionGeometry, n_gpus: int) -> int | None:
+    """The largest power-of-two tensor parallel size up to `n_gpus` that divides the attention heads (and the KV
+    heads it does not exceed); None when none above 1 does."""
+    return max((t for t in (2, 4, 8, 16, 32, 64) if t <= n_gpus and geo.num_heads % t == 0
+                and (geo.kv_heads <= t or geo.kv_heads % t == 0)), default=None)

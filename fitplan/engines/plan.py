@@ -25,6 +25,15 @@ class Knobs:
     max_num_batched_tokens: int | None = None
     enforce_eager: bool = False
 
+    def label(self, tp: int, pp: int) -> str:
+        """How a tried layout with these settings is named among the rejected ones."""
+        parts = [f"TP {tp} x PP {pp}"]
+        if self.quantization:
+            parts.append(f"{self.quantization} weights")
+        if self.kv_cache_dtype:
+            parts.append(f"{self.kv_cache_dtype} KV cache")
+        return ", ".join(parts)
+
 
 @dataclass(frozen=True)
 class RankPlan:
@@ -83,6 +92,19 @@ class EnginePlan:
     @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    def shortfall(self) -> str:
+        """Why this deployment does not fit: no KV memory, a context too long, or too few sequences."""
+        if self.available_kv_cache_bytes <= 0:
+            w = max(r.weights_bytes for r in self.per_rank)
+            return (f"no memory left for the KV cache: {w / GiB:.2f} GiB of weights per rank plus the profile run "
+                    f"exceed {self.gpu_memory_utilization:g} of the GPU")
+        if self.max_model_len_fit < self.max_model_len:
+            return (f"{self.available_kv_cache_bytes / GiB:.2f} GiB of KV cache holds {self.kv_cache_tokens:,} "
+                    f"tokens; the largest --max-model-len that fits is {self.max_model_len_fit:,}, below "
+                    f"{self.max_model_len:,} (the engine refuses to start)")
+        return (f"holds {self.max_concurrency:.2f} sequences of {self.max_model_len:,} tokens, fewer than the "
+                f"{self.concurrency} asked")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -18,7 +18,6 @@ import re
 from dataclasses import dataclass
 
 from ..model.inventory import Inventory, TensorInfo
-from ..planning.estimate import layer_of
 from .model import AttentionGeometry
 
 VOCAB_PADDING = 64  # vocab_parallel_embedding.DEFAULT_VOCAB_PADDING_SIZE
@@ -84,7 +83,7 @@ def rank_weights(inv: Inventory, geo: AttentionGeometry, size, tp: int, pp: int)
     tied_embed = not any(t.name.endswith("lm_head.weight") for t in inv.tensors)
     for t in inv.tensors:
         b = _share(t, size(t), geo, tp)
-        idx = layer_of(t.name)
+        idx = t.layer
         if idx is not None and not _VOCAB.search(t.name):
             for s, r in enumerate(stages):
                 if idx in r:

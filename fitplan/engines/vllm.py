@@ -19,7 +19,6 @@
 """
 from __future__ import annotations
 
-from ..errors import OptionError
 from ..hardware.machine import GPU
 from ..model.inventory import Inventory
 from ..vocab.precision import DTYPE_BYTES
@@ -164,16 +163,3 @@ def _largest_len(windows, num_blocks: int, batched: int, limit: int) -> int:
     return lo
 
 
-def check_parallel(geo: AttentionGeometry, tp: int, pp: int) -> None:
-    """vLLM's own checks: attention heads divide by TP; layers at least PP."""
-    if tp < 1 or pp < 1:
-        raise OptionError("tensor_parallel_size and pipeline_parallel_size must be 1 or more", option="tensor_parallel_size")
-    if geo.num_heads % tp:
-        raise OptionError(f"tensor_parallel_size {tp} does not divide the {geo.num_heads} attention heads; use a "
-                         "divisor of them (or pipeline parallelism)", option="tensor_parallel_size")
-    if geo.kv_heads > tp and geo.kv_heads % tp:
-        raise OptionError(f"tensor_parallel_size {tp} does not divide the {geo.kv_heads} KV heads",
-                         option="tensor_parallel_size")
-    if pp > geo.num_layers:
-        raise OptionError(f"pipeline_parallel_size {pp} exceeds the {geo.num_layers} layers",
-                         option="pipeline_parallel_size")

@@ -13,33 +13,11 @@ stay arithmetic.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
-from ..errors import LibraryChangedError, OptionError, UnsupportedModelError
+from ..errors import OptionError, UnsupportedModelError
 from ..vocab.classes import AUTO_CLASSES
-from .inventory import HubKernel, Inventory
-from . import cacheprobe, fields, hf, vision
-from .prequant import mark_converted
+from .inventory import Inventory
+from . import fields, hf
 from .sources import decode_special_floats
-from ..versions import lib_versions
-
-def absolute_position_limit(model, max_positions: int | None) -> int | None:
-    """The longest sequence the built model can index when its text side looks positions up in a
-    learned table (an `nn.Embedding` other than the input embeddings whose rows, less the offset the
-    table's own class declares, as OPT's and BioGPT's do, are the config's position count: GPT-2's
-    `wpe`, GPT-Neo, GPT-BigCode, OPT); None for rotary, ALiBi and other positions that extend. Read
-    off the model transformers built, so no list of model types is kept here."""
-    import torch
-
-    if not max_positions:
-        return None
-    tokens = model.get_input_embeddings()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Embedding) and module is not tokens:
-            offset = getattr(module, "offset", 0)
-            if isinstance(offset, int) and module.num_embeddings - offset == max_positions:
-                return max_positions
-    return None
 
 
 def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False,
@@ -58,88 +36,5 @@ def build_inventory(cfg: dict, *, model_id: str, trust_remote_code: bool = False
     cfg = decode_special_floats(cfg)  # as transformers reads config.json: {"__float__": "Infinity"} is a float
     fields.check_config_fields(cfg)
     with hf.quiet():
-        import torch
-
-        build_dtype = torch.bfloat16
-        # The transformers steps, one after another: the meta build, then what it holds.
-        built = hf.build(cfg, auto_class, build_dtype, trust_remote_code)
-        model, config, cls, auto_class = built.model, built.config, built.cls, built.auto_class
-        text = model.config.get_text_config(decoder=True)
-        scratch, scan = hf.prefill_scratch(model)
-        method = hf.quant_method(model)
-        apart = hf.tied_apart(model, stored_parameters) if built.whole and not method else []
-        tensors = hf.tensors(model, build_dtype, apart)
-        packed, subclassed = ({}, []) if method else hf.bnb_replaced_modules(model)
-        # The cache a generate() would use, read from probe forwards.
-        kv_note = None
-        math_sdpa = False
-        cacheprobe.refuse_unsized(model)
-        try:
-            kv_layers, math_sdpa = cacheprobe.kv_layers_from_cache(model, build_dtype)
-        except (LibraryChangedError, UnsupportedModelError):
-            raise
-        except Exception as exc:  # a forward the meta device cannot run
-            kv_layers, math_sdpa, kv_note = cacheprobe.kv_layers_fallback(model, text, exc, build_dtype)
-        image_tokens, image_note = (vision.image_tokens_per_image(model, config) if auto_class == "image-text-to-text"
-                                    else (None, None))
-        if method:  # pre-quantized: sized as its method's loader holds it (fitplan.model.prequant), not re-quantized
-            tensors = mark_converted(model, cfg["quantization_config"], tensors, stored_bytes)
-        else:
-            tensors = tuple(replace(t, quantizable=True, out_features=packed[t.name]) if t.name in packed else t
-                            for t in tensors)
-        notes = [kv_note]
-        if scan:
-            kernels = "fla" if "delta" in scan else " and ".join(hf.SSM_KERNELS)
-            notes.append(f"without {kernels} installed, transformers {hf.version()} runs {scan} on its torch path, "
-                         f"which holds {scratch:,} bytes per token of each sequence at once during the prompt: "
-                         f"planned; installing {kernels} makes it linear in the state, not in this")
-        notes.append(image_note)
-        found = hf.hub_kernels(model)
-        hub_kernels = None if found is None else tuple(HubKernel(*k) for k in found)
-        if apart:
-            notes.append(f"this config ties {', '.join(apart)} to the input embeddings, but the checkpoint stores "
-                         f"{stored_parameters:,} parameters, the count with them apart, and transformers "
-                         f"{hf.version()} loads such a pair untied: counted twice")
-        if subclassed and not packed:
-            notes.append(f"bitsandbytes quantizes none of this model's linear layers ({type(model).__name__} "
-                         f"uses subclasses of nn.Linear, which transformers {hf.version()} leaves as they are): "
-                         "int8 and 4-bit hold what 16-bit holds")
-        hidden = fields.size_field(text, "hidden_size")
-        inter = (fields.size_field(text, "intermediate_size", required=False) or fields.size_field(text, "ffn_dim", required=False)
-                 or fields.size_field(text, "n_inner", required=False) or 4 * hidden)
-        ckpt_dtype = cfg.get("dtype") or cfg.get("torch_dtype")
-        top_k = fields.size_field(text, "num_experts_per_tok", required=False) or 0
-        max_positions = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
-        expert_inter = (fields.size_field(text, "moe_intermediate_size", required=False) or inter) if top_k else 0
-        return Inventory(
-            model_id=model_id,
-            model_type=config.model_type,
-            architecture=cls.__name__,
-            parameters=sum(t.numel for t in tensors if not t.buffer),
-            tensors=tensors,
-            kv_layers=kv_layers,
-            hidden_size=hidden,
-            intermediate_size=inter,
-            num_layers=fields.size_field(text, "num_hidden_layers"),
-            num_attention_heads=fields.size_field(text, "num_attention_heads", required=False) or 0,
-            vocab_size=fields.size_field(text, "vocab_size"),
-            max_positions=max_positions,
-            position_limit=absolute_position_limit(model, max_positions),
-            experts_per_token=top_k,
-            expert_intermediate_size=expert_inter,
-            attn_implementation="sdpa-math" if math_sdpa else str(
-                getattr(model.config, "_attn_implementation", None) or "sdpa"),
-            checkpoint_dtype=str(ckpt_dtype) if ckpt_dtype else None,
-            prequantized=method,
-            stored_bytes=stored_bytes,
-            quantization=cfg["quantization_config"] if method else None,
-            auto_class=auto_class,
-            image_tokens_per_image=image_tokens,
-            prefill_scratch_per_token=scratch,
-            compile_fullgraph=bool(getattr(type(model), "_can_compile_fullgraph", False)),
-            flash_attn=bool(getattr(type(model), "_supports_flash_attn", False)) and hf.kernels_installed(hf.FLASH_ATTENTION_KERNELS),
-            num_key_value_heads=fields.size_field(text, "num_key_value_heads", required=False) or 0,
-            hub_kernels=hub_kernels,
-            notes=tuple(n for n in notes if n),
-            versions=lib_versions(),
-        )
+        return hf.inventory(cfg, model_id=model_id, auto_class=auto_class, trust_remote_code=trust_remote_code,
+                            stored_bytes=stored_bytes, stored_parameters=stored_parameters)

@@ -79,22 +79,7 @@ def get_inventory(config: dict, *, model_id: str, stored_bytes: int | None = Non
     inv = build_inventory(config, model_id=model_id, stored_bytes=stored_bytes, stored_parameters=stored_parameters,
                           auto_class=auto_class)
     if use_cache:
-        _write_entry(path, inputs, inv)
+        from .entrycheck import write_entry
+
+        write_entry(path, inputs, inv, ENTRY_FORMAT)
     return replace(inv, notes=inv.notes + (note,)) if note else inv
-
-
-def _write_entry(path: Path, inputs: str, inv: Inventory) -> None:
-    from .entrycheck import envelope
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        with open(tmp, "x", encoding="utf-8") as f:  # never through a link or a FIFO left at that name
-            f.write(envelope(inv, inputs, ENTRY_FORMAT))
-        if os.path.lexists(path) and not os.path.isfile(path) or os.path.islink(path):
-            os.unlink(path)  # a FIFO, a device or a link where the entry goes: replaced, never followed
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only costs speed

@@ -60,7 +60,7 @@ class NeedsConfirmation(Exception):
     """A storage holds per-token and per-sequence bytes at once: run the third probe."""
 
 
-def split(sizes: tuple[int, ...], shapes) -> tuple[float, float] | None:
+def growth(sizes: tuple[int, ...], shapes) -> tuple[float, float] | None:
     """(per sequence, per token) bytes of one storage that held `sizes` bytes at the probe shapes;
     None when it does not grow as batch x (per sequence + tokens x per token)."""
     (ba, ta), (bb, tb) = shapes[:2]
@@ -102,7 +102,7 @@ def layout(probes: list[list[Held]], num_layers: int, build_dtype: str, element_
             if a.nbytes > CONSTANT_LIMIT and not a.in_module:  # a module's constant (rotary table) is no cache
                 raise UnknownCache(f"{_shown(a.path)} holds {a.nbytes} bytes whatever the batch and length")
             continue
-        parts = split(sizes, shapes)
+        parts = growth(sizes, shapes)
         if parts is None:
             shown = ", ".join(f"{n} bytes at {bs}x{ts}" for n, (bs, ts) in zip(sizes, shapes))
             raise UnknownCache(f"{_shown(a.path)} holds {shown}: not batch x (per sequence + tokens x per token)")

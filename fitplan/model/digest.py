@@ -45,8 +45,13 @@ def folder_digest(folder: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def changed(path: str, since: str, expected: str, found: str, fix: str) -> ModelChangedError:
-    """The error for a folder whose digest is no longer the one it was `since` ("locked", "planned")."""
-    return ModelChangedError(f"the model folder {path} changed since it was {since} (its config.json or safetensors "
-                             f"headers differ: {expected[:12]} then, {found[:12]} now); {fix}",
-                             path=path, since=since, expected=expected, found=found)
+def checked_digest(folder: str | os.PathLike, expected: str | None, *, since: str, fix: str) -> str:
+    """`folder`'s digest; when `expected` (a lock's or a plan's) is given and differs, a `ModelChangedError`
+    saying the folder changed since it was `since` ("locked", "planned") and `fix`."""
+    found = folder_digest(folder)
+    if expected and found != expected:
+        path = str(folder)
+        raise ModelChangedError(f"the model folder {path} changed since it was {since} (its config.json or "
+                                f"safetensors headers differ: {expected[:12]} then, {found[:12]} now); {fix}",
+                                path=path, since=since, expected=expected, found=found)
+    return found

@@ -1,4 +1,5 @@
-"""Verify an inventory cache entry before any of it is believed (see `cache.py`).
+"""An inventory cache entry, written (`write_entry`) and verified before any of it is believed (`read_entry`;
+the cache's keying is `cache.py`'s).
 
 An entry is an envelope `{"format", "inputs", "sha256", "inventory"}`: `inputs` is the SHA-256 of
 what the inventory was built from (config, library versions, model), `inventory` the inventory's
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import MISSING, fields, is_dataclass
@@ -143,3 +145,20 @@ def _fits(hint, v, where: str) -> bool:
         _check_fields(hint, v, where)
         return True
     return True  # a type this check does not know: from_dict decides
+
+
+def write_entry(path: Path, inputs: str, inv: Inventory, entry_format: str) -> None:
+    """Store `inv` at `path` (`envelope`), through a fresh temporary file in the same folder, never through a link
+    or a FIFO left at either name; a cache that cannot be written only costs speed."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        with open(tmp, "x", encoding="utf-8") as f:  # never through a link or a FIFO left at that name
+            f.write(envelope(inv, inputs, entry_format))
+        if os.path.lexists(path) and not os.path.isfile(path) or os.path.islink(path):
+            os.unlink(path)  # a FIFO, a device or a link where the entry goes: replaced, never followed
+        os.replace(tmp, path)
+    except OSError:
+        pass

@@ -6,8 +6,7 @@ needs, from a per-layer list or a heterogeneous config where transformers allows
 """
 from __future__ import annotations
 
-from ..errors import ConfigError, UnsupportedModelError
-from . import hf
+from ..errors import ConfigError
 
 #: Limits on config fields that would make even a meta-device build hang or make no sense. The
 #: deepest real checkpoints have ~130 layers (Llama-3.1-405B: 126); a meta build and forward costs
@@ -79,29 +78,3 @@ def _check_sizes(cfg: dict, where: str, depth: int = 0) -> None:
                         _check_sizes(entry, f"{where}{key}.{layer}.", depth + 1)
             else:
                 _check_sizes(value, f"{where}{key}.", depth + 1)
-
-
-def int_field(config, name: str) -> int | None:
-    value = hf.config_value(config, name)
-    return value if type(value) is int and value > 0 else None
-
-
-def size_field(text_config, name: str, *, required: bool = True) -> int | None:
-    """A whole-model size the estimate needs. A per-layer list, or a heterogeneous config's per-layer
-    values, give their largest entry (the activation peak is set by the widest layer); a field that is
-    missing means fitplan cannot describe this architecture."""
-    value = hf.config_value(text_config, name)
-    if isinstance(value, (list, tuple)) and value and all(type(v) is int or v is None for v in value):
-        value = max((v for v in value if v is not None), default=None)  # None: a layer without it
-    if type(value) is int and value > 0:
-        return value
-    unset = value in (None, 0)  # as configs write "not used"
-    if unset and required:
-        raise UnsupportedModelError(
-            f"{text_config.model_type!r} gives no whole-model '{name}': fitplan plans decoders described by "
-            "hidden_size, num_hidden_layers and vocab_size, which this architecture is not",
-            model_type=text_config.model_type)
-    if unset:
-        return None
-    raise ConfigError(f"config.json: '{name}' must be a positive whole number (or a list of them, one per layer), "
-                     f"got {value!r:.40}", key=name)

@@ -45,15 +45,20 @@ by one, so a difference there shows up as a refusal from the checks, not a wrong
 | heterogeneous configs (`per_layer_config`, per-layer fields raise on the global config) | none | yes | yes |
 | sparse-attention indexer keys (`DynamicIndexedLayer.indexer_keys`) | no such models | yes | yes |
 
-Why one module (~1030 lines): every private transformers name fitplan touches is here and nowhere else
-(tests/test_layout.py holds the rest of the package to that), so a new transformers release is
-checked against this one file. It holds one section per transformers subsystem fitplan reads, each
-keyed by version: the cache and its storages; the meta build (`build`, `tensors`, `tied_apart`:
-which class an Auto class picks, the init contexts, the dtype plan, weight tying); the prefill
+Why one module (~1650 lines): this is the model stage's only contact with torch and transformers
+(tests/test_layout.py holds the rest of the package to that), so a new transformers release is checked
+against this one file, and everything read off a built model happens in one place, in one pass:
+`inventory()` builds the model on the meta device and reads, one after another, its tensors, the cache
+its `generate()` keeps (probe forwards; `cachelayout.py`, pure, turns what the cache held into a
+layout), the tokens one image takes, which weights a pre-quantized method converts (its scheme is
+parsed in `prequant.py`, pure), its Hub kernels and its position table. Each subsystem has its own
+section, keyed by version: the meta build (`build`, `tensors`, `tied_apart`: which class an Auto class
+picks, the init contexts, the dtype plan, weight tying); the cache and its storages; the prefill
 scratch of kernel-less state-space paths; the tensor-parallel plan and its sharding styles
-(`tensor_parallel_rules`); the Hub-kernel mapping of 5.25 (`hub_kernels`). Split into modules, each
-would still reach into the same private names, and the quarantine would be several files to check
-instead of one.
+(`tensor_parallel_rules`); the Hub-kernel mapping of 5.25 (`hub_kernels`); config fields of a built
+config; image tokens; pre-quantized conversion. Split into modules, each would still reach into the
+same private names and the same built model, and the reading of one model would climb in and out of
+several files instead of running down one.
 """
 from __future__ import annotations
 
@@ -62,7 +67,7 @@ import inspect as _inspect
 import io as _io
 import re
 import warnings as _warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any
 
@@ -70,7 +75,9 @@ from .. import calibration as C
 from ..errors import ConfigError, LibraryChangedError, UnsupportedModelError
 from ..versions import parse as parse_version
 from ..vocab.classes import AUTO_CLASSES
-from .inventory import TensorInfo, dtype_name
+from . import cachelayout
+from .inventory import KVLayer, TensorInfo, dtype_name
+from .prequant import Scheme, scheme_of
 
 #: First release whose bitsandbytes replacement skips subclasses of nn.Linear (Falcon's FalconLinear).
 EXACT_LINEAR_SINCE = (5, 5)
@@ -1031,3 +1038,625 @@ def fetch_kernel(repo_id: str, ref: str) -> str | None:
     except Exception as exc:  # noqa: BLE001 - network and Hub errors of many types; one line for the note
         return " ".join(str(exc).split())[:160] or type(exc).__name__
     return None
+
+
+# -- config fields of a built config -----------------------------------------------------------------------
+
+def int_field(config, name: str) -> int | None:
+    value = config_value(config, name)
+    return value if type(value) is int and value > 0 else None
+
+
+def size_field(text_config, name: str, *, required: bool = True) -> int | None:
+    """A whole-model size the estimate needs. A per-layer list, or a heterogeneous config's per-layer
+    values, give their largest entry (the activation peak is set by the widest layer); a field that is
+    missing means fitplan cannot describe this architecture."""
+    value = config_value(text_config, name)
+    if isinstance(value, (list, tuple)) and value and all(type(v) is int or v is None for v in value):
+        value = max((v for v in value if v is not None), default=None)  # None: a layer without it
+    if type(value) is int and value > 0:
+        return value
+    unset = value in (None, 0)  # as configs write "not used"
+    if unset and required:
+        raise UnsupportedModelError(
+            f"{text_config.model_type!r} gives no whole-model '{name}': fitplan plans decoders described by "
+            "hidden_size, num_hidden_layers and vocab_size, which this architecture is not",
+            model_type=text_config.model_type)
+    if unset:
+        return None
+    raise ConfigError(f"config.json: '{name}' must be a positive whole number (or a list of them, one per layer), "
+                     f"got {value!r:.40}", key=name)
+
+
+# -- the cache a generate() would use, read off meta-device forwards (cachelayout.py reads the layout) -----
+
+@_contextlib.contextmanager
+def watch_sdpa(calls: list):
+    """Record how the model calls `scaled_dot_product_attention` during the meta forward.
+
+    SDPA's fused kernels (flash, memory-efficient) need no seq x seq buffer; with an explicit
+    mask and key/value heads broadcast over query heads (no `enable_gqa`), PyTorch falls back to
+    the math kernel, which materialises the scores like eager attention (Falcon-7B measured
+    9.7 GiB of them at 2048x4 tokens on an H100).
+    """
+    import torch.nn.functional as F
+
+    real = F.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, *args, **kwargs):
+        calls.append(attn_mask is not None and key.shape[-3] != query.shape[-3]
+                     and not kwargs.get("enable_gqa", False))
+        return real(query, key, value, attn_mask, *args, **kwargs)
+
+    F.scaled_dot_product_attention = spy
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = real
+
+
+def probe(model, batch: int, tokens: int, calls: list, generator=None) -> list:
+    import torch
+
+    ids = torch.zeros((batch, tokens), dtype=torch.long, device="meta")
+    with torch.no_grad(), watch_sdpa(calls), meta_autocast():
+        cache = forward_cache(model, ids, generator)
+    return [cachelayout.Held(*entry) for entry in cache_storages(cache, model)]
+
+
+def kv_layers_from_cache(model, build_dtype, generator=None) -> tuple[tuple[KVLayer, ...], bool]:
+    """Two (or three) meta-device forwards, each through the cache `generate()` would use: what the
+    cache holds after them is the truth about its layout (see cachelayout.py): keys and values per
+    token, recurrent and convolution state per sequence.
+
+    Also returns whether attention materialises its scores through SDPA's math fallback. Every layer
+    the config calls attention must hold keys and values, and every layer it calls recurrent must
+    hold a state: a layout with a missing layer would plan with a missing term.
+    """
+    text = model.config.get_text_config(decoder=True)
+    name = type(model).__name__
+    calls: list = []
+    shapes = cachelayout.probe_shapes(compress_rates(text))
+    probes = [probe(model, batch, tokens, calls if i == 0 else [], generator)
+              for i, (batch, tokens) in enumerate(shapes[:2])]
+    layer_count = config_value(text, "num_hidden_layers")
+    if type(layer_count) is not int or layer_count <= 0:
+        layer_count = 1 + max((h.layer for h in probes[0] if h.layer is not None), default=0)
+    args = (layer_count, dtype_name(build_dtype), build_dtype.itemsize, shapes)
+    try:
+        try:
+            layers = cachelayout.layout(probes, *args)
+        except cachelayout.NeedsConfirmation:
+            layers = cachelayout.layout(probes + [probe(model, *shapes[2], [], generator)], *args)
+    except cachelayout.UnknownCache as exc:
+        raise UnsupportedModelError(f"{name}'s cache (transformers {version()}) is not one fitplan can size: "
+                                    f"{exc}", model_type=name) from None
+    expected = attention_layer_count(text, layer_count)
+    filled = sum(1 for k in layers if k.elements_per_token > 0)
+    if filled < expected:
+        raise changed(f"{name}'s forward filled {filled} cache layers of the {expected} attention layers its "
+                         "config names")
+    stateful = state_layer_count(text, layer_count)
+    with_state = sum(1 for k in layers if k.state_elements or k.state_fixed_bytes)
+    if with_state < stateful:
+        raise changed(f"{name}'s forward left a recurrent state in {with_state} cache layers of the {stateful} "
+                         "recurrent layers its config names")
+    if not filled and not with_state:
+        raise changed(f"{name}'s forward kept nothing in its cache, per token or per sequence")
+    return layers, any(calls)
+
+
+def refuse_unsized(model) -> None:
+    """Models whose generation keeps something fitplan does not size, refused with the reason."""
+    name, tf = type(model).__name__, version()
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False) is True:
+        raise UnsupportedModelError(f"{name} is an encoder-decoder model: fitplan does not size its encoder output "
+                                    "and cross-attention cache (seq2seq models are not planned)", model_type=name)
+    if not model.can_generate():
+        raise UnsupportedModelError(f"transformers {tf} says {name} cannot generate (no generate()), so there "
+                                    "is no generation for fitplan to plan", model_type=name)
+    text = config.get_text_config(decoder=True)
+    if config_value(text, "cross_attention_layers"):
+        raise UnsupportedModelError(f"{name} attends to the image through cross-attention layers whose cache holds "
+                                    "the image's keys and values; fitplan does not size that cache", model_type=name)
+    if config_value(text, "add_cross_attention"):
+        raise UnsupportedModelError(f"{name} attends to an encoder's output through cross-attention layers whose "
+                                    "cache holds that output's keys and values; fitplan does not size that cache",
+                                    model_type=name)
+
+
+def kv_layers_fallback(model, text, exc, build_dtype) -> tuple[tuple[KVLayer, ...], bool, str]:
+    """When the whole model's forward fails on the meta device, or takes no cache: its decoder alone
+    (`get_decoder()`: a vision-language model's language model, whose cache is the model's cache since
+    images enter as embeddings, probed as its own generate() would run it; a causal LM's base model,
+    through the causal LM's cache), else config fields."""
+    decoder = language_model(model)
+    # BLIP-2's generate() hands the work to its language model's generate(): that one keeps the cache
+    own_generate = decoder is not None and decoder.can_generate()
+    if own_generate and any(part in ("crossattention", "cross_attn", "cross_attention", "encoder_attn")
+                            for name, _ in decoder.named_modules() for part in name.split(".")):
+        raise UnsupportedModelError(f"{type(decoder).__name__}, the language model of {type(model).__name__}, attends "
+                                    "to the image through cross-attention whose cache holds the image's keys and "
+                                    "values; fitplan does not size that cache", model_type=type(model).__name__)
+    if decoder is not None and (own_generate or not isinstance(exc, NoKVCache)):
+        try:
+            layers, math_sdpa = kv_layers_from_cache(decoder, build_dtype, generator=None if own_generate else model)
+        except (LibraryChangedError, UnsupportedModelError):
+            raise
+        except Exception as decoder_exc:  # noqa: BLE001 - the decoder's failure is the one that decides
+            exc = decoder_exc
+        else:
+            return layers, math_sdpa, (f"KV layout read from the language model alone ({type(decoder).__name__}: "
+                                       f"the whole model's meta forward failed with {type(exc).__name__})")
+    return (kv_layers_from_config(text, model, exc), False,
+            f"KV layout taken from config fields (meta forward failed: {type(exc).__name__})")
+
+
+def language_model(model):
+    """The decoder inside `model`: its `language_model` where that can generate by itself (BLIP-2's and
+    InstructBLIP's generate() hand the work to it), else `get_decoder()`; None if it is `model`."""
+    from torch import nn
+
+    candidates = [getattr(model, "language_model", None), getattr(getattr(model, "model", None), "language_model", None)]
+    get = getattr(model, "get_decoder", None)
+    try:
+        candidates.append(get() if callable(get) else None)
+    except Exception:  # noqa: BLE001
+        pass
+    modules = [c for c in candidates if isinstance(c, nn.Module) and c is not model and hasattr(c, "forward")]
+    generating = [c for c in modules if callable(getattr(c, "can_generate", None)) and c.can_generate()]
+    return (generating or modules or [None])[0]
+
+
+#: Config fields that say a model's cache is not plain keys and values per attention head, so the
+#: config-field fallback below would size it wrong: multi-head latent attention, sparse-attention
+#: indexers, linear attention, Mamba-style mixers, cross-attention to an encoder.
+_NOT_PLAIN_ATTENTION = ("kv_lora_rank", "index_head_dim", "index_n_heads", "linear_attn_config", "attn_type_list",
+                        "layers_block_type", "mamba_d_state", "ssm_state_size", "state_size", "compress_rates",
+                        "num_kv_shared_layers", "kv_sharing_modes", "cross_attention_layers")
+
+
+def kv_layers_from_config(text_config, model, exc: BaseException) -> tuple[KVLayer, ...]:
+    """Fallback when the meta forward fails at a data-dependent step the meta device cannot take
+    (`.item()` in an older model's mask code, `nonzero`): keys and values of `kv heads x head_dim` in
+    every layer, as configs commonly name them. Only for a config that describes exactly that (every
+    layer full or sliding attention, nothing of `_NOT_PLAIN_ATTENTION`, no cross-attention); anything
+    else is refused, since a plan with a cache sized from the wrong fields is worse than none, and so
+    is a forward that fails for another reason (it would fail on a GPU too). Encoder-family
+    decoders (BART's `decoder_layers`, `decoder_attention_heads`) are read from their decoder fields."""
+    tf, cls_name = version(), type(model).__name__
+    if isinstance(exc, NoKVCache):
+        why = exc.args[1] if len(exc.args) > 1 else "neither takes nor returns a cache"
+        raise UnsupportedModelError(f"{cls_name}'s forward (transformers {tf}) {why}: fitplan plans generation "
+                                    "with a cache", model_type=cls_name) from None
+    failure = f"transformers {tf}: {type(exc).__name__}: {reason(exc)[:140]}"
+    if "meta" not in str(exc).lower():  # not a step the meta device cannot take: the model's own failure
+        raise UnsupportedModelError(f"{cls_name} fails on this config in a generation step ({failure}), so fitplan "
+                                    "cannot read its cache", model_type=cls_name) from None
+    why = why_not_plain_attention(text_config)
+    if not why and (cache_argument(model) is None or not uses_default_cache(model)):
+        raise UnsupportedModelError(
+            f"{cls_name}'s forward cannot run on the meta device ({failure}) and takes no DynamicCache whose layout "
+            "config fields would give, so its cache cannot be sized", model_type=cls_name) from None
+    if why:
+        raise UnsupportedModelError(
+            f"{cls_name}'s forward cannot run on the meta device ({failure}) and its config {why}, so its cache "
+            "cannot be sized from config fields", model_type=cls_name) from None
+    layers = int_field(text_config, "decoder_layers") or size_field(text_config, "num_hidden_layers")
+    heads = int_field(text_config, "decoder_attention_heads") or size_field(text_config, "num_attention_heads")
+    kv = size_field(text_config, "num_key_value_heads", required=False) or heads
+    head_dim = size_field(text_config, "head_dim", required=False) or size_field(text_config, "hidden_size") // heads
+    window = config_value(text_config, "sliding_window")
+    window = window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
+    return tuple(KVLayer(2 * kv * head_dim, window) for _ in range(layers))
+
+
+def why_not_plain_attention(text_config) -> str | None:
+    for field in _NOT_PLAIN_ATTENTION:
+        if config_value(text_config, field) not in (None, 0, [], ()):
+            return f"sets '{field}'"
+    if config_value(text_config, "add_cross_attention", False):
+        return "adds cross-attention to an encoder"
+    types = config_value(text_config, "layer_types")
+    if isinstance(types, (list, tuple)):
+        other = sorted({t for t in types if t not in ("full_attention", "sliding_attention")}, key=str)
+        if other:
+            return f"has layers of type {other[0]!r:.40}"
+    if getattr(text_config, "is_heterogeneous", False) is True:
+        return "is heterogeneous (sizes per layer)"
+    return None
+
+
+# -- image tokens of a vision-language model ---------------------------------------------------------------
+
+#: Side in pixels of the image a dynamic-resolution model's count is given for.
+REFERENCE_PIXELS = 1024
+#: Config fields (on the top-level config) that state the image tokens outright.
+_COUNT_FIELDS = ("mm_tokens_per_image", "image_seq_length", "num_image_tokens", "num_query_tokens")
+
+
+def image_tokens_per_image(model, config) -> tuple[int | None, str]:
+    """(tokens one image adds to the context, a note for the plan saying how it was found)."""
+    import torch
+
+    with torch.no_grad():
+        found = _pixtral_tokens(config) or _image_probe(model, config)
+    if found is not None:
+        tokens, how = found
+        return tokens, f"one image adds {tokens} tokens to the context ({how}); the images option counts them"
+    for field in _COUNT_FIELDS:
+        value = getattr(config, field, None)
+        if type(value) is int and value > 0:
+            return value, (f"one image adds {value} tokens to the context (config '{field}'); the images option "
+                           "counts them")
+    return None, ("fitplan cannot tell how many context tokens an image takes on this model: add them to the "
+                  "context yourself (see docs/models.md)")
+
+
+def _features_fn(model):
+    fn = getattr(model, "get_image_features", None)
+    if fn is None:
+        fn = getattr(getattr(model, "model", None), "get_image_features", None)
+    return fn if callable(fn) else None
+
+
+def _text_hidden(config) -> int | None:
+    text = config.get_text_config(decoder=True)
+    value = getattr(text, "hidden_size", None)
+    return value if type(value) is int and value > 0 else None
+
+
+def _image_count(out, hidden: int) -> int | None:
+    """Image tokens in what `get_image_features` returned for one image: the rows of the projected
+    features (last dimension the language model's hidden size)."""
+    import torch
+
+    candidates = []
+    if isinstance(out, torch.Tensor) or isinstance(out, (list, tuple)):
+        candidates.append(out)
+    else:
+        for field in ("pooler_output", "image_embeds", "last_hidden_state"):
+            value = getattr(out, field, None)
+            if value is not None:
+                candidates.append(value)
+    for value in candidates:
+        tensors = list(value) if isinstance(value, (list, tuple)) else [value]
+        if tensors and all(isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == hidden for t in tensors):
+            return sum(t.numel() // hidden for t in tensors)
+    return None
+
+
+def _image_probe(model, config) -> tuple[int, str] | None:
+    import torch
+
+    fn = _features_fn(model)
+    vision = getattr(config, "vision_config", None)
+    hidden = _text_hidden(config)
+    if fn is None or vision is None or hidden is None:
+        return None
+    params = _inspect.signature(fn).parameters
+    channels = getattr(vision, "num_channels", None) or getattr(vision, "in_channels", None) or 3
+    dtype = next(model.parameters()).dtype
+    size = getattr(vision, "image_size", None)
+    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]
+    attempts = []
+    if "image_grid_thw" in params:
+        return _grid_tokens(vision)
+    if type(size) is int and size > 0:
+        image = torch.zeros((1, channels, size, size), dtype=dtype, device="meta")
+        base = f"one {size}x{size} image, the vision tower's native size"
+        if "image_sizes" in params:
+            kwargs = dict(pixel_values=image, image_sizes=torch.tensor([[size, size]], dtype=torch.long))
+            attempts.append((kwargs, base + "; larger images are tiled and take more"))
+        elif "pixel_attention_mask" in params:
+            kwargs = dict(pixel_values=image[:, None], pixel_attention_mask=torch.ones((1, 1, size, size),
+                                                                                       dtype=torch.bool))
+            attempts.append((kwargs, base + "; larger images are split and take more"))
+        else:
+            attempts.append((dict(pixel_values=image), base))
+    for kwargs, how in attempts:
+        try:
+            out = fn(**kwargs)
+        except Exception:  # noqa: BLE001 - a vision tower the meta device cannot run: the config may say
+            continue
+        tokens = _image_count(out, hidden)
+        if tokens:
+            return tokens, how
+    return None
+
+
+def _pixtral_tokens(config) -> tuple[int, str] | None:
+    """Pixtral vision towers (Mistral 3: Mistral Small 3.1/3.2, Magistral; Pixtral-12B through LLaVA):
+    `PixtralProcessor` resizes an image to fit its `longest_edge`, rounds each side up to whole
+    `patch_size x spatial_merge_size` cells, and writes one [IMG] per cell with an [IMG_BREAK] ending
+    each row (the last one [IMG_END]): `(columns + 1) x rows` positions
+    (`_get_num_multimodal_tokens`, 5.0-5.24). Applied to a REFERENCE_PIXELS square, which fits every
+    released Pixtral processor's `longest_edge` (1024 to 1540) unresized; tests/test_arch_vision.py
+    checks the [IMG] count against a real tower's features."""
+    vision = getattr(config, "vision_config", None)
+    if getattr(vision, "model_type", None) != "pixtral":
+        return None
+    patch = getattr(vision, "patch_size", None)
+    merge = getattr(config, "spatial_merge_size", None) or 1
+    if type(patch) is not int or patch <= 0 or type(merge) is not int or merge <= 0:
+        return None
+    side = -(-REFERENCE_PIXELS // (patch * merge))  # cells per side, rounded up as the processor rounds
+    return (side + 1) * side, (f"a {REFERENCE_PIXELS}x{REFERENCE_PIXELS} image: {side} rows of {side} image tokens "
+                               "and a row break; the count grows with the image's area")
+
+
+def _grid_tokens(vision) -> tuple[int, str] | None:
+    """Dynamic resolution with `image_grid_thw` (Qwen2-VL and its descendants): the processor resizes
+    the image to multiples of `patch_size x spatial_merge_size`, cuts it into patches (the grid) and
+    puts `prod(grid) // spatial_merge_size**2` image tokens into the text. The vision tower cannot run
+    on the meta device (it reads the grid's values), so the processor's formula is applied to a
+    REFERENCE_PIXELS square; tests/test_arch_vision.py checks it against real tiny towers."""
+    patch = getattr(vision, "patch_size", None)
+    merge = getattr(vision, "spatial_merge_size", None)
+    if type(patch) is not int or patch <= 0 or type(merge) is not int or merge <= 0:
+        return None
+    side = max(1, round(REFERENCE_PIXELS / (patch * merge))) * merge  # patches per side
+    return (side * side) // (merge * merge), (f"a {REFERENCE_PIXELS}x{REFERENCE_PIXELS} image; the count grows with "
+                                              "the image's area")
+
+
+# -- pre-quantized checkpoints: the weights each method converts (scheme parsing: prequant.py) ------------
+
+#: optimum's BLOCK_PATTERNS (optimum/gptq/constants.py): GPTQ converts layers under the first that exists.
+GPTQ_BLOCK_PATTERNS = ("transformer.h", "model.decoder.layers", "gpt_neox.layers", "model.layers",
+                       "model.language_model.layers", "h", "decoder.layers", "layers")
+
+
+def _quantizer_skip(model, scheme: Scheme, default_skips: bool) -> list[str]:
+    from transformers.quantizers.base import HfQuantizer
+
+    skip = HfQuantizer.get_modules_to_not_convert(model, list(scheme.skip) if scheme.skip is not None else None,
+                                                  model._keep_in_fp32_modules, add_default_skips=default_skips)
+    return list(skip)
+
+
+def _select_linear(model, scheme: Scheme, *, exact: bool, experts: bool, default_skips: bool) -> dict[str, int]:
+    """Linear layers transformers replaces (`exact`: only `type(m) is nn.Linear`), and with `experts` the fused
+    `*.experts` modules (fp8's FP8Experts), minus the skip list as the quantizer computes it."""
+    from torch import nn
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    skip = _quantizer_skip(model, scheme, default_skips)
+    hidden = model.config.get_text_config(decoder=True).hidden_size
+    out: dict[str, int] = {}
+    for name, m in model.named_modules():
+        if not should_convert_module(name, skip):
+            continue
+        if experts and name.endswith(".experts"):
+            out.update(_expert_weights(name, m, hidden))
+        elif (type(m) is nn.Linear) if exact else isinstance(m, nn.Linear):
+            out[f"{name}.weight"] = int(m.out_features)
+    return out
+
+
+def _expert_weights(name: str, module, hidden: int) -> dict[str, int]:
+    """{parameter name: output rows per expert} of a fused experts module. Most store [E, out, in]; gpt-oss
+    stores [E, in, out]: the projection into the experts reads `hidden` inputs, `down_proj` writes `hidden`."""
+    out = {}
+    for pname, p in module.named_parameters(recurse=False):
+        if p.dim() != 3 or not pname.endswith("proj"):
+            continue
+        a, b = int(p.shape[1]), int(p.shape[2])
+        if pname == "down_proj":
+            out[f"{name}.{pname}"] = hidden
+        else:
+            out[f"{name}.{pname}"] = a if b == hidden else b
+    return out
+
+
+def _select_gptq(model, scheme: Scheme) -> dict[str, int]:
+    """optimum's GPTQQuantizer.convert_model: exact nn.Linear, Conv1D, Conv2d under the block prefix
+    (`block_name_to_quantize`, else the first of BLOCK_PATTERNS present), only `modules_in_block_to_quantize`
+    when given. The skip list does not apply: GPTQ never converts what lies outside the blocks."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    names = [n for n, _ in model.named_modules()]
+    prefixes = scheme.blocks or next(((p,) for p in GPTQ_BLOCK_PATTERNS if any(n.startswith(p) for n in names)), ())
+    out: dict[str, int] = {}
+    for name, m in model.named_modules():
+        if not any(name.startswith(p) for p in prefixes):
+            continue
+        if scheme.in_blocks and not any(name.endswith(k) for k in scheme.in_blocks):
+            continue
+        if type(m) is nn.Linear:
+            out[f"{name}.weight"] = int(m.out_features)
+        elif isinstance(m, Conv1D):
+            out[f"{name}.weight"] = int(m.weight.shape[1])
+        elif isinstance(m, nn.Conv2d):
+            out[f"{name}.weight"] = int(m.out_channels)
+    return out
+
+
+def _select_bnb(model, scheme: Scheme) -> dict[str, int]:
+    return bnb_replaced_modules(model, scheme.skip)[0]
+
+
+def _select_mxfp4(model, scheme: Scheme) -> dict[str, int]:
+    """replace_with_mxfp4_linear: the experts of every GptOssMLP whose `<name>.experts` is not skipped."""
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    skip = _quantizer_skip(model, scheme, default_skips=False)
+    hidden = model.config.get_text_config(decoder=True).hidden_size
+    out: dict[str, int] = {}
+    for name, m in model.named_modules():
+        if type(m).__name__ == "GptOssMLP" and should_convert_module(f"{name}.experts", skip):
+            out.update(_expert_weights(f"{name}.experts", m.experts, hidden))
+    return out
+
+
+def _select_ct(model, scheme: Scheme) -> dict[str, int]:
+    """compressed-tensors' is_match: a target or ignore entry matches a module by exact name, by `re:` regex on
+    the name, or by the name of a class in the module's MRO. Linear modules only (what gets a packed weight)."""
+    from torch import nn
+
+    def hit(name: str, m, entries) -> bool:
+        return any((e.startswith("re:") and re.match(e[3:], name)) or e == name
+                   or any(c.__name__ == e for c in type(m).__mro__) for e in entries)
+
+    targets = [t for g in scheme.groups for t in g.targets]
+    ignore = list(scheme.skip or ())
+    return {f"{name}.weight": int(m.out_features) for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and hit(name, m, targets) and not hit(name, m, ignore)}
+
+
+#: Which weights each pre-quantized method converts on the built model (output rows each), as its transformers
+#: quantizer selects them; the keys are `fitplan.model.prequant.PARSERS`'.
+CONVERTS: dict[str, Any] = {
+    "gptq": _select_gptq,
+    "awq": lambda m, s: _select_linear(m, s, exact=False, experts=False, default_skips=True),
+    "fp8": lambda m, s: _select_linear(m, s, exact=True, experts=True, default_skips=False),
+    "fbgemm_fp8": lambda m, s: _select_linear(m, s, exact=False, experts=False, default_skips=False),
+    "compressed-tensors": _select_ct,
+    "bitsandbytes": _select_bnb,
+    "mxfp4": _select_mxfp4,
+}
+
+
+def mark_converted(model, quantization_config: dict, tensors: tuple[TensorInfo, ...],
+                   stored_bytes: int | None) -> tuple[TensorInfo, ...]:
+    """`tensors` with the weights the method converts marked `quantizable` (and their output rows). A method
+    fitplan does not know can only be sized from stored headers: without them it is refused."""
+    scheme = scheme_of(quantization_config)
+    select = CONVERTS.get(scheme.method)
+    if select is None:
+        if stored_bytes is None:
+            raise UnsupportedModelError(
+                f"pre-quantized with {scheme.method!r:.30}, whose layout fitplan does not know, and its safetensors "
+                f"headers are not available; plan it from a local folder or a Hub repo with safetensors files",
+                model_type=None)
+        return tensors
+    converted = select(model, scheme)
+    return tuple(replace(t, quantizable=True, out_features=converted[t.name]) if t.name in converted else t
+                 for t in tensors)
+
+
+# -- learned absolute positions ----------------------------------------------------------------------------
+
+def absolute_position_limit(model, max_positions: int | None) -> int | None:
+    """The longest sequence the built model can index when its text side looks positions up in a
+    learned table (an `nn.Embedding` other than the input embeddings whose rows, less the offset the
+    table's own class declares, as OPT's and BioGPT's do, are the config's position count: GPT-2's
+    `wpe`, GPT-Neo, GPT-BigCode, OPT); None for rotary, ALiBi and other positions that extend. Read
+    off the model transformers built, so no list of model types is kept here."""
+    import torch
+
+    if not max_positions:
+        return None
+    tokens = model.get_input_embeddings()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) and module is not tokens:
+            offset = getattr(module, "offset", 0)
+            if isinstance(offset, int) and module.num_embeddings - offset == max_positions:
+                return max_positions
+    return None
+
+
+# -- the inventory: the steps above, one after another ------------------------------------------------------
+
+def inventory(cfg: dict, *, model_id: str, auto_class: str | None, trust_remote_code: bool,
+              stored_bytes: int | None, stored_parameters: int | None):
+    """The `Inventory` of a checked config.json dict (`fitplan.model.build.build_inventory` checks it first), read
+    off the model transformers builds for it on the meta device."""
+    from ..versions import lib_versions
+    from .inventory import HubKernel, Inventory
+
+    import torch
+
+    build_dtype = torch.bfloat16
+    # The transformers steps, one after another: the meta build, then what it holds.
+    built = build(cfg, auto_class, build_dtype, trust_remote_code)
+    model, config, cls, auto_class = built.model, built.config, built.cls, built.auto_class
+    text = model.config.get_text_config(decoder=True)
+    scratch, scan = prefill_scratch(model)
+    method = quant_method(model)
+    apart = tied_apart(model, stored_parameters) if built.whole and not method else []
+    held = tensors(model, build_dtype, apart)
+    packed, subclassed = ({}, []) if method else bnb_replaced_modules(model)
+    refuse_unsized(model)
+    hidden = size_field(text, "hidden_size")
+    inter = (size_field(text, "intermediate_size", required=False) or size_field(text, "ffn_dim", required=False)
+             or size_field(text, "n_inner", required=False) or 4 * hidden)
+    ckpt_dtype = cfg.get("dtype") or cfg.get("torch_dtype")
+    top_k = size_field(text, "num_experts_per_tok", required=False) or 0
+    max_positions = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    expert_inter = (size_field(text, "moe_intermediate_size", required=False) or inter) if top_k else 0
+    layers = size_field(text, "num_hidden_layers")
+    heads = size_field(text, "num_attention_heads", required=False) or 0
+    vocab = size_field(text, "vocab_size")
+    kv_heads = size_field(text, "num_key_value_heads", required=False) or 0
+    position_limit = absolute_position_limit(model, max_positions)
+    flash = bool(getattr(type(model), "_supports_flash_attn", False)) and kernels_installed(FLASH_ATTENTION_KERNELS)
+    image_tokens, image_note = (image_tokens_per_image(model, config) if auto_class == "image-text-to-text"
+                                else (None, None))
+    found = hub_kernels(model)
+    kernel_rows = None if found is None else tuple(HubKernel(*k) for k in found)
+    # Then what leaves this module for pure helpers: the cache a generate() would use, read from probe forwards
+    # (cachelayout.py turns what it held into a layout), and the weights a pre-quantized method converts.
+    kv_note = None
+    math_sdpa = False
+    try:
+        kv_layers, math_sdpa = kv_layers_from_cache(model, build_dtype)
+    except (LibraryChangedError, UnsupportedModelError):
+        raise
+    except Exception as exc:  # a forward the meta device cannot run
+        kv_layers, math_sdpa, kv_note = kv_layers_fallback(model, text, exc, build_dtype)
+    if method:  # pre-quantized: sized as its method's loader holds it (fitplan.model.prequant), not re-quantized
+        held = mark_converted(model, cfg["quantization_config"], held, stored_bytes)
+    else:
+        held = tuple(replace(t, quantizable=True, out_features=packed[t.name]) if t.name in packed else t
+                     for t in held)
+    notes = [kv_note]
+    if scan:
+        kernels = "fla" if "delta" in scan else " and ".join(SSM_KERNELS)
+        notes.append(f"without {kernels} installed, transformers {version()} runs {scan} on its torch path, "
+                     f"which holds {scratch:,} bytes per token of each sequence at once during the prompt: "
+                     f"planned; installing {kernels} makes it linear in the state, not in this")
+    notes.append(image_note)
+    if apart:
+        notes.append(f"this config ties {', '.join(apart)} to the input embeddings, but the checkpoint stores "
+                     f"{stored_parameters:,} parameters, the count with them apart, and transformers "
+                     f"{version()} loads such a pair untied: counted twice")
+    if subclassed and not packed:
+        notes.append(f"bitsandbytes quantizes none of this model's linear layers ({type(model).__name__} "
+                     f"uses subclasses of nn.Linear, which transformers {version()} leaves as they are): "
+                     "int8 and 4-bit hold what 16-bit holds")
+    return Inventory(
+        model_id=model_id,
+        model_type=config.model_type,
+        architecture=cls.__name__,
+        parameters=sum(t.numel for t in held if not t.buffer),
+        tensors=held,
+        kv_layers=kv_layers,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_layers=layers,
+        num_attention_heads=heads,
+        vocab_size=vocab,
+        max_positions=max_positions,
+        position_limit=position_limit,
+        experts_per_token=top_k,
+        expert_intermediate_size=expert_inter,
+        attn_implementation="sdpa-math" if math_sdpa else str(
+            getattr(model.config, "_attn_implementation", None) or "sdpa"),
+        checkpoint_dtype=str(ckpt_dtype) if ckpt_dtype else None,
+        prequantized=method,
+        stored_bytes=stored_bytes,
+        quantization=cfg["quantization_config"] if method else None,
+        auto_class=auto_class,
+        image_tokens_per_image=image_tokens,
+        prefill_scratch_per_token=scratch,
+        compile_fullgraph=bool(getattr(type(model), "_can_compile_fullgraph", False)),
+        flash_attn=flash,
+        num_key_value_heads=kv_heads,
+        hub_kernels=kernel_rows,
+        notes=tuple(n for n in notes if n),
+        versions=lib_versions(),
+    )

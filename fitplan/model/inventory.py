@@ -5,6 +5,8 @@ cached inventory can be estimated without paying for torch's import. `inspect.py
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import asdict, dataclass, field
 from math import prod
 
@@ -19,6 +21,10 @@ SCHEMA_VERSION = 15  # 9: transformers 5.0-5.3 read KV from the meta forward; 10
 # 11: per-sequence state, the Auto class and image tokens; 12: prefill scratch of kernel-less SSM paths;
 # 13: `position_limit` (learned absolute position tables); 14: how it can generate (compile_fullgraph,
 # flash_attn, num_key_value_heads); 15: the Hub kernels transformers 5.25+ fetches (`hub_kernels`)
+
+
+#: A decoder layer index inside a tensor name.
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,12 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         return prod(self.shape)
+
+    @property
+    def layer(self) -> int | None:
+        """The decoder layer index in its name (`model.layers.12.mlp...` -> 12), None outside layers."""
+        m = _LAYER_INDEX.search(self.name)
+        return int(m.group(1)) if m else None
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
 from ..errors import ConfigError, UnsupportedModelError
 from ..vocab import precision as P
-from .inventory import Inventory, TensorInfo
+from .inventory import Inventory
 
 
 # -- the scheme a quantization_config describes --------------------------------------------------------
@@ -221,111 +221,6 @@ def _compressed_tensors(qc: dict) -> Scheme:
 
 # -- which modules a method converts (on the meta model) ------------------------------------------------
 
-#: optimum's BLOCK_PATTERNS (optimum/gptq/constants.py): GPTQ converts layers under the first that exists.
-GPTQ_BLOCK_PATTERNS = ("transformer.h", "model.decoder.layers", "gpt_neox.layers", "model.layers",
-                       "model.language_model.layers", "h", "decoder.layers", "layers")
-
-
-def _skip(model, scheme: Scheme, default_skips: bool) -> list[str]:
-    from transformers.quantizers.base import HfQuantizer
-
-    skip = HfQuantizer.get_modules_to_not_convert(model, list(scheme.skip) if scheme.skip is not None else None,
-                                                  model._keep_in_fp32_modules, add_default_skips=default_skips)
-    return list(skip)
-
-
-def _select_linear(model, scheme: Scheme, *, exact: bool, experts: bool, default_skips: bool) -> dict[str, int]:
-    """Linear layers transformers replaces (`exact`: only `type(m) is nn.Linear`), and with `experts` the fused
-    `*.experts` modules (fp8's FP8Experts), minus the skip list as the quantizer computes it."""
-    from torch import nn
-    from transformers.quantizers.quantizers_utils import should_convert_module
-
-    skip = _skip(model, scheme, default_skips)
-    hidden = model.config.get_text_config(decoder=True).hidden_size
-    out: dict[str, int] = {}
-    for name, m in model.named_modules():
-        if not should_convert_module(name, skip):
-            continue
-        if experts and name.endswith(".experts"):
-            out.update(_expert_weights(name, m, hidden))
-        elif (type(m) is nn.Linear) if exact else isinstance(m, nn.Linear):
-            out[f"{name}.weight"] = int(m.out_features)
-    return out
-
-
-def _expert_weights(name: str, module, hidden: int) -> dict[str, int]:
-    """{parameter name: output rows per expert} of a fused experts module. Most store [E, out, in]; gpt-oss
-    stores [E, in, out]: the projection into the experts reads `hidden` inputs, `down_proj` writes `hidden`."""
-    out = {}
-    for pname, p in module.named_parameters(recurse=False):
-        if p.dim() != 3 or not pname.endswith("proj"):
-            continue
-        a, b = int(p.shape[1]), int(p.shape[2])
-        if pname == "down_proj":
-            out[f"{name}.{pname}"] = hidden
-        else:
-            out[f"{name}.{pname}"] = a if b == hidden else b
-    return out
-
-
-def _select_gptq(model, scheme: Scheme) -> dict[str, int]:
-    """optimum's GPTQQuantizer.convert_model: exact nn.Linear, Conv1D, Conv2d under the block prefix
-    (`block_name_to_quantize`, else the first of BLOCK_PATTERNS present), only `modules_in_block_to_quantize`
-    when given. The skip list does not apply: GPTQ never converts what lies outside the blocks."""
-    from torch import nn
-    from transformers.pytorch_utils import Conv1D
-
-    names = [n for n, _ in model.named_modules()]
-    prefixes = scheme.blocks or next(((p,) for p in GPTQ_BLOCK_PATTERNS if any(n.startswith(p) for n in names)), ())
-    out: dict[str, int] = {}
-    for name, m in model.named_modules():
-        if not any(name.startswith(p) for p in prefixes):
-            continue
-        if scheme.in_blocks and not any(name.endswith(k) for k in scheme.in_blocks):
-            continue
-        if type(m) is nn.Linear:
-            out[f"{name}.weight"] = int(m.out_features)
-        elif isinstance(m, Conv1D):
-            out[f"{name}.weight"] = int(m.weight.shape[1])
-        elif isinstance(m, nn.Conv2d):
-            out[f"{name}.weight"] = int(m.out_channels)
-    return out
-
-
-def _select_bnb(model, scheme: Scheme) -> dict[str, int]:
-    from . import hf
-
-    return hf.bnb_replaced_modules(model, scheme.skip)[0]
-
-
-def _select_mxfp4(model, scheme: Scheme) -> dict[str, int]:
-    """replace_with_mxfp4_linear: the experts of every GptOssMLP whose `<name>.experts` is not skipped."""
-    from transformers.quantizers.quantizers_utils import should_convert_module
-
-    skip = _skip(model, scheme, default_skips=False)
-    hidden = model.config.get_text_config(decoder=True).hidden_size
-    out: dict[str, int] = {}
-    for name, m in model.named_modules():
-        if type(m).__name__ == "GptOssMLP" and should_convert_module(f"{name}.experts", skip):
-            out.update(_expert_weights(f"{name}.experts", m.experts, hidden))
-    return out
-
-
-def _select_ct(model, scheme: Scheme) -> dict[str, int]:
-    """compressed-tensors' is_match: a target or ignore entry matches a module by exact name, by `re:` regex on
-    the name, or by the name of a class in the module's MRO. Linear modules only (what gets a packed weight)."""
-    from torch import nn
-
-    def hit(name: str, m, entries) -> bool:
-        return any((e.startswith("re:") and re.match(e[3:], name)) or e == name
-                   or any(c.__name__ == e for c in type(m).__mro__) for e in entries)
-
-    targets = [t for g in scheme.groups for t in g.targets]
-    ignore = list(scheme.skip or ())
-    return {f"{name}.weight": int(m.out_features) for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and hit(name, m, targets) and not hit(name, m, ignore)}
-
-
 def ct_group_of(scheme: Scheme, name: str) -> Group:
     module = name.rsplit(".", 1)[0]
     for g in scheme.groups:
@@ -336,24 +231,16 @@ def ct_group_of(scheme: Scheme, name: str) -> Group:
 
 # -- the table: a row per method --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Method:
-    """How transformers reads one `quant_method`: `parse` its quantization_config, `select(model, scheme)`
-    the converted weights (output rows each). Its layout is `fitplan.planning.prequant.LAYOUTS[name]`."""
-
-    parse: Callable[[dict], Scheme]
-    select: Callable
-
-
-METHODS: dict[str, Method] = {
-    "gptq": Method(_gptq, _select_gptq),
-    "awq": Method(_awq, lambda m, s: _select_linear(m, s, exact=False, experts=False, default_skips=True)),
-    "fp8": Method(_fp8, lambda m, s: _select_linear(m, s, exact=True, experts=True, default_skips=False)),
-    "fbgemm_fp8": Method(_fbgemm_fp8, lambda m, s: _select_linear(m, s, exact=False, experts=False,
-                                                                   default_skips=False)),
-    "compressed-tensors": Method(_compressed_tensors, _select_ct),
-    "bitsandbytes": Method(_bitsandbytes, _select_bnb),
-    "mxfp4": Method(_mxfp4, _select_mxfp4),
+#: How transformers reads each `quant_method`'s quantization_config. Which weights the method converts on a
+#: built model is `fitplan.model.hf.CONVERTS[name]`; its layout `fitplan.planning.prequant.LAYOUTS[name]`.
+PARSERS: dict[str, Callable[[dict], Scheme]] = {
+    "gptq": _gptq,
+    "awq": _awq,
+    "fp8": _fp8,
+    "fbgemm_fp8": _fbgemm_fp8,
+    "compressed-tensors": _compressed_tensors,
+    "bitsandbytes": _bitsandbytes,
+    "mxfp4": _mxfp4,
 }
 
 
@@ -369,10 +256,10 @@ def _method_name(qc: dict) -> str:
 def _parse(blob: str) -> Scheme:
     qc = json.loads(blob)
     name = _method_name(qc)
-    method = METHODS.get(name)
-    if method is None:
+    parse = PARSERS.get(name)
+    if parse is None:
         return Scheme(name, name[:12], known=False)
-    return method.parse(qc)
+    return parse(qc)
 
 
 def scheme_of(quantization_config) -> Scheme:
@@ -380,26 +267,6 @@ def scheme_of(quantization_config) -> Scheme:
     if not isinstance(quantization_config, dict):
         raise ConfigError("config.json: quantization_config must be an object", key="quantization_config")
     return _parse(json.dumps(quantization_config, sort_keys=True, default=str))
-
-
-# -- the build-time hook and the estimate ------------------------------------------------------------------
-
-def mark_converted(model, quantization_config: dict, tensors: tuple[TensorInfo, ...],
-                   stored_bytes: int | None) -> tuple[TensorInfo, ...]:
-    """`tensors` with the weights the method converts marked `quantizable` (and their output rows). A method
-    fitplan does not know can only be sized from stored headers: without them it is refused."""
-    scheme = scheme_of(quantization_config)
-    method = METHODS.get(scheme.method)
-    if method is None:
-        if stored_bytes is None:
-            raise UnsupportedModelError(
-                f"pre-quantized with {scheme.method!r:.30}, whose layout fitplan does not know, and its safetensors "
-                f"headers are not available; plan it from a local folder or a Hub repo with safetensors files",
-                model_type=None)
-        return tensors
-    converted = method.select(model, scheme)
-    return tuple(replace(t, quantizable=True, out_features=converted[t.name]) if t.name in converted else t
-                 for t in tensors)
 
 
 def scheme(inv: Inventory) -> Scheme:

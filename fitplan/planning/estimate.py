@@ -5,7 +5,6 @@ the policy can reason per device and the JSON can show where memory goes.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
@@ -42,14 +41,6 @@ class Estimate:
         return d
 
 
-_LAYER_INDEX = re.compile(r"\.(\d+)\.")
-
-
-def layer_of(name: str) -> int | None:
-    """Decoder layer index of a tensor name (`model.layers.12.mlp...` -> 12), None outside layers."""
-    m = _LAYER_INDEX.search(name)
-    return int(m.group(1)) if m else None
-
 
 def load_dtype(precision: Precision, compute_dtype: str) -> str:
     """The `dtype=` passed to from_pretrained: the float precision itself, else the compute dtype."""
@@ -71,7 +62,7 @@ def _by_layer(inv: Inventory, precision: Precision, per: tuple[tuple[int, int], 
     over the layers."""
     outside, layers, floats, modules = 0, {}, {}, {}
     for t, (b, f) in zip(inv.tensors, per):
-        idx = layer_of(t.name)
+        idx = t.layer
         if idx is None:
             outside += b
             continue
@@ -115,7 +106,7 @@ def unquantized_bytes(inv: Inventory, load_dtype: str = "bfloat16") -> dict[str,
             out["norms and buffers"] += b
         elif len(t.shape) == 3:
             out["fused experts"] += b
-        elif layer_of(t.name) is None:
+        elif t.layer is None:
             out["embeddings"] += b
         else:
             out["skipped linear layers"] += b

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..vocab import precision as P
-from .estimate import Estimate, attention_score_bytes, layer_of, unquantized_bytes
-from .workload import Workload, workload_of
+from .estimate import Estimate, attention_score_bytes, unquantized_bytes
+from .workload import Workload, planned
 from ..hardware.machine import Hardware
 from ..model.inventory import Inventory
 from ..options import PlanOptions
@@ -134,7 +134,7 @@ class Plan:
         outside: dict = {}
         layers: dict = {}
         for t in self.inventory.tensors:
-            idx = layer_of(t.name)
+            idx = t.layer
             m = _LAYER_MODULE.match(t.name) if idx is not None else None
             if m:
                 layers.setdefault(m.group(1), where[idx])
@@ -350,14 +350,17 @@ def _quantization_note(inv: Inventory, base: Estimate, q4: Estimate, int8: Estim
 
 
 def decide(inv: Inventory, hw: Hardware, options: PlanOptions, *, model_id: str, origin: str,
-           revision: str | None = None, pin: Pin | None = None, notes: tuple[str, ...] = ()) -> Plan:
-    """The plan for an inventory on some hardware: the policy's choice and, when nothing fits, what
+           revision: str | None = None, pin: Pin | None = None, notes: tuple[str, ...] = (),
+           context_given: bool = True, model_digest: str | None = None) -> Plan:
+    """The plan for an inventory on some hardware: the workload the options ask of it (a default context capped
+    at the model's learned positions, `workload.planned`), the policy's choice and, when nothing fits, what
     would (each suggestion checked by re-running the policy). Pure; `fitplan.pipeline` feeds it."""
     from .policy import choose
     from .suggest import suggestions
 
-    work = workload_of(options, inv)
+    options, work, capped = planned(options, inv, context_given=context_given)
     choice = choose(inv, hw, options, work)
     advice = () if choice.chosen else tuple(suggestions(inv, hw, options, work, choice))
     return Plan(model_id=model_id, revision=revision, origin=origin, inventory=inv, hardware=hw, options=options,
-                workload=work, choice=choice, advice=advice, pin=pin if choice.chosen else None, extra_notes=notes)
+                workload=work, choice=choice, advice=advice, pin=pin if choice.chosen else None,
+                extra_notes=notes + ((capped,) if capped else ()), model_digest=model_digest)

@@ -11,7 +11,7 @@ from ..model.inventory import Inventory
 from ..options import PlanOptions
 from ..vocab.units import fmt_bytes
 from .policy import Choice, choose
-from .workload import Workload, workload_of
+from .workload import Workload
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def suggestions(inv: Inventory, hw: Hardware, opts: PlanOptions, work: Workload,
     def choice_with(machine: Hardware = hw, **changes) -> Choice:
         """The policy's choice with `changes` to the options (the workload they then ask) on `machine`."""
         changed = replace(opts, **changes)
-        changed_work = workload_of(changed, inv) if changes else work
+        changed_work = work.with_options(changed) if changes else work
         return choose(inv, machine, changed, changed_work)
 
     def fits(**changes) -> bool:

@@ -30,12 +30,10 @@ def require_weights(model: str, subfolder: str | None = None) -> None:
 def require_unchanged(plan) -> None:
     if not plan.model_digest:
         return
-    from ..model.digest import changed, folder_digest
+    from ..model.digest import checked_digest
 
-    now = folder_digest(plan.model_id)
-    if now != plan.model_digest:
-        raise changed(str(Path(plan.model_id).expanduser()), "planned", plan.model_digest, now,
-                      "make sure nothing rewrites the folder while it loads, then load again")
+    checked_digest(Path(plan.model_id).expanduser(), plan.model_digest, since="planned",
+                   fix="make sure nothing rewrites the folder while it loads, then load again")
 
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
