@@ -69,9 +69,10 @@ def _run(path: str, hw, precision: str | None, context: int) -> dict:
         else:
             # The policy keeps the default headroom free; a fair test of the rejected precision
             # keeps it free too, so it is held by extra ballast while that precision runs.
-            from fitplan.planning.policy import DEFAULT_HEADROOM
+            from fitplan.options import PlanOptions
 
-            hold = torch.empty(int(hw.gpus[0].total_bytes * DEFAULT_HEADROOM), dtype=torch.uint8, device="cuda")
+            default_headroom = PlanOptions().headroom  # a share of total memory (fitplan.planning.headroom)
+            hold = torch.empty(int(hw.gpus[0].total_bytes * default_headroom), dtype=torch.uint8, device="cuda")
             out["headroom_ballast_bytes"] = hold.numel()
             g = hw.gpus[0]
             roomy = dataclasses.replace(hw, gpus=(dataclasses.replace(g, total_bytes=1 << 50, free_bytes=1 << 50),))

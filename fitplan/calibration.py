@@ -131,6 +131,6 @@ COMPILED_DECODE_OVERHEAD_S_PER_LAYER = {"float": 0.21e-3}
 #: Memory a compiled static-cache decode holds besides the cache and the plain activation peak (CUDA
 #: graphs' private pool, inductor's buffers): the reserved peak of the static setup less plain
 #: generate()'s, Qwen3-8B bf16, prompt 512 + 48 new, H200, transformers 5.17 (+201 MB at batch 1,
-#: +361 MB at batch 8, of which generation.workspace_bytes' K/V repeated to the query heads is 9 and
+#: +361 MB at batch 8, of which estimate.compile_workspace_bytes' K/V repeated to the query heads is 9 and
 #: 73 MB): the larger rest, 288 MB, rounded up (benchmarks/results/generation-h200-tf5.17.jsonl).
 COMPILE_WORKSPACE_BYTES = 288 << 20

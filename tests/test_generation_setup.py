@@ -14,12 +14,12 @@ from fitplan.planning import generation as G
 from fitplan.vocab import precision as P
 from fitplan.planning.estimate import Workload, sizes
 from fitplan.planning.speed import decode_speed
-from fitplan.versions import installed
+from fitplan.versions import installed, parse as parse_version
 from tests.tiny_models import save_tiny
 
 H200 = "h200"
 TF = installed("transformers")
-STATIC_HERE = G.version_tuple(TF) >= G.STATIC_MIN_TRANSFORMERS
+STATIC_HERE = parse_version(TF) >= G.STATIC_MIN_TRANSFORMERS
 
 #: Sliding-window forms: every layer sliding (Mistral), and sliding mixed with full attention (Gemma 3).
 SLIDING = {

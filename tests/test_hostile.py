@@ -402,7 +402,7 @@ def test_gguf_headroom_is_a_share_of_total_like_the_transformers_path():
     from fitplan.gguf.model import GGUFModel  # noqa: F401 - the plan input type
     from fitplan.hardware.machine import GPU, Hardware
     from fitplan.options import PlanOptions
-    from fitplan.planning.policy import headroom_bytes
+    from fitplan.planning.headroom import headroom_bytes
 
     assert not hasattr(gplan, "DEFAULT_HEADROOM"), "the default is stated once, in fitplan.options"
     gpu = GPU(index=0, name="Test", total_bytes=24 * G, free_bytes=12 * G, compute_capability=(8, 9))

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import FitplanError, OptionError, UnsupportedModelError
-from ..options import ENGINE_KEYS
+from ..options import ENGINE_KEYS, PlanOptions
+from ..planning.workload import Workload
 from ..hardware.machine import Hardware
 from ..model import prequant
 from ..model.inventory import Inventory
@@ -55,7 +56,7 @@ def _variants(inv: Inventory, cc: tuple[int, int], knobs: Knobs) -> list[Knobs]:
     return out
 
 
-def deploy(inv: Inventory, config: dict, hw: Hardware, options, workload, *, model_id: str,
+def deploy(inv: Inventory, config: dict, hw: Hardware, options: PlanOptions, workload: Workload, *, model_id: str,
            hint: bool = False) -> EngineChoice | None:
     """The serving-engine deployment a plan's options ask for, at its workload (`fitplan.pipeline`'s one call
     into the engines). `hint`: instead, what vLLM tensor parallelism over the same GPUs gives with the checkpoint

@@ -1,18 +1,17 @@
-"""Pre-quantized checkpoints, the model stage's part: which scheme a `quantization_config` describes, and
-which modules the method converts.
+"""Pre-quantized checkpoints, the model stage's part: which scheme a `quantization_config` describes.
 
 A config.json with a `quantization_config` (GPTQ, AWQ, fp8, fbgemm fp8, compressed-tensors,
 bitsandbytes-serialized, mxfp4) is loaded as it was quantized, by transformers' quantizer for that
 method; fitplan never re-quantizes it. Here:
 
-- `scheme_of()`: the `Scheme` (method, the as-stored row's label, groups of modules quantized alike);
-- `mark_converted()`: on the meta model, the weights the method converts, with the functions
-  transformers' quantizers call themselves (`get_modules_to_not_convert`, `should_convert_module`)
-  and each method's module rule (`SELECT`).
+- `scheme_of()`: the `Scheme` (method, the as-stored row's label, groups of modules quantized alike),
+  pure, one parser per method (`PARSERS`).
 
-What the loader then holds for each converted weight, and on which hardware it keeps the stored
-form, is planning's (`fitplan.planning.prequant`): one row per method there, one here, the same keys
-(a test holds them together).
+Which weights the method converts is read off the meta model in `fitplan.model.hf` (`mark_converted`,
+`CONVERTS`: the functions transformers' quantizers call themselves, `get_modules_to_not_convert` and
+`should_convert_module`, and each method's module rule). What the loader then holds for each converted
+weight, and on which hardware it keeps the stored form, is planning's (`fitplan.planning.prequant`,
+`LAYOUTS`). The three tables have the same keys (a test holds them together).
 
 Read from transformers 5.24 (`quantizers/quantizer_*.py`, `integrations/*.py`), optimum at
 83c88b8 (`optimum/gptq`: which layers GPTQ converts) and compressed-tensors at ac8e2ba (matching).

@@ -16,6 +16,7 @@ from ..model.prequant import scheme
 from .prequant import held_by_tensor, is_as_stored
 from .layout import float_dtype_for, per_tensor
 from .workload import Workload
+from ..versions import parse as parse_version
 from ..vocab.precision import DTYPE_BYTES, Precision
 
 
@@ -127,6 +128,38 @@ def kv_bytes_per_layer(inv: Inventory, work: Workload, kv_dtype: str) -> list[in
             + layer.state_bytes(eb) * work.batch for layer in inv.kv_layers]
 
 
+#: From this transformers on, SDPA at a static cache's decode step runs grouped-query attention without
+#: expanding K and V to the query heads (checked on 5.24 with torch 2.13; 5.17 and 5.0 expand them).
+GQA_UNEXPANDED_TRANSFORMERS = (5, 24)
+
+
+def static_kv_bytes_per_layer(inv: Inventory, work: Workload, kv_dtype: str) -> list[int]:
+    """KV cache per layer as `StaticCache` allocates it: `max_cache_len` (the context) positions for a
+    full-attention layer, `min(context, window)` for a sliding-window one, for every sequence."""
+    eb = DTYPE_BYTES[kv_dtype]
+    out = []
+    for layer in inv.kv_layers:
+        positions = min(work.context, layer.window) if layer.window else work.context
+        out.append((layer.elements_per_token * eb + layer.fixed_bytes_per_token) * positions * work.batch)
+    return out
+
+
+def compile_workspace_bytes(inv: Inventory, work: Workload, kv_dtype: str, gen) -> int:
+    """What a compiled static-cache decode holds besides the cache, in CUDA graphs' private pool: the
+    measured fixed part (calibration.COMPILE_WORKSPACE_BYTES) and, on transformers before 5.24, the
+    largest layer's K and V repeated to the query heads (SDPA gets a mask at a static cache's decode
+    step, so transformers does not use its grouped-query kernel: `repeat_kv` copies them)."""
+    if not (gen.static and gen.compile):
+        return 0
+    extra = 0
+    tf = parse_version(inv.versions.get("transformers") or "0")
+    if tf < GQA_UNEXPANDED_TRANSFORMERS and inv.num_key_value_heads and inv.num_attention_heads:
+        groups = inv.num_attention_heads // inv.num_key_value_heads
+        if groups > 1:  # repeat_kv returns K and V as they are for one group
+            extra = groups * max(static_kv_bytes_per_layer(inv, work, kv_dtype), default=0)
+    return C.COMPILE_WORKSPACE_BYTES + extra
+
+
 def workspace_bytes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str) -> int:
     """Transient buffers bitsandbytes adds during a prefill matmul, for the largest packed layer.
 
@@ -181,9 +214,8 @@ def activation_bytes(inv: Inventory, work: Workload, compute_dtype: str, precisi
     return resident + max(attn, mlp, scan) + C.LOGITS_COPIES * work.batch * inv.vocab_size * 4
 
 
-def load_fragmentation_bytes(inv: Inventory, precision: Precision, compute_dtype: str) -> int:
+def _fragmentation(inv: Inventory, precision: Precision, dt: str) -> int:
     """Reserved-but-free memory the load leaves behind (see calibration.LOAD_FRAGMENTATION)."""
-    dt = load_dtype(precision, compute_dtype)
     stored = is_as_stored(inv, precision)  # loaded packed, not quantized on the GPU
     kind = "float" if stored or not precision.quantized else ("int8" if precision.bits == 8 else "4bit")
     frag = 0.0
@@ -280,7 +312,7 @@ _LAYERS_SEEN: dict = {}
 
 
 def _layers_once(inv: Inventory, precision: Precision, dt: str, alignment: int):
-    """`_by_layer` of one inventory and precision, walked once: a plan that does not fit re-runs the
+    """`_by_layer` of one inventory and precision, and its load fragmentation, walked once: a plan that does not fit re-runs the
     policy at other contexts, batches and GPUs for its suggestions, and a 235B MoE has 18,000 tensors
     (benchmarks/nofit_speed.py). Keyed by the inventory object itself (held, so its id is not reused)."""
     key = (id(inv), precision.name, dt, alignment)
@@ -289,7 +321,7 @@ def _layers_once(inv: Inventory, precision: Precision, dt: str, alignment: int):
         return hit[1]
     if len(_LAYERS_SEEN) >= 64:
         _LAYERS_SEEN.clear()
-    value = _by_layer(inv, precision, _per_tensor(inv, precision, dt, alignment))
+    value = (*_by_layer(inv, precision, _per_tensor(inv, precision, dt, alignment)), _fragmentation(inv, precision, dt))
     _LAYERS_SEEN[key] = (inv, value)
     return value
 
@@ -299,20 +331,17 @@ def sizes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: s
     """Every size of `precision` at `work`, per layer, with the reserve of `allocator`; see `Sizes`. With a
     static-cache `generation` (fitplan.planning.generation), the KV cache is what its `StaticCache`
     allocates up front and the activation peak adds the compiled decode's workspace."""
-    from . import generation as G
-
     alignment = C.CUDA_ALLOCATION_ALIGNMENT if device == "cuda" else 1
     dt = load_dtype(precision, compute_dtype)
-    outside, per_layer, floats, stream = _layers_once(inv, precision, dt, alignment)
-    total = inv.stored_bytes if inv.prequantized and inv.stored_bytes is not None else outside + sum(per_layer.values())
     static = generation is not None and generation.static
-    kv = G.kv_bytes_per_layer(inv, work, dt) if static else kv_bytes_per_layer(inv, work, dt)
+    kv = static_kv_bytes_per_layer(inv, work, dt) if static else kv_bytes_per_layer(inv, work, dt)
     act = activation_bytes(inv, work, dt, precision)
     if generation is not None:
-        act += G.workspace_bytes(inv, work, dt, generation)
+        act += compile_workspace_bytes(inv, work, dt, generation)
+    outside, per_layer, floats, stream, fragmentation = _layers_once(inv, precision, dt, alignment)
+    total = inv.stored_bytes if inv.prequantized and inv.stored_bytes is not None else outside + sum(per_layer.values())
     return Sizes(precision.name, dt, device, outside, tuple(sorted(per_layer.items())),
-                 tuple(kv), act, total,
-                 load_fragmentation_bytes(inv, precision, compute_dtype), tuple(sorted(floats.items())),
+                 tuple(kv), act, total, fragmentation, tuple(sorted(floats.items())),
                  tuple(sorted(stream.items())), precision.quantized, precision.bits, allocator, generation)
 
 

@@ -27,14 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import calibration as C
-from ..vocab.precision import DTYPE_BYTES, Precision
+from ..versions import parse as parse_version
+from ..vocab.precision import Precision
 
 #: The first transformers whose `GenerationConfig` takes `max_cache_len` that fitplan checked (5.17 and
 #: 5.24 have it, 5.0 has not); below it a static cache is sized per call, so it is not chosen.
 STATIC_MIN_TRANSFORMERS = (5, 17)
-#: From this transformers on, SDPA at a static cache's decode step runs grouped-query attention without
-#: expanding K and V to the query heads (checked on 5.24 with torch 2.13; 5.17 and 5.0 expand them).
-GQA_UNEXPANDED_TRANSFORMERS = (5, 24)
 #: What `generate()` compiles on its own with a static cache (transformers' `CompileConfig()` defaults).
 AUTO_COMPILE = {"by": "generate", "mode": "reduce-overhead", "fullgraph": False, "dynamic": None}
 #: Flash-attention 2 needs Ampere (compute capability 8.0) or newer and a 16-bit compute dtype.
@@ -72,14 +70,6 @@ class Generation:
         return {"cache_implementation": self.cache_implementation, "compile": self.compile,
                 "attn_implementation": self.attn_implementation, "max_cache_len": self.max_cache_len,
                 "batch": self.batch, "why": self.why}
-
-
-def version_tuple(text: str | None) -> tuple[int, ...]:
-    out = []
-    for part in (text or "0").split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits) if digits else 0)
-    return tuple(out)
 
 
 def _attention(inv, gpus, compute_dtype: str) -> tuple[str, str]:
@@ -126,7 +116,7 @@ def choose(inv, precision: Precision, work, *, gpus=(), placement: str = "one-gp
         return plain(inv, f"{what} cannot be compiled by transformers (its quantizer says so), and a static cache "
                           "without compile decoded slower than the dynamic one (nf4: 37 vs 56 tokens/s, H200)",
                      gpus, compute_dtype)
-    tf = version_tuple(inv.versions.get("transformers"))
+    tf = parse_version(inv.versions.get("transformers") or "0")
     if tf < STATIC_MIN_TRANSFORMERS:
         return plain(inv, f"transformers {inv.versions.get('transformers')} sizes a static cache to each call (no "
                           "generation_config.max_cache_len), so the plan's context would not bound it", gpus, compute_dtype)
@@ -148,30 +138,3 @@ def choose(inv, precision: Precision, work, *, gpus=(), placement: str = "one-gp
                       f"generate(); transformers {inv.versions.get('transformers')} compiles its decode step "
                       "(torch.compile, reduce-overhead: CUDA graphs), measured 4.8-4.9x plain generate() for bf16 "
                       f"(Qwen3-8B shape, H200); {attn_why}", work.context, work.batch)
-
-
-def kv_bytes_per_layer(inv, work, kv_dtype: str) -> list[int]:
-    """KV cache per layer as `StaticCache` allocates it: `max_cache_len` (the context) positions for a
-    full-attention layer, `min(context, window)` for a sliding-window one, for every sequence."""
-    eb = DTYPE_BYTES[kv_dtype]
-    out = []
-    for layer in inv.kv_layers:
-        positions = min(work.context, layer.window) if layer.window else work.context
-        out.append((layer.elements_per_token * eb + layer.fixed_bytes_per_token) * positions * work.batch)
-    return out
-
-
-def workspace_bytes(inv, work, kv_dtype: str, gen: Generation) -> int:
-    """What a compiled static-cache decode holds besides the cache, in CUDA graphs' private pool: the
-    measured fixed part (calibration.COMPILE_WORKSPACE_BYTES) and, on transformers before 5.24, the
-    largest layer's K and V repeated to the query heads (SDPA gets a mask at a static cache's decode
-    step, so transformers does not use its grouped-query kernel: `repeat_kv` copies them)."""
-    if not (gen.static and gen.compile):
-        return 0
-    extra = 0
-    tf = version_tuple(inv.versions.get("transformers"))
-    if tf < GQA_UNEXPANDED_TRANSFORMERS and inv.num_key_value_heads and inv.num_attention_heads:
-        groups = inv.num_attention_heads // inv.num_key_value_heads
-        if groups > 1:  # repeat_kv returns K and V as they are for one group
-            extra = groups * max(kv_bytes_per_layer(inv, work, kv_dtype), default=0)
-    return C.COMPILE_WORKSPACE_BYTES + extra

@@ -15,7 +15,8 @@ from .workload import Workload, planned
 from ..hardware.machine import Hardware
 from ..model.inventory import Inventory
 from ..options import PlanOptions
-from .policy import Choice, Decision, precision_named, weights_fraction_for_accelerate
+from .placement import Decision
+from .policy import Choice, precision_named, weights_fraction_for_accelerate
 from .suggest import Suggestion
 from ..vocab.units import fmt_bytes
 from ..versions import untested_notes
