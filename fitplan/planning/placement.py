@@ -105,7 +105,7 @@ def place_layers(sz: Sizes, opts: PlanOptions, gpus, first_kv: int = 0,
 
 
 def _place_offloaded(sz: Sizes, opts: PlanOptions, gpus):
-    """Layers on `gpus` as `_place_layers` fills them, the rest in CPU RAM: (shares, layers left over),
+    """Layers on `gpus` as `place_layers` fills them, the rest in CPU RAM: (shares, layers left over),
     or (None, (kv, staging)) when the first GPU cannot hold what the offloaded layers need there.
 
     The layers left over run on the first GPU (accelerate's execution device), so it also holds

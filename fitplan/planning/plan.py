@@ -57,7 +57,7 @@ class Plan:
     inventory: Inventory
     hardware: Hardware
     options: PlanOptions
-    workload: Workload  # what `options` ask of this model: computed once (`workload_of`), read everywhere
+    workload: Workload  # what `options` ask of this model: computed once (`workload.planned`), read everywhere
     choice: Choice
     advice: tuple[Suggestion, ...] = ()  # what would make it fit, when nothing does
     pin: Pin | None = None

@@ -227,7 +227,7 @@ def check_lock(lock: Lock, profile: Profile, s: Settings, hw: Hardware) -> None:
     for name in ("context", "batch", "images", "auto_class", "kv_type"):
         now, locked = getattr(s.options, name), getattr(lock, name)
         if name == "context" and locked < now and not any(n == "context" for n, _ in s.origin):
-            continue  # the default context, capped at the model's positions when planned (pipeline.fit_positions)
+            continue  # the default context, capped at the model's positions when planned (planning.workload.planned)
         if now != locked and not (name == "auto_class" and now is None):  # None: the checkpoint's own, as locked
             raise FileError(f"{name} {now} (from {s.source_of(name)}) differs from the locked {locked} "
                              f"({lock.path}); drop the override or {fix}", path=str(lock.path), key=name)
