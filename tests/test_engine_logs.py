@@ -10,15 +10,32 @@ from fitplan.engines.model import geometry
 from fitplan.engines.plan import Knobs
 from fitplan.engines.sglang import plan_sglang
 from fitplan.engines.vllm import plan_vllm
-from fitplan.hardware.catalogue import hardware_from_gpu_flag
+from fitplan.hardware.catalogue import DRIVER_RESERVED_BYTES, hardware_from_gpu_flag
+from fitplan.hardware.machine import GPU
 from fitplan.model.cache import get_inventory
 from fitplan.model.sources import resolve
 
 CASES = yaml.safe_load((Path(__file__).parent / "data" / "engine_logs.yaml").read_text())["cases"]
 GiB = 1 << 30
+#: What a case must say, and what its log may print (the test compares every printed number it knows).
+CASE_KEYS = {"id", "link", "engine", "engine_version", "model", "gpu", "flags", "max_model_len", "log", "covers",
+             "status"}
+LOG_KEYS = {"available_kv_cache_gib", "kv_cache_tokens", "kv_cache_bytes_each_of_k_and_v", "weights_gib"}
+COVERS = {"tp", "pp", "moe", "mla", "sliding_window", "fp8_kv_cache", "prequantized"}
 
 
-def predicted(case: dict) -> dict:
+def gpu_of(case: dict) -> GPU:
+    """The case's GPU: a catalogue name, or a card the log describes itself (its name and the total torch reports,
+    `torch_total_gib`), for cards the catalogue does not list."""
+    g = case["gpu"]
+    if isinstance(g, str):
+        return hardware_from_gpu_flag(g, 0).gpus[0]
+    total = round(g["torch_total_gib"] * GiB)
+    cc = tuple(int(x) for x in str(g["compute_capability"]).split("."))
+    return GPU(0, g["name"], total + DRIVER_RESERVED_BYTES, total, cc)
+
+
+def plan_of(case: dict):
     src = resolve(case["model"], offline=True)
     config = dict(src.config)
     if case.get("quantization_config"):
@@ -27,11 +44,15 @@ def predicted(case: dict) -> dict:
     inv = get_inventory(config, model_id=model_id, stored_bytes=None, stored_parameters=None, auto_class=None)
     flags = dict(case["flags"])
     tp, pp = flags.pop("tensor_parallel_size", 1), flags.pop("pipeline_parallel_size", 1)
-    gpu = hardware_from_gpu_flag(case["gpu"], 0).gpus[0]
     fn = plan_vllm if case["engine"] == "vllm" else plan_sglang
-    p = fn(inv, geometry(config), gpu, Knobs(**flags), tp=tp, pp=pp, max_model_len=case["max_model_len"])
+    return fn(inv, geometry(config), gpu_of(case), Knobs(**flags), tp=tp, pp=pp, max_model_len=case["max_model_len"])
+
+
+def predicted(case: dict) -> dict:
+    p = plan_of(case)
     return {"available_kv_cache_gib": p.available_kv_cache_bytes / GiB, "kv_cache_tokens": p.kv_cache_tokens,
-            "kv_cache_gib": p.kv_cache_tokens * p.kv_bytes_per_token / GiB}
+            "kv_cache_gib": p.kv_cache_tokens * p.kv_bytes_per_token / GiB,
+            "weights_gib": p.per_rank[0].weights_bytes / GiB}
 
 
 def logged(case: dict) -> dict:
@@ -57,7 +78,60 @@ def test_unmatched_cases_say_why_and_are_still_unmatched(case):
     assert not within(predicted(case), logged(case)), "now within 5%: mark it matched"
 
 
-def test_every_case_cites_a_public_log_and_a_shipped_config():
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c["id"])
+def test_every_case_cites_a_public_log_and_a_shipped_config(case):
+    assert CASE_KEYS <= case.keys(), CASE_KEYS - case.keys()
+    assert case["link"].startswith("https://"), case["link"]
+    assert set(case["log"]) <= LOG_KEYS and {"kv_cache_tokens"} <= set(case["log"]), case["log"]
+    assert set(case["covers"]) <= COVERS, set(case["covers"]) - COVERS
+    assert case["status"] in ("matched", "unmatched")
+    resolve(case["model"], offline=True)  # shipped in fitplan/data/models
+
+
+def test_the_suite_covers_what_the_issue_asks():
+    """Issue 18 item 5: TP >= 2, PP >= 2, an MoE, an MLA model, a sliding-window model, an fp8 KV cache and a
+    pre-quantized checkpoint, among the matched cases; each is listed here only when a matched case covers it."""
+    matched = [c for c in CASES if c["status"] == "matched"]
+    covered = set().union(*(c["covers"] for c in matched))
+    assert {"tp", "moe", "prequantized"} <= covered, covered
+
+
+def _gib(x: float) -> str:
+    return f"{x:.2f} GiB"
+
+
+def _off(pred: float, log: float) -> str:
+    return f" ({(pred - log) / log:+.1%})"
+
+
+def table() -> str:
+    """The "fitplan vs log, per case" table of docs/engines.md, from the cases and today's formulas."""
+    rows = ["| case | engine (as logged) | GPU | log: KV memory | fitplan | log: KV tokens | fitplan | status |",
+            "|---|---|---|---|---|---|---|---|"]
     for c in CASES:
-        assert c["link"].startswith("https://github.com/")
-        resolve(c["model"], offline=True)  # shipped in fitplan/data/models
+        pred, log = predicted(c), logged(c)
+        mem_key = "available_kv_cache_gib" if "available_kv_cache_gib" in log else "kv_cache_gib"
+        mem_log = _gib(log[mem_key]) + (" (K+V)" if mem_key == "kv_cache_gib" else "")
+        flags = ", ".join(f"{'TP' if k == 'tensor_parallel_size' else 'PP' if k == 'pipeline_parallel_size' else k} {v}"
+                          for k, v in c["flags"].items())
+        tp_pp = dict(c["flags"])
+        n = tp_pp.get("tensor_parallel_size", 1) * tp_pp.get("pipeline_parallel_size", 1)
+        gpu = c["gpu"] if isinstance(c["gpu"], str) else c["gpu"]["name"].replace("NVIDIA ", "")
+        link = c["link"]
+        short = link.split("github.com/")[-1].split("/blob/")[0] if "/blob/" in link else \
+            link.split("github.com/")[-1].replace("/pull/", "#").replace("/issues/", "#")
+        status = "matched" if c["status"] == "matched" else "**unmatched**"
+        rows.append(f"| {c['model'].split('/')[-1]}{', ' + flags if flags else ''} ([{short}]({link})) "
+                    f"| {c['engine']} {c['engine_version'].split(' ')[0]} | {n} x {gpu} | {mem_log} "
+                    f"| {_gib(pred[mem_key])}{_off(pred[mem_key], log[mem_key])} | {log['kv_cache_tokens']:,} "
+                    f"| {pred['kv_cache_tokens']:,}{_off(pred['kv_cache_tokens'], log['kv_cache_tokens'])} | {status} |")
+    return "\n".join(rows)
+
+
+def test_the_table_in_docs_is_todays():
+    doc = (Path(__file__).parents[1] / "docs" / "engines.md").read_text()
+    assert table() in doc, "regenerate the table: python tests/test_engine_logs.py"
+
+
+if __name__ == "__main__":
+    print(table())

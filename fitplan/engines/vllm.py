@@ -38,6 +38,16 @@ SAMPLER_FP32_COPIES = 3
 #: buffers are allocated before the snapshot at this version. Read off the "non-torch forward increase memory"
 #: of vLLM's debug log (docs/engines.md).
 NON_TORCH_BYTES = 150 << 20
+#: How the mirrored version accounts CUDA graphs, and the versions that account them otherwise: vLLM up to 0.13
+#: captures them after sizing the KV cache, outside the budget; 0.14 (vllm-project/vllm#30515) estimates them during
+#: profiling but subtracts the estimate only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1; from 0.21 that is the
+#: default ("CUDA graph memory profiling is enabled (default since v0.21.0)", as 0.27.1 logs it), which leaves that much
+#: less KV memory than these figures (docs/engines.md).
+CUDA_GRAPH_ACCOUNTING = (
+    f"mirrors vLLM {VERSION} (V1 engine): CUDA graphs are captured after the KV cache is sized and are not in the "
+    "budget; they use the 1 - gpu_memory_utilization margin. So do vLLM 0.14-0.20 by default; vLLM 0.21 and later "
+    "subtract a CUDA-graph estimate from the budget (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1, their default): "
+    "there, expect less KV memory than this plan, or set VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0")
 
 
 def batch_defaults(gpu: GPU) -> tuple[int, int]:
@@ -121,8 +131,7 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
     max_conc = num_blocks / per_req if per_req else 0.0
     fit = _largest_len(group_windows, num_blocks, batched, inv.max_positions or max_model_len)
     avail_min = min(r.available_kv_cache_bytes for r in ranks)
-    notes = [f"mirrors vLLM {VERSION} (V1 engine): CUDA graphs are captured after the KV cache is sized and are not "
-             "in the budget; they use the 1 - gpu_memory_utilization margin",
+    notes = [CUDA_GRAPH_ACCOUNTING,
              "vLLM's profile-run peak and non-torch terms are mirrored from its source but not yet matched to a public "
              "startup log (docs/engines.md): treat the KV figures as estimates within a few GiB"]
     if gpu.free_bytes < requested:
