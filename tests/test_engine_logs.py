@@ -40,7 +40,8 @@ def plan_of(case: dict):
     config = dict(src.config)
     if case.get("quantization_config"):
         config["quantization_config"] = case["quantization_config"]["value"]
-    model_id = case["model"] + ("-FP8" if case.get("quantization_config") else "")
+    qc = case.get("quantization_config")
+    model_id = case["model"] + (f"-{qc['value']['quant_method']}" if qc else "")
     inv = get_inventory(config, model_id=model_id, stored_bytes=None, stored_parameters=None, auto_class=None)
     flags = dict(case["flags"])
     tp, pp = flags.pop("tensor_parallel_size", 1), flags.pop("pipeline_parallel_size", 1)
@@ -105,15 +106,17 @@ def _off(pred: float, log: float) -> str:
 
 
 def table() -> str:
-    """The "fitplan vs log, per case" table of docs/engines.md, from the cases and today's formulas."""
+    """The "fitplan vs log, per case" table of docs/engines.md, from the cases and today's formulas. A case's
+    `served` names the checkpoint the log served where the case plans it from a shipped config of the same shapes."""
     rows = ["| case | engine (as logged) | GPU | log: KV memory | fitplan | log: KV tokens | fitplan | status |",
             "|---|---|---|---|---|---|---|---|"]
     for c in CASES:
         pred, log = predicted(c), logged(c)
         mem_key = "available_kv_cache_gib" if "available_kv_cache_gib" in log else "kv_cache_gib"
         mem_log = _gib(log[mem_key]) + (" (K+V)" if mem_key == "kv_cache_gib" else "")
-        flags = ", ".join(f"{'TP' if k == 'tensor_parallel_size' else 'PP' if k == 'pipeline_parallel_size' else k} {v}"
-                          for k, v in c["flags"].items())
+        names = {"tensor_parallel_size": "TP", "pipeline_parallel_size": "PP", "gpu_memory_utilization":
+                 "`--mem-fraction-static`" if c["engine"] == "sglang" else "`--gpu-memory-utilization`"}
+        flags = ", ".join(f"{names.get(k, k)} {v}" for k, v in c["flags"].items())
         tp_pp = dict(c["flags"])
         n = tp_pp.get("tensor_parallel_size", 1) * tp_pp.get("pipeline_parallel_size", 1)
         gpu = c["gpu"] if isinstance(c["gpu"], str) else c["gpu"]["name"].replace("NVIDIA ", "")
@@ -121,7 +124,7 @@ def table() -> str:
         short = link.split("github.com/")[-1].split("/blob/")[0] if "/blob/" in link else \
             link.split("github.com/")[-1].replace("/pull/", "#").replace("/issues/", "#")
         status = "matched" if c["status"] == "matched" else "**unmatched**"
-        rows.append(f"| {c['model'].split('/')[-1]}{', ' + flags if flags else ''} ([{short}]({link})) "
+        rows.append(f"| {c.get('served', c['model']).split('/')[-1]}{', ' + flags if flags else ''} ([{short}]({link})) "
                     f"| {c['engine']} {c['engine_version'].split(' ')[0]} | {n} x {gpu} | {mem_log} "
                     f"| {_gib(pred[mem_key])}{_off(pred[mem_key], log[mem_key])} | {log['kv_cache_tokens']:,} "
                     f"| {pred['kv_cache_tokens']:,}{_off(pred['kv_cache_tokens'], log['kv_cache_tokens'])} | {status} |")

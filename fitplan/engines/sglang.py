@@ -1,8 +1,9 @@
 """SGLang's memory accounting, mirrored from its source at `fitplan.versions.ENGINE_VERSIONS["sglang"]`.
 
 - budget (python/sglang/srt/model_executor/model_runner.py `profile_max_num_token`): with `total` the free memory
-  after torch.distributed is initialised (before the weights) and `available` the free memory after the weights
-  load, both in GiB and the smallest over TP ranks, `rest = available - total * (1 - mem_fraction_static)` and
+  after torch.distributed is initialised (before the weights: torch's total less the CUDA context and
+  torch.distributed's buffers, `preload_bytes`) and `available` the free memory after the weights load, both in GiB
+  and the smallest over TP ranks, `rest = available - total * (1 - mem_fraction_static)` and
   `max_total_num_tokens = rest * 2**30 // cell_size`. Activations and CUDA graphs live in the
   `total * (1 - mem_fraction_static)` left over; they are not subtracted.
 - cell size: `get_num_kv_heads(tp) * head_dim * num_hidden_layers * 2 * element_size(kv_cache_dtype)`; for MLA
