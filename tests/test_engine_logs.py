@@ -21,6 +21,9 @@ GiB = 1 << 30
 CASE_KEYS = {"id", "link", "engine", "engine_version", "model", "gpu", "flags", "max_model_len", "log", "covers",
              "status"}
 LOG_KEYS = {"available_kv_cache_gib", "kv_cache_tokens", "kv_cache_bytes_each_of_k_and_v", "weights_gib"}
+#: What vLLM's "Memory profiling takes ..." line splits the non-KV memory into, where the log has it: recorded against
+#: fitplan's terms in docs/engines.md, not held to 5% (the KV figures are).
+PROFILE_KEYS = {"torch_peak_increase_gib", "non_torch_increase_gib"}
 COVERS = {"tp", "pp", "moe", "mla", "sliding_window", "fp8_kv_cache", "prequantized"}
 
 
@@ -51,7 +54,9 @@ def plan_of(case: dict):
 
 def predicted(case: dict) -> dict:
     p = plan_of(case)
-    return {"available_kv_cache_gib": p.available_kv_cache_bytes / GiB, "kv_cache_tokens": p.kv_cache_tokens,
+    # vLLM's "Available KV cache memory" line is rank 0's (every worker computes its own; the first prints it),
+    # while the pool, hence the token count, is sized to the smallest rank: they differ under PP.
+    return {"available_kv_cache_gib": p.per_rank[0].available_kv_cache_bytes / GiB, "kv_cache_tokens": p.kv_cache_tokens,
             "kv_cache_gib": p.kv_cache_tokens * p.kv_bytes_per_token / GiB,
             "weights_gib": p.per_rank[0].weights_bytes / GiB}
 
@@ -79,11 +84,20 @@ def test_unmatched_cases_say_why_and_are_still_unmatched(case):
     assert not within(predicted(case), logged(case)), "now within 5%: mark it matched"
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if "available_kv_cache_gib" in c["log"]], ids=lambda c: c["id"])
+def _one_page_size(case: dict) -> bool:
+    """No pipeline stages and no sliding layers that vLLM groups apart (a window shorter than the context): one
+    page size for every layer of the rank, so tokens = KV memory / bytes per token."""
+    windows = [w for w in geometry(resolve(case["model"], offline=True).config).layer_windows if w]
+    return "pipeline_parallel_size" not in case["flags"] and not (windows and min(windows) < case["max_model_len"])
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "available_kv_cache_gib" in c["log"] and _one_page_size(c)],
+                         ids=lambda c: c["id"])
 def test_logged_tokens_are_logged_memory_over_fitplans_bytes_per_token(case):
     """Whatever the budget, the page arithmetic must hold: vLLM's token count is its KV memory over the bytes a
-    token takes on a rank (KV heads split by TP, replicated past them; layers per stage), to within the pages
-    rounding and the smallest rank's share (a few tenths of a percent; 1.2% where ranks differ)."""
+    token takes on a rank (KV heads split by TP, replicated past them), to within the page rounding and the
+    smallest rank's share (a few tenths of a percent; 1.2% where ranks differ). Models whose sliding layers vLLM
+    groups apart count tokens per group instead; the plan's token count is checked for them."""
     p = plan_of(case)
     implied = case["log"]["available_kv_cache_gib"] * GiB / p.kv_bytes_per_token  # bytes per token on one rank
     assert implied == pytest.approx(case["log"]["kv_cache_tokens"], rel=0.012)
@@ -95,16 +109,19 @@ def test_every_case_cites_a_public_log_and_a_shipped_config(case):
     assert case["link"].startswith("https://"), case["link"]
     assert set(case["log"]) <= LOG_KEYS and {"kv_cache_tokens"} <= set(case["log"]), case["log"]
     assert set(case["covers"]) <= COVERS, set(case["covers"]) - COVERS
+    assert set(case.get("profile_log", {})) <= PROFILE_KEYS
     assert case["status"] in ("matched", "unmatched")
     resolve(case["model"], offline=True)  # shipped in fitplan/data/models
 
 
 def test_the_suite_covers_what_the_issue_asks():
-    """Issue 18 item 5: TP >= 2, PP >= 2, an MoE, an MLA model, a sliding-window model, an fp8 KV cache and a
-    pre-quantized checkpoint, among the matched cases; each is listed here only when a matched case covers it."""
+    """Issue 18 item 5: at least 12 cases, and TP >= 2, PP >= 2, an MoE, an MLA model, a sliding-window model, an fp8
+    KV cache and a pre-quantized checkpoint among the matched ones. MLA has no case yet (docs/engines.md says why):
+    it is the one kind left out of this list, so a matched MLA case shows up here as a change to make."""
     matched = [c for c in CASES if c["status"] == "matched"]
     covered = set().union(*(c["covers"] for c in matched))
-    assert {"tp", "moe", "prequantized"} <= covered, covered
+    assert len(matched) >= 12
+    assert covered == COVERS - {"mla"}, covered
 
 
 def _gib(x: float) -> str:
@@ -141,10 +158,27 @@ def table() -> str:
     return "\n".join(rows)
 
 
-def test_the_table_in_docs_is_todays():
+def profile_table() -> str:
+    """fitplan's non-KV terms against what vLLM's "Memory profiling takes" line splits them into, for the cases whose
+    log has it (docs/engines.md): the torch peak increase of the profile run against fitplan's activation term, the
+    non-torch increase against its 150 MiB, on rank 0."""
+    rows = ["| case | log: torch peak increase | fitplan: profile peak | log: non-torch increase | fitplan: non-torch |",
+            "|---|---|---|---|---|"]
+    for c in CASES:
+        if "profile_log" not in c:
+            continue
+        r0, log = plan_of(c).per_rank[0], c["profile_log"]
+        act, nt = r0.activation_bytes / GiB, r0.non_torch_bytes / GiB
+        rows.append(f"| {c['id']} | {_gib(log['torch_peak_increase_gib'])} | {_gib(act)}"
+                    f"{_off(act, log['torch_peak_increase_gib'])} | {_gib(log['non_torch_increase_gib'])} | {_gib(nt)} |")
+    return "\n".join(rows)
+
+
+def test_the_tables_in_docs_are_todays():
     doc = (Path(__file__).parents[1] / "docs" / "engines.md").read_text()
-    assert table() in doc, "regenerate the table: python tests/test_engine_logs.py"
+    assert table() in doc, "regenerate the tables: python tests/test_engine_logs.py"
+    assert profile_table() in doc, "regenerate the tables: python tests/test_engine_logs.py"
 
 
 if __name__ == "__main__":
-    print(table())
+    print(table(), profile_table(), sep="\n\n")
