@@ -51,8 +51,9 @@ DECLARED_BELOW = {"transformers": "6"}
 NO_DEPS = ("accelerate", "bitsandbytes")
 
 #: The serving engines fitplan plans for (not dependencies): the version whose source the engine formulas mirror
-#: (fitplan/engines/, docs/engines.md) and against whose public startup logs they are checked
-#: (tests/data/engine_logs.yaml).
+#: (fitplan/engines/, docs/engines.md). The public startup logs they are checked against (tests/data/engine_logs.yaml)
+#: come from a wider range, each case naming its own: vLLM 0.9 to 0.27.1 (CUDA graphs enter vLLM's budget by default
+#: from 0.21, which these formulas do not mirror; the plans say so) and SGLang 0.4.3 to main of 2026.
 ENGINE_VERSIONS = {"vllm": "0.11.0", "sglang": "0.4.9"}
 
 

@@ -10,28 +10,55 @@ from fitplan.engines.model import geometry
 from fitplan.engines.plan import Knobs
 from fitplan.engines.sglang import plan_sglang
 from fitplan.engines.vllm import plan_vllm
-from fitplan.hardware.catalogue import hardware_from_gpu_flag
+from fitplan.hardware.catalogue import DRIVER_RESERVED_BYTES, hardware_from_gpu_flag
+from fitplan.hardware.machine import GPU
 from fitplan.model.cache import get_inventory
 from fitplan.model.sources import resolve
 
 CASES = yaml.safe_load((Path(__file__).parent / "data" / "engine_logs.yaml").read_text())["cases"]
 GiB = 1 << 30
+#: What a case must say, and what its log may print (the test compares every printed number it knows).
+CASE_KEYS = {"id", "link", "engine", "engine_version", "model", "gpu", "flags", "max_model_len", "log", "covers",
+             "status"}
+LOG_KEYS = {"available_kv_cache_gib", "kv_cache_tokens", "kv_cache_bytes_each_of_k_and_v", "weights_gib"}
+#: What vLLM's "Memory profiling takes ..." line splits the non-KV memory into, where the log has it: recorded against
+#: fitplan's terms in docs/engines.md, not held to 5% (the KV figures are).
+PROFILE_KEYS = {"torch_peak_increase_gib", "non_torch_increase_gib"}
+COVERS = {"tp", "pp", "moe", "mla", "sliding_window", "fp8_kv_cache", "prequantized"}
 
 
-def predicted(case: dict) -> dict:
+def gpu_of(case: dict) -> GPU:
+    """The case's GPU: a catalogue name, or a card the log describes itself (its name and the total torch reports,
+    `torch_total_gib`), for cards the catalogue does not list."""
+    g = case["gpu"]
+    if isinstance(g, str):
+        return hardware_from_gpu_flag(g, 0).gpus[0]
+    total = round(g["torch_total_gib"] * GiB)
+    cc = tuple(int(x) for x in str(g["compute_capability"]).split("."))
+    return GPU(0, g["name"], total + DRIVER_RESERVED_BYTES, total, cc)
+
+
+def plan_of(case: dict):
     src = resolve(case["model"], offline=True)
     config = dict(src.config)
     if case.get("quantization_config"):
         config["quantization_config"] = case["quantization_config"]["value"]
-    model_id = case["model"] + ("-FP8" if case.get("quantization_config") else "")
+    qc = case.get("quantization_config")
+    model_id = case["model"] + (f"-{qc['value']['quant_method']}" if qc else "")
     inv = get_inventory(config, model_id=model_id, stored_bytes=None, stored_parameters=None, auto_class=None)
     flags = dict(case["flags"])
     tp, pp = flags.pop("tensor_parallel_size", 1), flags.pop("pipeline_parallel_size", 1)
-    gpu = hardware_from_gpu_flag(case["gpu"], 0).gpus[0]
     fn = plan_vllm if case["engine"] == "vllm" else plan_sglang
-    p = fn(inv, geometry(config), gpu, Knobs(**flags), tp=tp, pp=pp, max_model_len=case["max_model_len"])
-    return {"available_kv_cache_gib": p.available_kv_cache_bytes / GiB, "kv_cache_tokens": p.kv_cache_tokens,
-            "kv_cache_gib": p.kv_cache_tokens * p.kv_bytes_per_token / GiB}
+    return fn(inv, geometry(config), gpu_of(case), Knobs(**flags), tp=tp, pp=pp, max_model_len=case["max_model_len"])
+
+
+def predicted(case: dict) -> dict:
+    p = plan_of(case)
+    # vLLM's "Available KV cache memory" line is rank 0's (every worker computes its own; the first prints it),
+    # while the pool, hence the token count, is sized to the smallest rank: they differ under PP.
+    return {"available_kv_cache_gib": p.per_rank[0].available_kv_cache_bytes / GiB, "kv_cache_tokens": p.kv_cache_tokens,
+            "kv_cache_gib": p.kv_cache_tokens * p.kv_bytes_per_token / GiB,
+            "weights_gib": p.per_rank[0].weights_bytes / GiB}
 
 
 def logged(case: dict) -> dict:
@@ -57,7 +84,101 @@ def test_unmatched_cases_say_why_and_are_still_unmatched(case):
     assert not within(predicted(case), logged(case)), "now within 5%: mark it matched"
 
 
-def test_every_case_cites_a_public_log_and_a_shipped_config():
+def _one_page_size(case: dict) -> bool:
+    """No pipeline stages and no sliding layers that vLLM groups apart (a window shorter than the context): one
+    page size for every layer of the rank, so tokens = KV memory / bytes per token."""
+    windows = [w for w in geometry(resolve(case["model"], offline=True).config).layer_windows if w]
+    return "pipeline_parallel_size" not in case["flags"] and not (windows and min(windows) < case["max_model_len"])
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "available_kv_cache_gib" in c["log"] and _one_page_size(c)],
+                         ids=lambda c: c["id"])
+def test_logged_tokens_are_logged_memory_over_fitplans_bytes_per_token(case):
+    """Whatever the budget, the page arithmetic must hold: vLLM's token count is its KV memory over the bytes a
+    token takes on a rank (KV heads split by TP, replicated past them), to within the page rounding and the
+    smallest rank's share (a few tenths of a percent; 1.2% where ranks differ). Models whose sliding layers vLLM
+    groups apart count tokens per group instead; the plan's token count is checked for them."""
+    p = plan_of(case)
+    implied = case["log"]["available_kv_cache_gib"] * GiB / p.kv_bytes_per_token  # bytes per token on one rank
+    assert implied == pytest.approx(case["log"]["kv_cache_tokens"], rel=0.012)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c["id"])
+def test_every_case_cites_a_public_log_and_a_shipped_config(case):
+    assert CASE_KEYS <= case.keys(), CASE_KEYS - case.keys()
+    assert case["link"].startswith("https://"), case["link"]
+    assert set(case["log"]) <= LOG_KEYS and {"kv_cache_tokens"} <= set(case["log"]), case["log"]
+    assert set(case["covers"]) <= COVERS, set(case["covers"]) - COVERS
+    assert set(case.get("profile_log", {})) <= PROFILE_KEYS
+    assert case["status"] in ("matched", "unmatched")
+    resolve(case["model"], offline=True)  # shipped in fitplan/data/models
+
+
+def test_the_suite_covers_what_the_issue_asks():
+    """Issue 18 item 5: at least 12 cases, and TP >= 2, PP >= 2, an MoE, an MLA model, a sliding-window model, an fp8
+    KV cache and a pre-quantized checkpoint among the matched ones. MLA has no case yet (docs/engines.md says why):
+    it is the one kind left out of this list, so a matched MLA case shows up here as a change to make."""
+    matched = [c for c in CASES if c["status"] == "matched"]
+    covered = set().union(*(c["covers"] for c in matched))
+    assert len(matched) >= 12
+    assert covered == COVERS - {"mla"}, covered
+
+
+def _gib(x: float) -> str:
+    return f"{x:.2f} GiB"
+
+
+def _off(pred: float, log: float) -> str:
+    return f" ({(pred - log) / log:+.1%})"
+
+
+def table() -> str:
+    """The "fitplan vs log, per case" table of docs/engines.md, from the cases and today's formulas. A case's
+    `served` names the checkpoint the log served where the case plans it from a shipped config of the same shapes."""
+    rows = ["| case | engine (as logged) | GPU | log: KV memory | fitplan | log: KV tokens | fitplan | status |",
+            "|---|---|---|---|---|---|---|---|"]
     for c in CASES:
-        assert c["link"].startswith("https://github.com/")
-        resolve(c["model"], offline=True)  # shipped in fitplan/data/models
+        pred, log = predicted(c), logged(c)
+        mem_key = "available_kv_cache_gib" if "available_kv_cache_gib" in log else "kv_cache_gib"
+        mem_log = _gib(log[mem_key]) + (" (K+V)" if mem_key == "kv_cache_gib" else "")
+        names = {"tensor_parallel_size": "TP", "pipeline_parallel_size": "PP", "gpu_memory_utilization":
+                 "`--mem-fraction-static`" if c["engine"] == "sglang" else "`--gpu-memory-utilization`"}
+        flags = ", ".join(f"{names.get(k, k)} {v}" for k, v in c["flags"].items())
+        tp_pp = dict(c["flags"])
+        n = tp_pp.get("tensor_parallel_size", 1) * tp_pp.get("pipeline_parallel_size", 1)
+        gpu = c["gpu"] if isinstance(c["gpu"], str) else c["gpu"]["name"].replace("NVIDIA ", "")
+        link = c["link"]
+        short = link.split("github.com/")[-1].split("/blob/")[0] if "/blob/" in link else \
+            link.split("github.com/")[-1].replace("/pull/", "#").replace("/issues/", "#")
+        status = "matched" if c["status"] == "matched" else "**unmatched**"
+        rows.append(f"| {c.get('served', c['model']).split('/')[-1]}{', ' + flags if flags else ''} ([{short}]({link})) "
+                    f"| {c['engine']} {c['engine_version'].split(' ')[0]} | {n} x {gpu} | {mem_log} "
+                    f"| {_gib(pred[mem_key])}{_off(pred[mem_key], log[mem_key])} | {log['kv_cache_tokens']:,} "
+                    f"| {pred['kv_cache_tokens']:,}{_off(pred['kv_cache_tokens'], log['kv_cache_tokens'])} | {status} |")
+    return "\n".join(rows)
+
+
+def profile_table() -> str:
+    """fitplan's non-KV terms against what vLLM's "Memory profiling takes" line splits them into, for the cases whose
+    log has it (docs/engines.md): the torch peak increase of the profile run against fitplan's activation term, the
+    non-torch increase against its 150 MiB, on rank 0."""
+    rows = ["| case | log: torch peak increase | fitplan: profile peak | log: non-torch increase | fitplan: non-torch |",
+            "|---|---|---|---|---|"]
+    for c in CASES:
+        if "profile_log" not in c:
+            continue
+        r0, log = plan_of(c).per_rank[0], c["profile_log"]
+        act, nt = r0.activation_bytes / GiB, r0.non_torch_bytes / GiB
+        rows.append(f"| {c['id']} | {_gib(log['torch_peak_increase_gib'])} | {_gib(act)}"
+                    f"{_off(act, log['torch_peak_increase_gib'])} | {_gib(log['non_torch_increase_gib'])} | {_gib(nt)} |")
+    return "\n".join(rows)
+
+
+def test_the_tables_in_docs_are_todays():
+    doc = (Path(__file__).parents[1] / "docs" / "engines.md").read_text()
+    assert table() in doc, "regenerate the tables: python tests/test_engine_logs.py"
+    assert profile_table() in doc, "regenerate the tables: python tests/test_engine_logs.py"
+
+
+if __name__ == "__main__":
+    print(table(), profile_table(), sep="\n\n")

@@ -202,3 +202,31 @@ def test_layouts_keep_tp_within_a_node_and_pp_across_nodes():
     odd = AttentionGeometry(30, 15, 5, 64)  # no TP above 1 divides 15 heads: stages within the node
     assert (1, 3) in _layouts(odd, 4, 4, Knobs()) and all(tp == 1 for tp, _ in _layouts(odd, 4, 4, Knobs()))
     assert _layouts(geo, 8, 8, Knobs(tensor_parallel_size=4, pipeline_parallel_size=2)) == [(4, 2)]
+
+
+@pytest.mark.parametrize("card,board", [("h100", True), ("h200", True), ("b200", True), ("a100-80gb", True),
+                                        ("h100-pcie", False), ("h100-nvl", False), ("a100-80gb-pcie", False),
+                                        ("l4", False), ("l40s", False), ("rtx4090", False)])
+def test_nvlink_boards_are_told_from_the_nvml_name(card, board):
+    from fitplan.engines.sglang import nvlink_board
+
+    assert nvlink_board(hardware_from_gpu_flag(card, 0).gpus[0]) is board
+
+
+def test_sglang_counts_the_context_and_torch_distributed_before_the_weights():
+    """The CUDA context on every rank; torch.distributed's buffers only with several ranks, large on NVLink boards
+    under TP (NCCL's NVLink buffers, the custom all-reduce), small on PCIe cards and pipeline-only ranks."""
+    from fitplan.engines import sglang
+
+    h100, l4 = (hardware_from_gpu_flag(c, 0).gpus[0] for c in ("h100", "l4"))
+    ctx = sglang.CUDA_CONTEXT_BYTES
+    assert sglang.preload_bytes(h100, 1, 1) == sglang.preload_bytes(l4, 1, 1) == ctx
+    assert sglang.preload_bytes(h100, 4, 1) == ctx + sglang.DIST_INIT_NVLINK_BYTES
+    assert sglang.preload_bytes(l4, 4, 1) == sglang.preload_bytes(h100, 1, 2) == ctx + sglang.DIST_INIT_OTHER_BYTES
+    inv, geo = _tiny()
+    on = {c: sglang.plan_sglang(inv, geo, hardware_from_gpu_flag(c, 0).gpus[0], Knobs(gpu_memory_utilization=0.85),
+                                tp=2, pp=1, max_model_len=1024) for c in ("h100", "h100-pcie")}
+    # same memory, same weights: the PCIe card keeps 0.85 x (2.01 - 0.13) GiB more for the KV cache
+    gap = on["h100-pcie"].available_kv_cache_bytes - on["h100"].available_kv_cache_bytes
+    want = (sglang.DIST_INIT_NVLINK_BYTES - sglang.DIST_INIT_OTHER_BYTES) * 0.85
+    assert abs(gap - want) < 2 << 20

@@ -1,8 +1,9 @@
 """SGLang's memory accounting, mirrored from its source at `fitplan.versions.ENGINE_VERSIONS["sglang"]`.
 
 - budget (python/sglang/srt/model_executor/model_runner.py `profile_max_num_token`): with `total` the free memory
-  after torch.distributed is initialised (before the weights) and `available` the free memory after the weights
-  load, both in GiB and the smallest over TP ranks, `rest = available - total * (1 - mem_fraction_static)` and
+  after torch.distributed is initialised (before the weights: torch's total less the CUDA context and
+  torch.distributed's buffers, `preload_bytes`) and `available` the free memory after the weights load, both in GiB
+  and the smallest over TP ranks, `rest = available - total * (1 - mem_fraction_static)` and
   `max_total_num_tokens = rest * 2**30 // cell_size`. Activations and CUDA graphs live in the
   `total * (1 - mem_fraction_static)` left over; they are not subtracted.
 - cell size: `get_num_kv_heads(tp) * head_dim * num_hidden_layers * 2 * element_size(kv_cache_dtype)`; for MLA
@@ -24,11 +25,33 @@ from .vllm import dtype_label, torch_total
 
 NAME = "sglang"
 VERSION = ENGINE_VERSIONS[NAME]
-#: Memory a rank has used before the weights load ("Init torch distributed ends. mem usage=..." in SGLang's log):
-#: the CUDA context and cuBLAS alone at TP 1 (739 MiB measured on an H100, ../shared/FINDINGS.md), the context plus
-#: NCCL and custom all-reduce buffers under TP (2.01 GB per rank logged at TP 8, sgl-project/sglang#11716).
-PRELOAD_USED_TP1 = 739 << 20
-PRELOAD_USED_TP = int(2.01 * (1 << 30))
+#: Memory a rank holds before the weights load: the CUDA context and cuBLAS (739 MiB measured on an H100 at TP 1,
+#: ../shared/FINDINGS.md; SGLang's "Init torch distributed ends. mem usage=0.00 GB" at TP 1 shows nothing else), plus
+#: what torch.distributed's initialisation takes, which that log line prints without the context (model_runner.py
+#: `init_torch_distributed` reads the free memory before and after it, the context already made).
+CUDA_CONTEXT_BYTES = 739 << 20
+#: torch.distributed's share on NVLink/NVSwitch boards under TP: NCCL's NVLink buffers and the custom all-reduce's
+#: (2.01 GB per rank logged at TP 8, sgl-project/sglang#11716).
+DIST_INIT_NVLINK_BYTES = int(2.01 * (1 << 30))
+#: ... and everywhere else (PCIe cards, where SGLang turns its custom all-reduce off past two GPUs, and pipeline-only
+#: ranks): NCCL's own buffers, 0.13 GB per rank at TP 4 over PCIe (4 x L4, the QwQ-32B case of
+#: tests/data/engine_logs.yaml) and 0.16 GB on PP ranks (sgl-project/sglang#12362).
+DIST_INIT_OTHER_BYTES = int(0.13 * (1 << 30))
+#: NVML names of cards on NVLink/NVSwitch boards (SXM modules); their NVL and PCIe variants are not.
+_NVLINK_BOARD = ("SXM", "H100 80GB HBM3", "H200", "B200", "B300", "GB200")
+
+
+def nvlink_board(gpu: GPU) -> bool:
+    name = gpu.name
+    return any(k in name for k in _NVLINK_BOARD) and "NVL" not in name and "PCIe" not in name
+
+
+def preload_bytes(gpu: GPU, tp: int, pp: int) -> int:
+    """What one rank holds before its weights load: the CUDA context, and torch.distributed's buffers when there is
+    more than one rank (NVLink boards under TP hold far more of them than PCIe cards or pipeline-only ranks)."""
+    if tp * pp == 1:
+        return CUDA_CONTEXT_BYTES
+    return CUDA_CONTEXT_BYTES + (DIST_INIT_NVLINK_BYTES if tp > 1 and nvlink_board(gpu) else DIST_INIT_OTHER_BYTES)
 
 
 def default_fraction(tp: int) -> float:
@@ -44,7 +67,7 @@ def plan_sglang(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, 
     stages = rank_weights(inv, geo, sizer(inv, dtype, knobs.quantization), tp, pp)
     layers = pp_layers(inv.num_layers, pp)
     per_layer = (geo.mla_cache_elements if geo.mla else 2 * geo.kv_heads_per_rank(tp) * geo.head_dim) * kv_e
-    preload = PRELOAD_USED_TP if tp * pp > 1 else PRELOAD_USED_TP1
+    preload = preload_bytes(gpu, tp, pp)
     total = torch_total(gpu) - preload
     ranks, cells = [], []
     for s, w in enumerate(stages):

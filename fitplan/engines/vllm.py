@@ -35,9 +35,27 @@ UTILIZATION = 0.9
 #: `_dummy_sampler_run` holds the fp32 logits, the softmax probabilities and the exponential draw at once.
 SAMPLER_FP32_COPIES = 3
 #: Non-torch memory the profile run adds (cuBLAS/cuBLASLt workspaces, attention-kernel workspaces); NCCL's
-#: buffers are allocated before the snapshot at this version. Read off the "non-torch forward increase memory"
-#: of vLLM's debug log (docs/engines.md).
+#: buffers are allocated before the snapshot at this version. Checked against the "non-torch forward increase
+#: memory" vLLM 0.19.0's debug log prints (tests/data/engine_logs.yaml): 0.24-0.27 GiB at TP 1 on an H100, so this
+#: is about 0.1 GiB short there; 0.07 GiB on pipeline-only ranks; 2.06-2.21 GiB under TP on Hopper, where 0.19
+#: also allocates FlashInfer's all-reduce fusion workspace, which this mirror does not count (docs/engines.md).
 NON_TORCH_BYTES = 150 << 20
+#: How the mirrored version accounts CUDA graphs, and the versions that account them otherwise: vLLM up to 0.13
+#: captures them after sizing the KV cache, outside the budget; 0.14 (vllm-project/vllm#30515) estimates them during
+#: profiling but subtracts the estimate only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1; from 0.21 that is the
+#: default ("CUDA graph memory profiling is enabled (default since v0.21.0)", as 0.27.1 logs it), which leaves that much
+#: less KV memory than these figures (docs/engines.md).
+#: What the public startup logs say of the profile-run and non-torch terms (docs/engines.md, "Checked against public
+#: startup logs"), as every vLLM plan says it.
+PROFILE_TERMS_CHECKED = (
+    "vLLM's profile-run peak and non-torch terms are mirrored from its source and checked against public startup "
+    "logs (docs/engines.md): on an H100 they come 0.1-0.7 GiB under vLLM 0.19's own; under tensor parallelism on "
+    "Hopper, vLLM 0.19 also takes about 2 GiB per rank for an all-reduce workspace this plan does not count")
+CUDA_GRAPH_ACCOUNTING = (
+    f"mirrors vLLM {VERSION} (V1 engine): CUDA graphs are captured after the KV cache is sized and are not in the "
+    "budget; they use the 1 - gpu_memory_utilization margin. So do vLLM 0.14-0.20 by default; vLLM 0.21 and later "
+    "subtract a CUDA-graph estimate from the budget (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1, their default): "
+    "there, expect less KV memory than this plan, or set VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0")
 
 
 def batch_defaults(gpu: GPU) -> tuple[int, int]:
@@ -121,10 +139,8 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
     max_conc = num_blocks / per_req if per_req else 0.0
     fit = _largest_len(group_windows, num_blocks, batched, inv.max_positions or max_model_len)
     avail_min = min(r.available_kv_cache_bytes for r in ranks)
-    notes = [f"mirrors vLLM {VERSION} (V1 engine): CUDA graphs are captured after the KV cache is sized and are not "
-             "in the budget; they use the 1 - gpu_memory_utilization margin",
-             "vLLM's profile-run peak and non-torch terms are mirrored from its source but not yet matched to a public "
-             "startup log (docs/engines.md): treat the KV figures as estimates within a few GiB"]
+    notes = [CUDA_GRAPH_ACCOUNTING,
+             PROFILE_TERMS_CHECKED]
     if gpu.free_bytes < requested:
         notes.append(f"{gpu.name} has {gpu.free_bytes / GiB:.2f} GiB free, less than gpu_memory_utilization {util:g} "
                      f"asks ({requested / GiB:.2f} GiB): vLLM refuses to start; lower it or free the GPU")
