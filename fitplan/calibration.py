@@ -14,6 +14,28 @@ from .vocab.units import GiB
 #: docs/accuracy.md; shared/FINDINGS.md reports 1.08 GiB for a similar setup measured another
 #: way). Rounded up to 0.75 GiB for other drivers and cards.
 CUDA_CONTEXT_BYTES = int(0.75 * GiB)
+#: The same, as shared/FINDINGS.md measured it on an H100 (the context and cuBLAS after one product): what the
+#: serving-engine mirrors use, since they are checked against the engines' own logs, not kept on the safe side.
+CUDA_CONTEXT_MEASURED_BYTES = 739 << 20
+
+# -- serving engines (fitplan/engines/; docs/engines.md, checked against tests/data/engine_logs.yaml) -------------
+
+#: Non-torch memory the profile run adds (cuBLAS/cuBLASLt workspaces, attention-kernel workspaces); NCCL's
+#: buffers are allocated before the snapshot at this version. Checked against the "non-torch forward increase
+#: memory" vLLM 0.19.0's debug log prints (tests/data/engine_logs.yaml): 0.24-0.27 GiB at TP 1 on an H100, so this
+#: is about 0.1 GiB short there; 0.07 GiB on pipeline-only ranks; 2.06-2.21 GiB under TP on Hopper, where 0.19
+#: also allocates FlashInfer's all-reduce fusion workspace, which this mirror does not count (docs/engines.md).
+VLLM_NON_TORCH_BYTES = 150 << 20
+#: SGLang: what torch.distributed's initialisation takes per rank before the weights load ("Init torch distributed
+#: ends. mem usage=..." prints it without the CUDA context: model_runner.py `init_torch_distributed` reads the free
+#: memory before and after it, the context already made). On NVLink/NVSwitch boards under TP, NCCL's NVLink buffers
+#: and the custom all-reduce's: 2.01 GB per rank logged at TP 8 (sgl-project/sglang#11716).
+SGLANG_DIST_INIT_NVLINK_BYTES = int(2.01 * GiB)
+#: ... and everywhere else (PCIe cards, where SGLang turns its custom all-reduce off past two GPUs, and pipeline-only
+#: ranks): NCCL's own buffers, 0.13 GB per rank at TP 4 over PCIe (4 x L4, the QwQ-32B case of
+#: tests/data/engine_logs.yaml, which therefore does not check this term independently) and 0.16 GB on PP ranks
+#: (sgl-project/sglang#12362).
+SGLANG_DIST_INIT_OTHER_BYTES = int(0.13 * GiB)
 
 #: The caching allocator reserves more than it hands out. Two sources, and the larger one counts
 #: (generation reuses the holes a load leaves): a share of the dynamic part (KV cache and

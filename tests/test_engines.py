@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from fitplan import calibration as C
+
 from fitplan.engines.choose import plan_engine
 from fitplan.engines.model import AttentionGeometry, geometry
 from fitplan.engines.plan import Knobs
@@ -219,14 +221,14 @@ def test_sglang_counts_the_context_and_torch_distributed_before_the_weights():
     from fitplan.engines import sglang
 
     h100, l4 = (hardware_from_gpu_flag(c, 0).gpus[0] for c in ("h100", "l4"))
-    ctx = sglang.CUDA_CONTEXT_BYTES
+    ctx = C.CUDA_CONTEXT_MEASURED_BYTES
     assert sglang.preload_bytes(h100, 1, 1) == sglang.preload_bytes(l4, 1, 1) == ctx
-    assert sglang.preload_bytes(h100, 4, 1) == ctx + sglang.DIST_INIT_NVLINK_BYTES
-    assert sglang.preload_bytes(l4, 4, 1) == sglang.preload_bytes(h100, 1, 2) == ctx + sglang.DIST_INIT_OTHER_BYTES
+    assert sglang.preload_bytes(h100, 4, 1) == ctx + C.SGLANG_DIST_INIT_NVLINK_BYTES
+    assert sglang.preload_bytes(l4, 4, 1) == sglang.preload_bytes(h100, 1, 2) == ctx + C.SGLANG_DIST_INIT_OTHER_BYTES
     inv, geo = _tiny()
     on = {c: sglang.plan_sglang(inv, geo, hardware_from_gpu_flag(c, 0).gpus[0], Knobs(gpu_memory_utilization=0.85),
                                 tp=2, pp=1, max_model_len=1024) for c in ("h100", "h100-pcie")}
     # same memory, same weights: the PCIe card keeps 0.85 x (2.01 - 0.13) GiB more for the KV cache
     gap = on["h100-pcie"].available_kv_cache_bytes - on["h100"].available_kv_cache_bytes
-    want = (sglang.DIST_INIT_NVLINK_BYTES - sglang.DIST_INIT_OTHER_BYTES) * 0.85
+    want = (C.SGLANG_DIST_INIT_NVLINK_BYTES - C.SGLANG_DIST_INIT_OTHER_BYTES) * 0.85
     assert abs(gap - want) < 2 << 20

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+from .. import calibration as C
 from ..hardware.machine import GPU
 from ..model.inventory import Inventory
 from ..versions import ENGINE_VERSIONS
@@ -25,18 +26,6 @@ from .vllm import dtype_label, torch_total
 
 NAME = "sglang"
 VERSION = ENGINE_VERSIONS[NAME]
-#: Memory a rank holds before the weights load: the CUDA context and cuBLAS (739 MiB measured on an H100 at TP 1,
-#: ../shared/FINDINGS.md; SGLang's "Init torch distributed ends. mem usage=0.00 GB" at TP 1 shows nothing else), plus
-#: what torch.distributed's initialisation takes, which that log line prints without the context (model_runner.py
-#: `init_torch_distributed` reads the free memory before and after it, the context already made).
-CUDA_CONTEXT_BYTES = 739 << 20
-#: torch.distributed's share on NVLink/NVSwitch boards under TP: NCCL's NVLink buffers and the custom all-reduce's
-#: (2.01 GB per rank logged at TP 8, sgl-project/sglang#11716).
-DIST_INIT_NVLINK_BYTES = int(2.01 * (1 << 30))
-#: ... and everywhere else (PCIe cards, where SGLang turns its custom all-reduce off past two GPUs, and pipeline-only
-#: ranks): NCCL's own buffers, 0.13 GB per rank at TP 4 over PCIe (4 x L4, the QwQ-32B case of
-#: tests/data/engine_logs.yaml) and 0.16 GB on PP ranks (sgl-project/sglang#12362).
-DIST_INIT_OTHER_BYTES = int(0.13 * (1 << 30))
 #: NVML names of cards on NVLink/NVSwitch boards (SXM modules); their NVL and PCIe variants are not.
 _NVLINK_BOARD = ("SXM", "H100 80GB HBM3", "H200", "B200", "B300", "GB200")
 
@@ -50,8 +39,9 @@ def preload_bytes(gpu: GPU, tp: int, pp: int) -> int:
     """What one rank holds before its weights load: the CUDA context, and torch.distributed's buffers when there is
     more than one rank (NVLink boards under TP hold far more of them than PCIe cards or pipeline-only ranks)."""
     if tp * pp == 1:
-        return CUDA_CONTEXT_BYTES
-    return CUDA_CONTEXT_BYTES + (DIST_INIT_NVLINK_BYTES if tp > 1 and nvlink_board(gpu) else DIST_INIT_OTHER_BYTES)
+        return C.CUDA_CONTEXT_MEASURED_BYTES
+    return C.CUDA_CONTEXT_MEASURED_BYTES + (C.SGLANG_DIST_INIT_NVLINK_BYTES if tp > 1 and nvlink_board(gpu)
+                                            else C.SGLANG_DIST_INIT_OTHER_BYTES)
 
 
 def default_fraction(tp: int) -> float:

@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+from .. import calibration as C
 from ..hardware.machine import GPU
 from ..model.inventory import Inventory
 from ..vocab.precision import DTYPE_BYTES
@@ -34,23 +35,17 @@ BLOCK_SIZE = 16
 UTILIZATION = 0.9
 #: `_dummy_sampler_run` holds the fp32 logits, the softmax probabilities and the exponential draw at once.
 SAMPLER_FP32_COPIES = 3
-#: Non-torch memory the profile run adds (cuBLAS/cuBLASLt workspaces, attention-kernel workspaces); NCCL's
-#: buffers are allocated before the snapshot at this version. Checked against the "non-torch forward increase
-#: memory" vLLM 0.19.0's debug log prints (tests/data/engine_logs.yaml): 0.24-0.27 GiB at TP 1 on an H100, so this
-#: is about 0.1 GiB short there; 0.07 GiB on pipeline-only ranks; 2.06-2.21 GiB under TP on Hopper, where 0.19
-#: also allocates FlashInfer's all-reduce fusion workspace, which this mirror does not count (docs/engines.md).
-NON_TORCH_BYTES = 150 << 20
-#: How the mirrored version accounts CUDA graphs, and the versions that account them otherwise: vLLM up to 0.13
-#: captures them after sizing the KV cache, outside the budget; 0.14 (vllm-project/vllm#30515) estimates them during
-#: profiling but subtracts the estimate only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1; from 0.21 that is the
-#: default ("CUDA graph memory profiling is enabled (default since v0.21.0)", as 0.27.1 logs it), which leaves that much
-#: less KV memory than these figures (docs/engines.md).
 #: What the public startup logs say of the profile-run and non-torch terms (docs/engines.md, "Checked against public
 #: startup logs"), as every vLLM plan says it.
 PROFILE_TERMS_CHECKED = (
     "vLLM's profile-run peak and non-torch terms are mirrored from its source and checked against public startup "
     "logs (docs/engines.md): on an H100 they come 0.1-0.7 GiB under vLLM 0.19's own; under tensor parallelism on "
     "Hopper, vLLM 0.19 also takes about 2 GiB per rank for an all-reduce workspace this plan does not count")
+#: How the mirrored version accounts CUDA graphs, and the versions that account them otherwise: vLLM up to 0.13
+#: captures them after sizing the KV cache, outside the budget; 0.14 (vllm-project/vllm#30515) estimates them during
+#: profiling but subtracts the estimate only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1; from 0.21 that is the
+#: default ("CUDA graph memory profiling is enabled (default since v0.21.0)", as 0.27.1 logs it), which leaves that much
+#: less KV memory than these figures (docs/engines.md).
 CUDA_GRAPH_ACCOUNTING = (
     f"mirrors vLLM {VERSION} (V1 engine): CUDA graphs are captured after the KV cache is sized and are not in the "
     "budget; they use the 1 - gpu_memory_utilization margin. So do vLLM 0.14-0.20 by default; vLLM 0.21 and later "
@@ -125,13 +120,13 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
         else:
             act = fwd
         graphs = 0  # captured after the KV cache is sized: outside the budget at this version
-        avail = requested - w.total - act - NON_TORCH_BYTES
+        avail = requested - w.total - act - C.VLLM_NON_TORCH_BYTES
         gsize, windows = _groups(geo, stage_layers[s])
         group_windows = group_windows or windows
         nb = max(avail, 0) // page // gsize
         blocks.append((nb, len(windows)))
         for r in range(tp):
-            ranks.append(RankPlan(s * tp + r, s, w.layers, w.total, act, NON_TORCH_BYTES, graphs, avail))
+            ranks.append(RankPlan(s * tp + r, s, w.layers, w.total, act, C.VLLM_NON_TORCH_BYTES, graphs, avail))
     num_blocks = min(nb for nb, _ in blocks)
     n_groups = max(g for _, g in blocks)
     tokens = num_blocks // n_groups * BLOCK_SIZE
