@@ -1,6 +1,7 @@
-"""Build a model's `Inventory` from its config alone, the way `from_pretrained` would.
+"""Build a model's `Inventory` from its config alone, the way `from_pretrained` would: the recipe.
 
-The model is instantiated on the meta device with the class the Auto class picks
+`build_inventory` refuses what fitplan does not plan and a malformed config.json (`fields.py`) before
+anything is built, then has `hf.inventory()` do the transformers steps, one after another. The model is instantiated on the meta device with the class the Auto class picks
 (`AutoModelForCausalLM`: for a combined text+vision config, the language model from its text
 sub-config, as transformers loads it; `AutoModelForImageTextToText`: the whole vision-language
 model) and transformers' own init contexts; which layers bitsandbytes packs is then decided by the

@@ -183,7 +183,7 @@ def workspace_bytes(inv: Inventory, precision: Precision, work: Workload, comput
 
 def attention_score_bytes(inv: Inventory, work: Workload) -> int:
     """One layer's attention scores at the prefill peak when transformers materialises them (eager
-    attention, or SDPA's math fallback; see inspect._watch_sdpa): batch x heads x context², several
+    attention, or SDPA's math fallback; see fitplan.model.hf.watch_sdpa): batch x heads x context², several
     copies (calibration.EAGER_SCORE_BYTES). Zero for attention kernels that never hold them."""
     score_bytes = {"eager": C.EAGER_SCORE_BYTES, "sdpa-math": C.MATH_SDPA_SCORE_BYTES}.get(inv.attn_implementation)
     return work.batch * inv.num_attention_heads * work.context**2 * score_bytes if score_bytes else 0
