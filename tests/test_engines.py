@@ -215,6 +215,15 @@ def test_nvlink_boards_are_told_from_the_nvml_name(card, board):
     assert nvlink_board(hardware_from_gpu_flag(card, 0).gpus[0]) is board
 
 
+@pytest.mark.parametrize("name,board", [("NVIDIA H800", True), ("NVIDIA H800 PCIe", False)])
+def test_h800_modules_are_nvlink_boards_and_its_pcie_card_is_not(name, board):
+    """The H800 is not in the catalogue; a probed card carries its NVML name, which for the SXM module is plain."""
+    from fitplan.engines.sglang import nvlink_board
+    from fitplan.hardware.machine import GPU
+
+    assert nvlink_board(GPU(0, name, 81559 << 20, 81079 << 20, (9, 0))) is board
+
+
 def test_sglang_counts_the_context_and_torch_distributed_before_the_weights():
     """The CUDA context on every rank; torch.distributed's buffers only with several ranks, large on NVLink boards
     under TP (NCCL's NVLink buffers, the custom all-reduce), small on PCIe cards and pipeline-only ranks."""
