@@ -215,6 +215,15 @@ def test_nvlink_boards_are_told_from_the_nvml_name(card, board):
     assert nvlink_board(hardware_from_gpu_flag(card, 0).gpus[0]) is board
 
 
+@pytest.mark.parametrize("name,board", [("NVIDIA H800", True), ("NVIDIA H800 PCIe", False)])
+def test_h800_modules_are_nvlink_boards_and_its_pcie_card_is_not(name, board):
+    """The H800 is not in the catalogue; a probed card carries its NVML name, which for the SXM module is plain."""
+    from fitplan.engines.sglang import nvlink_board
+    from fitplan.hardware.machine import GPU
+
+    assert nvlink_board(GPU(0, name, 81559 << 20, 81079 << 20, (9, 0))) is board
+
+
 def test_sglang_counts_the_context_and_torch_distributed_before_the_weights():
     """The CUDA context on every rank; torch.distributed's buffers only with several ranks, large on NVLink boards
     under TP (NCCL's NVLink buffers, the custom all-reduce), small on PCIe cards and pipeline-only ranks."""
@@ -232,3 +241,20 @@ def test_sglang_counts_the_context_and_torch_distributed_before_the_weights():
     gap = on["h100-pcie"].available_kv_cache_bytes - on["h100"].available_kv_cache_bytes
     want = (C.SGLANG_DIST_INIT_NVLINK_BYTES - C.SGLANG_DIST_INIT_OTHER_BYTES) * 0.85
     assert abs(gap - want) < 2 << 20
+
+
+@pytest.mark.parametrize("model", ["deepseek-ai/DeepSeek-V3", "deepseek-ai/DeepSeek-R1"])
+def test_engines_hold_moe_routers_in_the_model_dtype_and_the_score_bias_in_float32(model):
+    """vLLM's ReplicatedLinear and SGLang's MoEGate build the router in the model's dtype, whatever transformers
+    declares for it (DeepSeek-V3's router is float32 from transformers 5.24 on, not in 5.0 or 5.17): the fp8
+    checkpoint's router weights are bf16 on every rank, its e_score_correction_bias float32, on every leg alike."""
+    from fitplan.engines.common import sizer
+
+    inv, _ = _shipped(model)
+    size = sizer(inv, "bfloat16", None)
+    gates = [t for t in inv.tensors if t.name.endswith("mlp.gate.weight")]
+    biases = [t for t in inv.tensors if t.name.endswith("e_score_correction_bias")]
+    assert len(gates) == len(biases) == 58  # the 58 MoE layers of 61 (first_k_dense_replace = 3)
+    assert all(size(t) == t.numel * 2 for t in gates)
+    assert all(size(t) == t.numel * 4 for t in biases)
+

@@ -5,6 +5,8 @@ version in `fitplan.versions.ENGINE_VERSIONS`; docs/engines.md gives each with t
 """
 from __future__ import annotations
 
+import re
+
 from ..errors import OptionError
 from ..model import prequant as model_prequant
 from ..model.inventory import Inventory
@@ -42,10 +44,36 @@ def _is_linear_weight(t) -> bool:
         "norm" not in name and "embed" not in name and "lm_head" not in name and not name.endswith("gate.weight")
 
 
+#: MoE router weights. The engines build them in the model's dtype whatever transformers does: vLLM's
+#: `ReplicatedLinear(hidden, experts, quant_config=None)` takes the default (model) dtype, SGLang's DeepSeek
+#: `MoEGate` is `nn.Parameter(torch.empty(experts, hidden))` in the same (vllm/model_executor/models/deepseek_v2.py,
+#: qwen3_moe.py, mixtral.py at vLLM 0.11.0; python/sglang/srt/models/deepseek_v2.py at SGLang 0.4.9), while newer
+#: transformers declare DeepSeek-V3's router in float32 (5.24 does, 5.0 and 5.17 do not). DeepSeek's
+#: `e_score_correction_bias` is the other way round: float32 in both engines (`nn.Parameter(torch.empty(experts,
+#: dtype=torch.float32))`, same files), whatever transformers gives it.
+_ROUTER_WEIGHT = re.compile(r"(\.gate|router)\.weight$")
+_FP32_IN_ENGINES = re.compile(r"\.e_score_correction_bias$")
+
+
+def _engine_dtype(t, dtype: str) -> str | None:
+    """The dtype the engines build an unquantized tensor in where it is theirs, not transformers': None otherwise."""
+    if t.buffer or t.quantizable:
+        return None
+    if _ROUTER_WEIGHT.search(t.name):
+        return dtype
+    return "float32" if _FP32_IN_ENGINES.search(t.name) else None
+
+
+def _held_dtype(t, dtype: str) -> str:
+    """The float dtype the engine holds an unquantized tensor in: the engine's own where it fixes one, else the
+    inventory's."""
+    return _engine_dtype(t, dtype) or float_dtype_for(t, dtype)
+
+
 def sizer(inv: Inventory, dtype: str, quantization: str | None):
     """Bytes of one whole tensor as the engine loads it: a pre-quantized checkpoint as its method stores it
     (fitplan.model.prequant), `--quantization fp8` on a float checkpoint one byte per linear weight, else the
-    float dtype."""
+    float dtype (routers in the model's dtype and DeepSeek's score bias in float32, as the engines build them)."""
     if inv.prequantized:
         if quantization:
             raise OptionError(f"quantization: {inv.model_id} is pre-quantized ({inv.prequantized}); the engine reads "
@@ -56,15 +84,15 @@ def sizer(inv: Inventory, dtype: str, quantization: str | None):
             stored = prequant.as_stored(inv)
             return lambda t: tensor_bytes(t, stored, dtype)
         held = prequant.held_by_tensor(inv, dtype)
-        return lambda t: held[t.name]
+        return lambda t: t.numel * DTYPE_BYTES[_engine_dtype(t, dtype)] if _engine_dtype(t, dtype) else held[t.name]
     if quantization:
         per = ONLINE_QUANT_BYTES.get(quantization)
         if per is None:
             raise OptionError(f"quantization {quantization!r:.30}: fitplan sizes online "
                              f"{', '.join(ONLINE_QUANT_BYTES)} for float checkpoints", option="quantization")
         return lambda t: (t.numel * per if t.quantizable or (_is_linear_weight(t) and len(t.shape) == 3)
-                          else t.numel * DTYPE_BYTES[float_dtype_for(t, dtype)])
-    return lambda t: t.numel * DTYPE_BYTES[float_dtype_for(t, dtype)]
+                          else t.numel * DTYPE_BYTES[_held_dtype(t, dtype)])
+    return lambda t: t.numel * DTYPE_BYTES[_held_dtype(t, dtype)]
 
 
 #: Live hidden-size buffers through a decoder layer at the profile run: the residual and the hidden states

@@ -26,8 +26,10 @@ from .vllm import dtype_label, torch_total
 
 NAME = "sglang"
 VERSION = ENGINE_VERSIONS[NAME]
-#: NVML names of cards on NVLink/NVSwitch boards (SXM modules); their NVL and PCIe variants are not.
-_NVLINK_BOARD = ("SXM", "H100 80GB HBM3", "H200", "B200", "B300", "GB200")
+#: NVML names of cards on NVLink/NVSwitch boards (SXM modules); their NVL and PCIe variants are not. NVML names the
+#: H800 SXM module plain "NVIDIA H800" (its PCIe card "NVIDIA H800 PCIe"); a DeepSeek-R1 log on two H800 nodes
+#: (tests/data/engine_logs.yaml) matches with the NVLink figure and not with the PCIe one.
+_NVLINK_BOARD = ("SXM", "H100 80GB HBM3", "H800", "H200", "B200", "B300", "GB200")
 
 
 def nvlink_board(gpu: GPU) -> bool:
