@@ -1,0 +1,122 @@
+"""gpt-oss's mxfp4 kernel: to keep mxfp4 packed on a GPU, `from_pretrained` fetches a Hub kernel inside
+`replace_with_mxfp4_linear` (every version from 5.0, with or without `use_kernels`). Offline and not cached, that
+is a ValueError after the model was built; `fitplan.load()` finds it first and loads the kernel-less path
+(mxfp4 dequantized to bf16, planned at that size) with one note, or refuses in one line when that does not fit.
+
+The CPU cannot keep mxfp4, so the plan is made for a probed H100 whose software has triton and `kernels`
+(`hf.mxfp4_kernels`, as tests/test_software.py does), and the kernel cache is pointed at a fake."""
+from __future__ import annotations
+
+import pytest
+
+import fitplan
+from fitplan.errors import DoesNotFitError
+from fitplan.hardware.catalogue import find_gpu
+from fitplan.hardware.machine import Hardware
+from fitplan.model import hf
+from fitplan.runtime.load import mxfp4_kernel_fallback
+
+G = 1 << 30
+GPT_OSS = "openai/gpt-oss-20b"  # shipped config and headers: answers offline
+
+
+def _probed(card: str) -> Hardware:
+    """This machine as the probe would see it with `card` in it (the kernel cache is this machine's)."""
+    return Hardware(gpus=(find_gpu(card).to_gpu(0),), cpu_ram_bytes=64 * G, source="probe")
+
+
+def _replan(hw):
+    return fitplan.plan(GPT_OSS, hardware=hw, offline=True)
+
+
+@pytest.fixture
+def target_keeps_mxfp4(monkeypatch):
+    """triton and `kernels` present (what transformers checks before it keeps mxfp4), the Hub offline, and a
+    fake kernel cache that holds what `cached` lists."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(hf, "mxfp4_kernels", lambda: (True, True))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cached: set = set()
+    monkeypatch.setattr(hf, "kernel_cached", lambda repo_id, ref: (repo_id, ref) in cached)
+    return cached
+
+
+def test_the_kernel_is_the_one_the_installed_transformers_fetches():
+    # read by calling replace_with_mxfp4_linear with get_kernel replaced: each version's own repo
+    expected = (("kernels-community/triton_kernels", "main") if hf.version_tuple() < (5, 17) else
+                ("kernels-community/gpt-oss-triton-kernels", "v1"))
+    assert hf.mxfp4_kernel_repo() == expected
+
+
+def test_offline_and_not_cached_loads_dequantized_planned_at_that_size(target_keeps_mxfp4):
+    plan = _replan(_probed("h100"))
+    assert plan.precision == "mxfp4"
+    new, note = mxfp4_kernel_fallback(plan, _replan)
+    repo_id, ref = hf.mxfp4_kernel_repo()
+    assert new.precision == "bf16" and new.fits
+    assert new.decision.estimate.weights_bytes > 2 * plan.decision.estimate.weights_bytes  # 4-bit experts -> bf16
+    assert note.startswith(f"loaded mxfp4 dequantized to bf16 (Mxfp4Config(dequantize=True)), planned at that "
+                           f"size: the Hub kernel {repo_id} {ref} is not in the local kernel cache and the Hub is "
+                           "offline (HF_HUB_OFFLINE)")
+    assert f"install_kernel('{repo_id}'," in note
+
+
+def test_a_cached_kernel_keeps_mxfp4(target_keeps_mxfp4):
+    target_keeps_mxfp4.add(hf.mxfp4_kernel_repo())
+    plan = _replan(_probed("h100"))
+    assert mxfp4_kernel_fallback(plan, _replan) == (plan, None)
+
+
+def test_when_dequantized_does_not_fit_it_refuses_in_one_line_naming_the_kernel(target_keeps_mxfp4):
+    plan = _replan(_probed("a100-40gb"))  # 40 GB: mxfp4 fits, ~39 GiB of bf16 weights do not
+    assert plan.precision == "mxfp4"
+    with pytest.raises(DoesNotFitError) as err:
+        mxfp4_kernel_fallback(plan, _replan)
+    repo_id, ref = hf.mxfp4_kernel_repo()
+    text = str(err.value)
+    assert "\n" not in text and f"mxfp4 needs the Hub kernel {repo_id} {ref}" in text
+    assert "dequantized (the path without it) it does not fit" in text and "install_kernel(" in text
+
+
+def test_a_load_refuses_before_any_weight_is_read(target_keeps_mxfp4, monkeypatch):
+    """Through `fitplan.load()`: the refusal comes before from_pretrained is called."""
+    import transformers
+
+    def never(*args, **kwargs):
+        raise AssertionError("from_pretrained was called")
+
+    from fitplan.hardware import probe
+
+    card = _probed("a100-40gb")
+    monkeypatch.setattr(probe, "probe", lambda: card)  # load() reads free memory again just before loading
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never)
+    with pytest.raises(DoesNotFitError, match="mxfp4 needs the Hub kernel"):
+        fitplan.load(GPT_OSS, hardware=card, tokenizer=False, offline=True)
+
+
+def test_unreachable_hub_is_found_before_loading(target_keeps_mxfp4, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf, "fetch_kernel", lambda repo_id, ref: "Cannot reach the Hub")
+    new, note = mxfp4_kernel_fallback(_replan(_probed("h100")), _replan)
+    assert new.precision == "bf16" and "fetching it failed (Cannot reach the Hub)" in note
+    monkeypatch.setattr(hf, "fetch_kernel", lambda repo_id, ref: None)  # fetched now: mxfp4 stays
+    plan = _replan(_probed("h100"))
+    assert mxfp4_kernel_fallback(plan, _replan) == (plan, None)
+
+
+def test_the_dequantize_config_is_a_loading_attribute_transformers_merges():
+    """What load() passes: transformers merges `dequantize` into the checkpoint's own mxfp4 config."""
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    merged = AutoHfQuantizer.merge_quantization_configs({"quant_method": "mxfp4"}, hf.mxfp4_dequantized())
+    assert type(merged).__name__ == "Mxfp4Config" and merged.dequantize is True
+
+
+def test_plans_that_do_not_keep_mxfp4_are_left_alone(target_keeps_mxfp4):
+    monkeypatch_free = _replan(Hardware((), 256 * G, "probe"))  # the CPU dequantizes mxfp4 anyway
+    assert mxfp4_kernel_fallback(monkeypatch_free, _replan) == (monkeypatch_free, None)
+    dense = fitplan.plan("Qwen/Qwen3-8B", hardware=_probed("h100"), offline=True)
+    assert mxfp4_kernel_fallback(dense, _replan) == (dense, None)
