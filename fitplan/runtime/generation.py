@@ -34,8 +34,11 @@ def apply(model, gen: Generation, *, context: int, batch: int) -> None:
 
 
 def _input_shape(args, kwargs) -> tuple[int, int] | None:
-    """(batch, prompt tokens) of a generate() call, from input_ids or inputs_embeds."""
-    x = kwargs.get("input_ids", args[0] if args else None)
+    """(batch, prompt tokens) of a generate() call, from its first argument (`inputs`, positional or by name),
+    input_ids or inputs_embeds."""
+    x = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids"))
+    if x is None:
+        x = kwargs.get("input_ids")
     if x is None:
         x = kwargs.get("inputs_embeds")
     shape = getattr(x, "shape", None)
