@@ -201,7 +201,8 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
 
     The model generates as `plan.generation` says (`fast=False`: plain transformers). With a static
     cache, it is sized for the planned `context` x `batch`: generate() calls past that context or with
-    more sequences raise `PlannedShapeError`, and a smaller batch makes transformers compile again.
+    more sequences raise `PlannedShapeError`, and a smaller batch makes transformers compile again. A model
+    with learned absolute positions (GPT-2, OPT) raises it past its positions, with any cache.
     `warmup=True` runs one short generate() at the planned batch before returning, so the first
     compile happens here; `model.fitplan.warmup_s` says how long it took.
     """
@@ -297,6 +298,9 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
 
     if gen is not None:
         apply_gen.apply(loaded, gen, context=plan.workload.context, batch=plan.options.batch)
+    limit = plan.inventory.position_limit
+    if limit and not (gen is not None and gen.static):  # a static cache's guard already stops at the context
+        apply_gen.guard_positions(loaded, limit=limit, model_id=plan.model_id)
     loaded.fitplan = report
     if torch.cuda.is_available():
         torch.cuda.synchronize()
