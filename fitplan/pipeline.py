@@ -143,14 +143,15 @@ def _tp_hint(plan: Plan, config: dict):
 def _hub_kernels(plan):
     """The Hub kernels from_pretrained fetches where the plan loads: CUDA when it places layers on a GPU (the
     first one decides a capability-limited kernel); this machine's kernel cache only when it is the target."""
-    from .model.kernels import kernel_use
+    from .model.kernels import keeps_mxfp4, kernel_use
 
     gpus = sorted(plan.hardware.gpus, key=lambda g: g.index)
     on_gpu = plan.decision is not None and any(s.device != "cpu" for s in plan.decision.placement)
     on_gpu = on_gpu or (plan.decision is None and bool(gpus))
     return kernel_use(plan.inventory, device="cuda" if on_gpu else "cpu",
                       compute_capability=gpus[0].compute_capability if on_gpu and gpus else None,
-                      this_machine=plan.hardware.source == "probe")
+                      this_machine=plan.hardware.source == "probe",
+                      mxfp4=plan.fits and keeps_mxfp4(plan.inventory, plan.precision, plan.decision.placement))
 
 
 def _gguf_rows(plan: Plan):

@@ -120,3 +120,27 @@ def test_plans_that_do_not_keep_mxfp4_are_left_alone(target_keeps_mxfp4):
     assert mxfp4_kernel_fallback(monkeypatch_free, _replan) == (monkeypatch_free, None)
     dense = fitplan.plan("Qwen/Qwen3-8B", hardware=_probed("h100"), offline=True)
     assert mxfp4_kernel_fallback(dense, _replan) == (dense, None)
+
+
+def test_the_plan_names_the_mxfp4_kernel_where_it_keeps_mxfp4(tmp_path):
+    """In the check table and --json (`hub_kernels.mxfp4`), like the layer kernels: for a target that keeps mxfp4
+    (its declared software), with the cache state unseen from here; none where mxfp4 is dequantized."""
+    import json
+
+    from click.testing import CliRunner
+
+    from fitplan.cli.main import main
+
+    repo_id, ref = hf.mxfp4_kernel_repo()
+    keeps = tmp_path / "keeps.yaml"
+    keeps.write_text("gpus: [h100]\ncpu_ram: 64GiB\nsoftware: {triton: true, kernels: true}\n")
+    lacks = tmp_path / "lacks.yaml"
+    lacks.write_text("gpus: [h100]\ncpu_ram: 64GiB\nsoftware: {triton: true, kernels: false}\n")
+    data = json.loads(CliRunner().invoke(main, ["check", GPT_OSS, "--hardware", str(keeps), "--json"]).output)
+    assert data["plan"]["precision"] == "mxfp4"
+    assert data["hub_kernels"]["mxfp4"] == {"repo_id": repo_id, "ref": ref, "layers": ["Mxfp4GptOssExperts"],
+                                            "cached": None}
+    text = " ".join(CliRunner().invoke(main, ["check", GPT_OSS, "--hardware", str(keeps)]).output.split())
+    assert f"mxfp4 experts: {repo_id} {ref} (cache not seen from here)" in text
+    data = json.loads(CliRunner().invoke(main, ["check", GPT_OSS, "--hardware", str(lacks), "--json"]).output)
+    assert data["plan"]["precision"] == "bf16" and data["hub_kernels"]["mxfp4"] is None

@@ -343,13 +343,12 @@ def mxfp4_kernel_fallback(plan: Plan, replan) -> tuple[Plan, str | None]:
     When that dequantized plan does not fit, or a lock pins mxfp4, `DoesNotFitError` in one line naming the
     kernel and how to fetch it, instead of a ValueError inside from_pretrained."""
     from ..model import hf
-    from ..model.prequant import scheme
 
-    if not plan.fits or not plan.inventory.quantization or scheme(plan.inventory).method != "mxfp4" or \
-            plan.precision != scheme(plan.inventory).label or all(s.device == "cpu" for s in plan.decision.placement):
+    packed = plan.hub_kernels.mxfp4 if plan.fits and plan.hub_kernels is not None else None  # model/kernels.py
+    if packed is None:
         return plan, None
-    repo_id, ref = hf.mxfp4_kernel_repo()
-    if hf.kernel_cached(repo_id, ref):
+    repo_id, ref = packed.repo_id, packed.ref
+    if hf.kernel_cached(repo_id, ref):  # now, not when planned
         return plan, None
     if hf.hub_offline():
         why = "the Hub is offline (HF_HUB_OFFLINE)"
