@@ -65,6 +65,8 @@ def validate(file):
     hw = prof.hardware
     where = ("this machine (auto)" if hw is None or hw.auto else
              f"{len(hw.gpus)} GPU{'s' if len(hw.gpus) != 1 else ''}" if hw.gpus else "CPU only")
+    if hw is not None and hw.gpus_per_node:
+        where += f" on {len(hw.gpus) // hw.gpus_per_node} nodes"
     click.echo(f"{file}: valid profile (model {prof.model or '(none: give MODEL)'}, hardware {where})")
 
 
