@@ -104,7 +104,8 @@ def test_profile_nodes_plan_over_two_nodes_and_the_lock_round_trips(tmp_path, en
     out = json.loads(r.stdout)
     e = out["engine"]
     assert (e["tensor_parallel_size"], e["pipeline_parallel_size"], e["nodes"], e["gpus_per_node"]) == (8, 2, 2, 8)
-    assert e["command"][1] == "ray start --head --port 6379" and "--distributed-executor-backend ray" in e["command"][-1]
+    assert e["command"][1] == "ray start --head --port 6379"
+    assert "--distributed-executor-backend ray" in e["command"][-1]
     assert "2 nodes of 8 GPUs" in out["hardware"]["notes"]
     assert "hardware 16 GPUs on 2 nodes)" in run(env, "profile", "validate", str(prof)).stdout
     r = run(env, "lock", str(prof))

@@ -1,5 +1,6 @@
 """Several machines of the same GPUs, for serving-engine plans across nodes (fitplan.engines): `--gpu 2x8xh100`
-and `nodes:` in a hardware file or a profile's `hardware:`. A `Hardware` then lists every GPU and says `gpus_per_node`."""
+and `nodes:` in a hardware file or a profile's `hardware:`. A `Hardware` then lists every GPU and says
+`gpus_per_node`."""
 from __future__ import annotations
 
 import re

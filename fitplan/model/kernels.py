@@ -52,10 +52,11 @@ class KernelUse:
 
     def summary(self) -> str:
         """One line for the check table."""
-        return self._layers() + ("" if self.mxfp4 is None else
-                                 f"; mxfp4 experts: {self.mxfp4.repo_id} {self.mxfp4.ref} ({_STATE[self.mxfp4.cached]}), "
-                                 "fetched whatever use_kernels says; fitplan.load() loads mxfp4 dequantized if it "
-                                 "cannot be had")
+        if self.mxfp4 is None:
+            return self._layers()
+        k = self.mxfp4
+        return (f"{self._layers()}; mxfp4 experts: {k.repo_id} {k.ref} ({_STATE[k.cached]}), fetched whatever "
+                "use_kernels says; fitplan.load() loads mxfp4 dequantized if it cannot be had")
 
     def _layers(self) -> str:
         if not self.applicable:

@@ -277,10 +277,10 @@ def check_lock(lock: Lock | EngineLock, profile: Profile, s: Settings, hw: Hardw
     """Refuse to load when the profile, the model, the workload or this machine's GPUs left the lock."""
     fix = f"re-run `fitplan lock --force {profile.path}`"
     if isinstance(lock, EngineLock):
-        raise FileError(f"{lock.path} locks a {lock.engine['name']} deployment, which fitplan.load() does not start: "
-                        f"run its command ({lock.engine['command'][-1] if lock.engine['command'] else lock.engine['name']})"
-                        ", or drop 'engine:' from the profile and re-run `fitplan lock --force` to load with "
-                        "transformers", path=str(lock.path), key="engine")
+        name, command = lock.engine["name"], lock.engine["command"]
+        raise FileError(f"{lock.path} locks a {name} deployment, which fitplan.load() does not start: run its "
+                        f"command ({command[-1] if command else name}), or drop 'engine:' from the profile and re-run "
+                        "`fitplan lock --force` to load with transformers", path=str(lock.path), key="engine")
     if lock.profile_sha256 != profile.digest:
         raise FileError(f"{profile.path} changed since it was locked ({lock.path}); {fix} and commit the new lock",
                         path=str(profile.path))

@@ -53,7 +53,8 @@ def _schema() -> tuple[Field, ...]:
         _option_field(f) for f in declared if f.metadata["profile"][:1] == (name,) and len(f.metadata["profile"]) == 2))
         for name, doc in SECTIONS.items()}
     hardware = Field("hardware", "hardware",
-                     "'auto' probes this machine; or 'gpus:' (and optional 'cpu_ram:', 'nodes:', ...) as in a --hardware file.",
+                     "'auto' probes this machine; or 'gpus:' (and optional 'cpu_ram:', 'nodes:', ...) as in a "
+                     "--hardware file.",
                      "auto")
     return (*top, sections["workload"], hardware, sections["constraints"], sections["serving"])
 
