@@ -198,5 +198,7 @@ def test_a_setup_never_measured_shows_no_number_in_table_and_json():
         other = decode_speed(sz, one.placement, (GPU(0, "H100", 80 << 30, 80 << 30, (9, 0), bandwidth_gbs=3350.0),),
                              1)
         assert other.tokens_per_s is None and other.no_estimate.startswith(f"{attn} attention")
+    moe = plan_model("allenai/OLMoE-1B-7B-0924", gpu="h100", precision="bf16", offline=True).decision.speed
+    assert moe.tokens_per_s is None and moe.no_estimate.startswith("routed experts")
     no_bw = plan_model("meta-llama/Llama-3.1-8B", hardware=_hw(bandwidth=None), precision="bf16", offline=True)
     assert no_bw.decision.speed.tokens_per_s is None and "no memory bandwidth" in no_bw.decision.speed.no_estimate

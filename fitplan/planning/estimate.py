@@ -246,6 +246,7 @@ class Sizes:
     bits: int | None = None  # its bits per packed weight, where it has one
     allocator: str = "expandable"  # the CUDA allocator setting the reserve is planned for (machine.ALLOCATORS)
     generation: Any = None  # the generation setup sized here (fitplan.planning.generation.Generation); None: plain
+    moe: bool = False  # routed experts (`Inventory.experts_per_token`): a decode setup of its own (planning/speed.py)
 
     def kv_of(self, layer: int) -> int:
         return self.layer_kv[layer] if layer < len(self.layer_kv) else 0
@@ -322,7 +323,8 @@ def sizes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: s
     return Sizes(precision.name, dt, device, outside, tuple(sorted(per_layer.items())),
                  tuple(kv), act, total,
                  load_fragmentation_bytes(inv, precision, compute_dtype), tuple(sorted(floats.items())),
-                 tuple(sorted(stream.items())), precision.quantized, precision.bits, allocator, generation)
+                 tuple(sorted(stream.items())), precision.quantized, precision.bits, allocator, generation,
+                 inv.experts_per_token > 0)
 
 
 def estimate(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str,

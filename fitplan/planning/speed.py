@@ -17,7 +17,8 @@ and under 4-bit with more than one row the dequantized copy written and read
 
 A setup that was never measured gets no tokens/s rather than a guess (`unmeasured`): layers offloaded to
 the CPU (the PCIe ceiling stays: it is a bound, not an estimate), a split over GPUs, an attention kernel other
-than SDPA (flash-attention 2, eager), a GPU without a bandwidth; `Speed.no_estimate` says which.
+than SDPA (flash-attention 2, eager), routed experts (MoE), a GPU without a bandwidth; `Speed.no_estimate`
+says which.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def overhead_kind(sz: Sizes) -> str:
 
 def unmeasured(sz: Sizes, placement) -> str | None:
     """Why decoding `sz` placed as `placement` is a setup never measured (docs/accuracy.md, "Speed"), or None:
-    the overheads were measured on one GPU, every layer on it, with SDPA attention."""
+    the overheads were measured on dense models on one GPU, every layer on it, with SDPA attention."""
     if any(s.device == "cpu" for s in placement):
         return ("offloaded layers: a decode with layers on the CPU was never measured (the PCIe ceiling is a bound, "
                 "not an estimate)")
@@ -79,6 +80,9 @@ def unmeasured(sz: Sizes, placement) -> str | None:
     attn = sz.generation.attn_implementation if sz.generation is not None else "sdpa"
     if attn != "sdpa":
         return f"{attn} attention: a decode with it was never measured (the overheads are SDPA's)"
+    if sz.moe:
+        return ("routed experts: a decode of a mixture-of-experts model was never measured (the overheads are dense "
+                "models')")
     return None
 
 
