@@ -144,3 +144,28 @@ def test_the_plan_names_the_mxfp4_kernel_where_it_keeps_mxfp4(tmp_path):
     assert f"mxfp4 experts: {repo_id} {ref} (cache not seen from here)" in text
     data = json.loads(CliRunner().invoke(main, ["check", GPT_OSS, "--hardware", str(lacks), "--json"]).output)
     assert data["plan"]["precision"] == "bf16" and data["hub_kernels"]["mxfp4"] is None
+
+
+def test_a_lock_that_pins_mxfp4_is_refused_in_one_line_not_loaded_otherwise(target_keeps_mxfp4, monkeypatch,
+                                                                             tmp_path):
+    """A locked deployment is not silently changed to bf16: without the kernel, load(profile=) says what to do."""
+    import transformers
+    from click.testing import CliRunner
+
+    from fitplan.cli.main import main
+    from fitplan.hardware import probe
+
+    prof = tmp_path / "p.yaml"
+    prof.write_text(f"model: {GPT_OSS}\nhardware: {{gpus: [h100], cpu_ram: 64GiB, software: {{triton: true, "
+                    "kernels: true}}\n")
+    res = CliRunner().invoke(main, ["lock", str(prof)])
+    assert res.exit_code == 0 and "mxfp4" in res.output, res.output
+    card = _probed("h100")
+    monkeypatch.setattr(probe, "probe", lambda: card)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("from_pretrained was called")))
+    with pytest.raises(DoesNotFitError) as err:
+        fitplan.load(profile=str(prof), hardware=card, tokenizer=False)
+    repo_id, ref = hf.mxfp4_kernel_repo()
+    assert f"mxfp4 needs the Hub kernel {repo_id} {ref}" in str(err.value)
+    assert f"the lock {tmp_path / 'p.lock.yaml'} pins mxfp4" in str(err.value) and "\n" not in str(err.value)
