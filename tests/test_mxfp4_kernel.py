@@ -169,3 +169,67 @@ def test_a_lock_that_pins_mxfp4_is_refused_in_one_line_not_loaded_otherwise(targ
     repo_id, ref = hf.mxfp4_kernel_repo()
     assert f"mxfp4 needs the Hub kernel {repo_id} {ref}" in str(err.value)
     assert f"the lock {tmp_path / 'p.lock.yaml'} pins mxfp4" in str(err.value) and "\n" not in str(err.value)
+
+
+def _tiny_mxfp4(path) -> str:
+    """A random-weight gpt-oss checkpoint whose experts are stored in mxfp4 (blocks and scales), as gpt-oss ships."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    hidden, inter, experts = 256, 256, 4
+    cfg = CONFIG_MAPPING["gpt_oss"](hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                    num_local_experts=experts, num_experts_per_tok=2, vocab_size=512,
+                                    sliding_window=128, layer_types=["sliding_attention", "full_attention"],
+                                    tie_word_embeddings=False)
+    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(path)
+    tensors = load_file(path / "model.safetensors")
+    g = torch.Generator().manual_seed(1)
+    for name in [n for n in tensors if n.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj"))]:
+        out, inp = (2 * inter, hidden) if name.endswith("gate_up_proj") else (hidden, inter)
+        del tensors[name]
+        tensors[f"{name}_blocks"] = torch.randint(0, 256, (experts, out, inp // 32, 16), dtype=torch.uint8, generator=g)
+        tensors[f"{name}_scales"] = torch.full((experts, out, inp // 32), 124, dtype=torch.uint8)  # 2**-3
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (path / "config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def test_a_dequantized_plan_loads_dequantized_whatever_is_installed(tmp_path, monkeypatch):
+    """A real CPU load: the plan dequantizes mxfp4 there, and load() passes Mxfp4Config(dequantize=True), so
+    transformers takes that path even where it would keep mxfp4 and fetch its kernel (5.25 on a CPU with
+    triton >= 3.5 and `kernels`: emulated here, with the kernel fetch failing as it does offline)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import hub_kernels
+    from transformers.quantizers import quantizer_mxfp4
+
+    path = _tiny_mxfp4(tmp_path / "gpt-oss")
+    monkeypatch.setattr(quantizer_mxfp4, "is_triton_available", lambda *a, **k: True)
+    monkeypatch.setattr(quantizer_mxfp4, "is_kernels_available", lambda *a, **k: True)
+    fetched = []
+
+    def offline(repo_id, *args, **kwargs):
+        fetched.append(repo_id)
+        raise ValueError(f"{repo_id} is not available in the local cache and Hugging Face Hub is in offline mode")
+
+    monkeypatch.setattr(hub_kernels, "get_kernel", offline)
+    if hf.version_tuple() >= (5, 25):  # what a user without fitplan gets there
+        with pytest.raises(ValueError, match="offline mode"):
+            AutoModelForCausalLM.from_pretrained(path)
+        fetched.clear()
+    model = fitplan.load(path, tokenizer=False, context=64, hardware=Hardware((), 64 * G, "probe"))
+    plan = model.fitplan.plan
+    assert plan.precision == "bf16" and fetched == []
+    assert type(model.model.layers[0].mlp.experts).__name__ == "GptOssExperts"  # dense, not Mxfp4GptOssExperts
+    assert model.model.layers[0].mlp.experts.gate_up_proj.dtype == torch.bfloat16
+    assert model.fitplan.measured_weights == model.fitplan.predicted_weights  # the path it sized
+    ids = torch.randint(5, 500, (1, 8))
+    assert model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0).shape == (1, 12)

@@ -78,6 +78,18 @@ class KernelUse:
 _STATE = {None: "cache not seen from here", True: "cached", False: "NOT cached"}
 
 
+def dequantizes_mxfp4(inv: Inventory, precision: str | None) -> bool:
+    """Whether a plan row loads an mxfp4 checkpoint dequantized (its bf16/fp16 row, not the stored one): `load()`
+    then passes `Mxfp4Config(dequantize=True)`, so transformers takes that path whatever it finds installed
+    (5.25 keeps mxfp4 packed on the CPU with triton 3.5 and `kernels`, and would fetch its kernel)."""
+    from .prequant import scheme
+
+    if not inv.quantization or precision is None:
+        return False
+    s = scheme(inv)
+    return s.method == "mxfp4" and precision != s.label
+
+
 def keeps_mxfp4(inv: Inventory, precision: str | None, placement) -> bool:
     """Whether a plan row loads an mxfp4 checkpoint packed (its stored row, not dequantized) with layers on a
     GPU: then transformers fetches its mxfp4 Hub kernel (`hf.mxfp4_kernel_repo`) inside from_pretrained."""

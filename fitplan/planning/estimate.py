@@ -314,7 +314,10 @@ def sizes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: s
     alignment = C.CUDA_ALLOCATION_ALIGNMENT if device == "cuda" else 1
     dt = load_dtype(precision, compute_dtype)
     outside, per_layer, floats, stream = _layers_once(inv, precision, dt, alignment)
-    total = inv.stored_bytes if inv.prequantized and inv.stored_bytes is not None else outside + sum(per_layer.values())
+    # the stored total is what the checkpoint as stored holds; a row transformers dequantizes (fp8, mxfp4 where their
+    # kernels cannot run) holds the dense weights its layers sum to, not the file's bytes
+    stored = inv.prequantized and inv.stored_bytes is not None and is_as_stored(inv, precision)
+    total = inv.stored_bytes if stored else outside + sum(per_layer.values())
     static = generation is not None and generation.static
     kv = G.kv_bytes_per_layer(inv, work, dt) if static else kv_bytes_per_layer(inv, work, dt)
     act = activation_bytes(inv, work, dt, precision)

@@ -252,10 +252,13 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     for c in changed:
         log.warning("fitplan: user argument overrides the plan: %s", c)
     notes = ()
-    if mxfp4_note:
+    from ..model.kernels import dequantizes_mxfp4
+
+    if "quantization_config" not in user and dequantizes_mxfp4(plan.inventory, plan.precision):
         from ..model import hf
 
-        kwargs["quantization_config"] = hf.mxfp4_dequantized()
+        kwargs["quantization_config"] = hf.mxfp4_dequantized()  # the planned path, whatever is installed
+    if mxfp4_note:
         notes = (mxfp4_note,)
         log.warning("fitplan: %s", mxfp4_note)
     if "use_kernels" not in user:
