@@ -112,6 +112,8 @@ def _speed_words(speed) -> str:
     if speed.tokens_per_s is not None:
         parts.append(f"about {speed.tokens_per_s:.1f} tokens/s decoding {speed.batch} sequence"
                      f"{'s' if speed.batch > 1 else ''}, bound by {speed.bound}")
+    if speed.tokens_per_s is None and speed.no_estimate:
+        parts.append(f"no decode estimate: {speed.no_estimate}")
     if speed.pcie_bytes:
         parts.append(f"{fmt_bytes(speed.pcie_bytes)} of offloaded weights cross PCIe every step, which alone "
                      f"allows at most {speed.pcie_ceiling:.1f} tokens/s")

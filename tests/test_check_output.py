@@ -94,6 +94,27 @@ def test_a_learned_position_table_cannot_run_past_its_rows(tmp_path):
         model.generate(torch.ones((1, 60), dtype=torch.long), max_new_tokens=8, min_new_tokens=8, do_sample=False)
 
 
+def test_the_model_load_returns_refuses_a_generate_past_its_positions_in_one_line(tmp_path):
+    """Plain transformers fails with an IndexError deep in the embedding (above); the model `fitplan.load()`
+    returns says the limit first, with any cache, and still generates up to it."""
+    import torch
+
+    import fitplan
+    from fitplan.errors import PlannedShapeError
+
+    path = _save("gpt2-conv1d", tmp_path / "gpt2", n_positions=64)
+    model = fitplan.load(str(path), tokenizer=False, context=64, fast=False)
+    ids = torch.ones((1, 60), dtype=torch.long)
+    with pytest.raises(PlannedShapeError) as err:
+        model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert err.value.tokens == 68 and err.value.context == 64 and "\n" not in str(err.value)
+    assert "past the 64 learned absolute positions of" in str(err.value)
+    with pytest.raises(PlannedShapeError, match="runs to 70 tokens"):
+        model.generate(inputs=ids, max_length=70, do_sample=False)
+    out = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 64)
+
+
 @pytest.mark.parametrize("family, limit", [("gpt2-conv1d", 256), ("opt", 256)])
 def test_absolute_positions_are_read_off_the_built_model(tmp_path, family, limit):
     import fitplan

@@ -91,3 +91,40 @@ def test_profile_and_lock_carry_the_engine(tmp_path, env):
     lock = (tmp_path / "p.lock.yaml").read_text() if (tmp_path / "p.lock.yaml").exists() else \
         next(tmp_path.glob("*.lock*")).read_text()
     assert "engine:" in lock and "tensor_parallel_size: 4" in lock and "vllm serve" in lock
+
+
+def test_profile_nodes_plan_over_two_nodes_and_the_lock_round_trips(tmp_path, env):
+    """`nodes:` in a profile's `hardware:` (the hardware file's key): fitplan chooses TP within a node and PP
+    across the two, the lock pins that deployment, and a later check of the same profile agrees with it."""
+    prof = tmp_path / "p.yaml"  # DeepSeek-V3 in fp8 (~630 GiB) needs more than the 8 H100s of one node
+    prof.write_text("model: deepseek-ai/DeepSeek-V3\nengine: vllm\nworkload: {context: 32768, concurrency: 4}\n"
+                    "hardware: {gpus: [16x h100], nodes: 2}\n")
+    r = run(env, "check", "--profile", str(prof), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    e = out["engine"]
+    assert (e["tensor_parallel_size"], e["pipeline_parallel_size"], e["nodes"], e["gpus_per_node"]) == (8, 2, 2, 8)
+    assert e["command"][1] == "ray start --head --port 6379"
+    assert "--distributed-executor-backend ray" in e["command"][-1]
+    assert "2 nodes of 8 GPUs" in out["hardware"]["notes"]
+    assert "hardware 16 GPUs on 2 nodes)" in run(env, "profile", "validate", str(prof)).stdout
+    r = run(env, "lock", str(prof))
+    assert r.returncode == 0, r.stderr
+    assert "TP 8 x PP 2 on 2 nodes of 8 GPUs" in r.stdout
+    lock = tmp_path / "p.lock.yaml"
+    assert "nodes: 2" in lock.read_text() and "gpus_per_node: 8" in lock.read_text()
+    again = json.loads(run(env, "check", "--profile", str(prof), "--json").stdout)
+    assert again["engine"] == e and not [n for n in again["notes"] if "lock" in n], again["notes"]
+    shorter = json.loads(run(env, "check", "--profile", str(prof), "--context", "16384", "--json").stdout)
+    assert any("engine.max_model_len is 16384 in this check, 32768 in the lock" in n for n in shorter["notes"])
+
+
+def test_load_refuses_an_engine_lock_in_one_line(tmp_path, env):
+    prof = tmp_path / "p.yaml"
+    prof.write_text(f"model: {MODEL}\nengine: vllm\nworkload: {{context: 16384}}\nhardware: {{gpus: [4x h100]}}\n")
+    assert run(env, "lock", str(prof)).returncode == 0
+    from fitplan.errors import FileError
+
+    with pytest.raises(FileError, match="locks a vllm deployment, which fitplan.load\\(\\) does not start: run its "
+                                        "command \\(vllm serve "):
+        fitplan.load(profile=str(prof), offline=True)

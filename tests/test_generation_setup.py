@@ -163,6 +163,10 @@ def test_generating_past_the_planned_context_or_batch_is_one_clear_error(llama):
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=25)
     assert err.value.tokens == 65 and err.value.context == 64
     assert "context=65" in str(err.value) and "fast=False" in str(err.value)
+    with pytest.raises(PlannedShapeError, match="runs to 65 tokens"):  # generate's first argument, by its name
+        model.generate(inputs=ids, attention_mask=torch.ones_like(ids), max_new_tokens=25)
+    with pytest.raises(PlannedShapeError, match="runs to 70 tokens"):  # max_length, positional inputs
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_length=70)
     three = torch.randint(5, 500, (3, 8))
     with pytest.raises(PlannedShapeError, match="batch=3"):
         model.generate(input_ids=three, attention_mask=torch.ones_like(three), max_new_tokens=4)

@@ -127,7 +127,9 @@ def test_an_offloaded_plan_says_how_slow(llama8b):
     s = p.decision.speed
     assert s.pcie_bytes == p.decision.offload_bytes
     assert s.pcie_ceiling == pytest.approx(2 * C.PCIE_BYTES_PER_S / s.pcie_bytes)
-    assert s.tokens_per_s < s.pcie_ceiling and s.bound == "PCIe copies of offloaded layers"
+    assert s.bound == "PCIe copies of offloaded layers"
+    assert s.tokens_per_s is None and s.no_estimate.startswith("offloaded layers: a decode with layers on the CPU "
+                                                               "was never measured")  # the ceiling, not a guess
     assert f"at most {s.pcie_ceiling:.1f} tokens/s over PCIe" in p.decision.reason
 
 

@@ -318,6 +318,27 @@ def test_fp8_stays_fp8_from_compute_capability_8_9_and_is_dequantized_below():
     assert bf16_w > 1.5 * fp8_w
 
 
+def test_a_dequantized_row_holds_the_dense_weights_not_the_files_bytes(tmp_path):
+    """With the safetensors headers known, the stored total is the as-stored row's; the row transformers
+    dequantizes to (fp8 below compute capability 8.9) holds the dense weights, as without headers."""
+    from fitplan.options import PlanOptions
+    from fitplan.planning.plan import decide
+
+    qc = {"quant_method": "fp8", "weight_block_size": [128, 128], "modules_to_not_convert": ["lm_head"]}
+    tensors = {**llama_dense("BF16"), **per_linear(lambda o, i: {
+        "weight": ("F8_E4M3", (o, i)), "weight_scale_inv": ("F32", (ceil(o / 128), ceil(i / 128)))})}
+    config, stored = checkpoint(tmp_path, {**LLAMA, "torch_dtype": "bfloat16", "quantization_config": qc}, tensors)
+
+    def weights(inv):
+        p = decide(inv, hw((8, 0)), PlanOptions.from_values(), model_id="tiny", origin="local")
+        return {d.precision: d.estimate.weights_bytes for d in p.choice.decisions}
+
+    headers = weights(get_inventory(config, model_id="tiny", stored_bytes=stored, use_cache=False))
+    config_only = weights(get_inventory(config, model_id="tiny", use_cache=False))
+    assert headers["fp8"] == stored
+    assert headers["bf16"] == config_only["bf16"] > 1.5 * stored
+
+
 def test_compressed_tensors_plans_the_dense_weights_its_first_forward_makes():
     qc = {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
           "config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int",

@@ -168,12 +168,28 @@ constraints: {min_precision: nf4, prefer: memory, headroom: 1.5GiB, offload: tru
 def test_profile_hardware_reads_like_a_hardware_file(tmp_path):
     """One schema: the same `gpus:`/`cpu_ram:` mapping means the same GPUs in a profile and in --hardware."""
     section = ("gpus:\n  - 2x a100-80gb\n  - {gpu: l4, free: 20GiB}\n"
-               "  - {name: Acme X, memory: 48GiB, compute_capability: \"9.0\", bandwidth_gbs: 3000}\ncpu_ram: 256GiB\n")
+               "  - {name: Acme X, memory: 48GiB, compute_capability: \"9.0\", bandwidth_gbs: 3000}\ncpu_ram: 256GiB\n"
+               "nodes: 2\n")
     hw_file = write(tmp_path, section, "hw.yaml")
     profile = write(tmp_path, "hardware:\n" + "".join("  " + line + "\n" for line in section.splitlines()))
     from_file = hardware_from_file(hw_file)
     from_profile = load_profile(profile).hardware.resolve(str(profile))
     assert from_profile.gpus == from_file.gpus and from_profile.cpu_ram_bytes == from_file.cpu_ram_bytes
+    assert from_profile.gpus_per_node == from_file.gpus_per_node == 2 and "2 nodes of 2 GPUs" in from_profile.notes
+
+
+@pytest.mark.parametrize("nodes", [3, 0, True, "two"])
+def test_bad_nodes_is_the_same_line_in_a_profile_and_a_hardware_file(tmp_path, nodes):
+    """`nodes:` is read by the hardware file's reader in both places; the profile names it `hardware.nodes`."""
+    hw_file = write(tmp_path, f"gpus: [4x h100]\nnodes: {nodes}\n", "hw.yaml")
+    profile = write(tmp_path, f"hardware:\n  gpus: [4x h100]\n  nodes: {nodes}\n")
+    with pytest.raises(InputError) as in_file:
+        hardware_from_file(hw_file)
+    with pytest.raises(InputError) as in_profile:
+        load_profile(profile)
+    assert f"{hw_file}:2: nodes must be a whole number of machines that divides the 4 GPUs" in str(in_file.value)
+    assert f"{profile}:3: hardware.nodes must be a whole number of machines that divides the 4 GPUs" in \
+        str(in_profile.value)
 
 
 def test_digest_ignores_comments_and_layout_but_not_values():
@@ -213,6 +229,26 @@ def test_schema_and_validator_agree(key, value):
     except InputError:
         by_fitplan = False
     assert by_schema == by_fitplan
+
+
+def test_schema_hardware_keys_are_the_hardware_file_keys():
+    from fitplan.hardware.catalogue import HARDWARE_FILE_KEYS
+
+    hardware = json.loads(schema_text())["properties"]["hardware"]["anyOf"][1]
+    assert tuple(hardware["properties"]) == HARDWARE_FILE_KEYS and "nodes" in HARDWARE_FILE_KEYS
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 4, 0, -1, 1.5, "2", True])
+def test_schema_and_validator_agree_on_nodes(nodes):
+    doc = {"model": SMALL, "hardware": {"gpus": ["4x h100"], "nodes": nodes}}
+    jsonschema = pytest.importorskip("jsonschema")
+    by_schema = jsonschema.Draft202012Validator(json.loads(schema_text())).is_valid(doc)
+    try:
+        profile_from_text(yaml.safe_dump(doc))
+        by_fitplan = True
+    except InputError:
+        by_fitplan = False
+    assert by_schema == by_fitplan == (nodes in (1, 2, 4) and nodes is not True)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])

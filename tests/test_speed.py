@@ -159,3 +159,46 @@ def test_what_bounds_the_speed_depends_on_the_card():
     more_kv = long.estimate.kv_cache_bytes - short.estimate.kv_cache_bytes
     assert long.speed.read_bytes - short.speed.read_bytes == more_kv > 0
     assert long.speed.memory_s - short.speed.memory_s == pytest.approx(more_kv / 300e9)
+
+
+def test_a_setup_never_measured_shows_no_number_in_table_and_json():
+    """The overheads were measured on one GPU with SDPA: a split over GPUs, offloaded layers and another attention
+    kernel get no tokens/s (and say why), in the plan, the check table and --json; one GPU keeps its estimate."""
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+
+    from fitplan.cli.main import main
+    from fitplan.pipeline import plan_model
+    from fitplan.planning.speed import decode_speed
+
+    model = "meta-llama/Llama-3.1-70B-Instruct"
+    split = plan_model(model, gpu="2xa100-80gb", precision="bf16", context=4096, offline=True).decision
+    assert len({s.device for s in split.placement}) == 2
+    assert split.speed.tokens_per_s is None and split.speed.no_estimate.startswith("split over GPUs")
+    res = CliRunner().invoke(main, ["check", model, "--gpu", "2xa100-80gb", "--precision", "bf16", "--context",
+                                    "4096", "--json"])
+    assert res.exit_code == 0, res.output
+    speed = json.loads(res.output)["plan"]["speed"]
+    assert speed["decode_tokens_per_s"] is None and speed["no_estimate"].startswith("split over GPUs")
+    text = CliRunner().invoke(main, ["check", model, "--gpu", "2xa100-80gb", "--precision", "bf16", "--context",
+                                     "4096"]).output
+    # precision, weights, kv cache, activ., overhead, total, tok/s, fits
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if re.match(r"(bf16|nf4) +\d", line)}
+    assert rows["bf16"][6:8] == ["-", "YES"], rows["bf16"]  # split over the two: no number
+    assert float(rows["nf4"][6]) > 0, rows["nf4"]  # nf4 fits one A100: the measured setup, estimated
+    assert "no decode estimate: split over GPUs" in " ".join(text.split())
+
+    one = plan_model("meta-llama/Llama-3.1-8B", gpu="h100", precision="bf16", offline=True).decision
+    assert one.speed.tokens_per_s > 0 and one.speed.no_estimate is None
+    assert json.loads(CliRunner().invoke(main, ["check", "meta-llama/Llama-3.1-8B", "--gpu", "h100", "--precision",
+                                                "bf16", "--json"]).output)["plan"]["speed"]["no_estimate"] is None
+    for attn in ("flash_attention_2", "eager"):
+        sz = replace(one.sizes, generation=replace(one.sizes.generation, attn_implementation=attn))
+        other = decode_speed(sz, one.placement, (GPU(0, "H100", 80 << 30, 80 << 30, (9, 0), bandwidth_gbs=3350.0),),
+                             1)
+        assert other.tokens_per_s is None and other.no_estimate.startswith(f"{attn} attention")
+    moe = plan_model("allenai/OLMoE-1B-7B-0924", gpu="h100", precision="bf16", offline=True).decision.speed
+    assert moe.tokens_per_s is None and moe.no_estimate.startswith("routed experts")
+    no_bw = plan_model("meta-llama/Llama-3.1-8B", hardware=_hw(bandwidth=None), precision="bf16", offline=True)
+    assert no_bw.decision.speed.tokens_per_s is None and "no memory bandwidth" in no_bw.decision.speed.no_estimate

@@ -65,6 +65,8 @@ def validate(file):
     hw = prof.hardware
     where = ("this machine (auto)" if hw is None or hw.auto else
              f"{len(hw.gpus)} GPU{'s' if len(hw.gpus) != 1 else ''}" if hw.gpus else "CPU only")
+    if hw is not None and hw.gpus_per_node:
+        where += f" on {len(hw.gpus) // hw.gpus_per_node} nodes"
     click.echo(f"{file}: valid profile (model {prof.model or '(none: give MODEL)'}, hardware {where})")
 
 
@@ -100,13 +102,16 @@ def lock(profile_file, output, force, no_cache):
     from ..atomic import write_atomic
     from ..errors import DoesNotFitError
     from ..pipeline import resolve_profile
-    from ..profiles.lock import lock_path_for, render_lock
+    from ..profiles.lock import engine_summary, lock_path_for, render_lock
 
     prof, settings, p = resolve_profile(profile_file, use_cache=not no_cache)
-    if not p.fits:
+    if p.engine is not None:  # a serving-engine deployment: its own fit and summary, not the transformers load's
+        if not p.engine.plan.fits:
+            raise DoesNotFitError(engine_summary(p) + "; no lock written", model_id=p.model_id)
+    elif not p.fits:
         hint = p.suggestions("profile")
         raise DoesNotFitError(p.summary_line() + (f"; try: {hint[0]}" if hint else "") + "; no lock written",
                               model_id=p.model_id)
     target = lock_path_for(profile_file) if output is None else output
     write_atomic(target, render_lock(p, prof, settings, profile_file), force=force)
-    click.echo(f"locked {p.summary_line()} -> {target}")
+    click.echo(f"locked {engine_summary(p) if p.engine is not None else p.summary_line()} -> {target}")

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import FileError, HardwareError, InputError, OptionError
 from .machine import GPU, Hardware
-from .nodes import file_nodes, parse_nodes
+from .nodes import file_nodes, nodes_note, parse_nodes
 from .software import Software, default_software, parse_software
 from ..vocab.units import fmt_bytes
 from ..yamlsource import (
@@ -209,7 +209,7 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
         _check_total(n * per, f"--gpu {text!r}")
         return Hardware(gpus=tuple(find_gpu(word, catalogue).to_gpu(i) for i in range(n * per)),
                         cpu_ram_bytes=cpu_ram_bytes, source="catalogue", gpus_per_node=per if n > 1 else None,
-                        notes=(CATALOGUE_NOTE, software.note(), f"{n} nodes of {per} GPUs"), software=software)
+                        notes=(CATALOGUE_NOTE, software.note(), *nodes_note(n * per, per)), software=software)
     gpus: list[GPU] = []
     for part in text.split(","):
         if not part.strip():
@@ -227,19 +227,19 @@ def hardware_from_gpu_flag(text: str, cpu_ram_bytes: int) -> Hardware:
 
 
 #: The keys of a hardware file, and of a profile's `hardware:` mapping, which is the same thing.
-HARDWARE_FILE_KEYS = ("gpus", "cpu_ram", "unified", "software")
+HARDWARE_FILE_KEYS = ("gpus", "cpu_ram", "unified", "software", "nodes")
 #: The keys of one entry of a `gpus:` list.
 GPU_ITEM_KEYS = ("gpu", "name", "memory", "compute_capability", "free", "bandwidth_gbs", "count")
 #: Bounds of a `bandwidth_gbs` (GB/s), in the catalogue and in files.
 BANDWIDTH_GBS = {"minimum": 1, "maximum": 100_000}
 
 
-def read_hardware_map(doc: YamlMap, *, name: str, what: str,
-                      also: tuple[str, ...] = ()) -> tuple[tuple[GPU, ...], int | None, bool, Software]:
-    """(GPUs, cpu_ram or None, unified, the target's software) from a hardware file's mapping or a profile's
-    `hardware:`: the one reader of `HARDWARE_FILE_KEYS`. `what` names the mapping in errors; `also`: keys its
-    caller reads itself."""
-    check_keys(doc, HARDWARE_FILE_KEYS + also, what=what)
+def read_hardware_map(doc: YamlMap, *, name: str,
+                      what: str) -> tuple[tuple[GPU, ...], int | None, bool, Software, int | None]:
+    """(GPUs, cpu_ram or None, unified, the target's software, GPUs per node or None for one machine) from a
+    hardware file's mapping or a profile's `hardware:`: the one reader of `HARDWARE_FILE_KEYS`. `what` names
+    the mapping in errors."""
+    check_keys(doc, HARDWARE_FILE_KEYS, what=what)
     if doc.get("gpus") is None:
         raise FileError(f"{doc.where('gpus')}: {what} needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
                         "machine)", **doc.at("gpus"))
@@ -251,7 +251,8 @@ def read_hardware_map(doc: YamlMap, *, name: str, what: str,
         raise FileError(f"{doc.where('unified')}: unified must be true or false (true: the CPU and GPU share "
                         f"cpu_ram, as on Apple silicon), got {describe(unified)}", **doc.at("unified"))
     software = parse_software(doc, what="software" if what == "a hardware file" else f"{what}.software")
-    return gpus, ram, unified, software
+    per_node = file_nodes(doc, len(gpus), what="nodes" if what == "a hardware file" else f"{what}.nodes")
+    return gpus, ram, unified, software, per_node
 
 
 def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) -> Hardware:
@@ -263,14 +264,14 @@ def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) ->
     name = str(path)
     doc = load_yaml(path, source_name=name)
     doc = require_map(doc, where=f"{name}:1", what="a hardware file")
-    check_keys(doc, HARDWARE_FILE_KEYS + ("nodes",), what="a hardware file")  # an unknown key ('gpu:') is said first
+    check_keys(doc, HARDWARE_FILE_KEYS, what="a hardware file")  # an unknown key ('gpu:') is said first
     if "gpus" not in doc:
         raise FileError(f"{name}:1: a hardware file needs a 'gpus:' list (write 'gpus: []' for a CPU-only machine)",
                         path=name, line=1, key="gpus")
     if doc["gpus"] is None:
         raise FileError(f"{doc.where('gpus')}: 'gpus' is empty; list GPUs, or write 'gpus: []' for a CPU-only machine",
                         **doc.at("gpus"))
-    gpus, ram, unified, software = read_hardware_map(doc, name=name, what="a hardware file", also=("nodes",))
+    gpus, ram, unified, software, per_node = read_hardware_map(doc, name=name, what="a hardware file")
     notes = [f"GPUs described in {name}, not probed"]
     if ram is None:
         if cpu_ram_bytes is None:
@@ -279,10 +280,8 @@ def hardware_from_file(path: str | Path, *, cpu_ram_bytes: int | None = None) ->
         else:
             ram = cpu_ram_bytes
     notes.append(software.note())
-    per_node = file_nodes(doc, len(gpus), name)  # several machines (hardware/nodes.py)
     return Hardware(gpus=gpus, cpu_ram_bytes=ram, source="file", unified=unified, gpus_per_node=per_node,
-                    software=software,
-                    notes=tuple(notes) + ((f"{len(gpus) // per_node} nodes of {per_node} GPUs",) if per_node else ()))
+                    software=software, notes=tuple(notes) + nodes_note(len(gpus), per_node))
 
 
 def parse_gpu_list(items: YamlList, *, what: str = "gpus") -> tuple[GPU, ...]:

@@ -1,5 +1,6 @@
 """Several machines of the same GPUs, for serving-engine plans across nodes (fitplan.engines): `--gpu 2x8xh100`
-and `nodes:` in a hardware file. A `Hardware` then lists every GPU and says `gpus_per_node`."""
+and `nodes:` in a hardware file or a profile's `hardware:`. A `Hardware` then lists every GPU and says
+`gpus_per_node`."""
 from __future__ import annotations
 
 import re
@@ -23,10 +24,16 @@ def parse_nodes(text: str) -> tuple[int, int, str] | None:
     return n, per, m.group(3).strip()
 
 
-def file_nodes(doc: YamlMap, n_gpus: int, name: str) -> int | None:
-    """GPUs per node of a hardware file's `nodes:` (None: one machine), checked against the GPUs it lists."""
+def file_nodes(doc: YamlMap, n_gpus: int, what: str = "nodes") -> int | None:
+    """GPUs per node of a hardware mapping's `nodes:` (None: one machine), checked against the GPUs it lists.
+    `what` names the key in errors (`hardware.nodes` in a profile)."""
     nodes = doc.get("nodes", 1)
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1 or (n_gpus and n_gpus % nodes):
-        raise FileError(f"{doc.where('nodes')}: nodes must be a whole number of machines that divides the {n_gpus} "
+        raise FileError(f"{doc.where('nodes')}: {what} must be a whole number of machines that divides the {n_gpus} "
                         f"GPUs listed (each node has the same GPUs), got {describe(nodes)}", **doc.at("nodes"))
-    return n_gpus // nodes if nodes > 1 else None
+    return n_gpus // nodes if nodes > 1 and n_gpus else None
+
+
+def nodes_note(n_gpus: int, per_node: int | None) -> tuple[str, ...]:
+    """The plan note of several machines (none for one)."""
+    return (f"{n_gpus // per_node} nodes of {per_node} GPUs",) if per_node else ()

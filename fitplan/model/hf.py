@@ -726,6 +726,51 @@ def mxfp4_kernels() -> tuple[bool, bool]:
     return bool(is_triton_available("3.4.0")), bool(is_kernels_available())
 
 
+def mxfp4_kernel_repo() -> tuple[str, str]:
+    """(repo id, ref) of the Hub kernel that the installed transformers fetches to keep mxfp4 (gpt-oss) packed on
+    a GPU: `replace_with_mxfp4_linear` calls `hub_kernels.get_kernel` before it swaps any module (5.0:
+    "kernels-community/triton_kernels" at main; 5.17..5.25: "kernels-community/gpt-oss-triton-kernels", version 1).
+    Read by calling it with `get_kernel` replaced by a recorder, so the answer is that version's own, not a copy.
+    `ref` is "v1" for a version (as `kernel_cached` takes it), else the revision ("main" when none)."""
+    import torch
+    from transformers import Mxfp4Config
+    from transformers.integrations import hub_kernels, mxfp4
+
+    asked: list[tuple] = []
+
+    class _Asked(Exception):
+        pass
+
+    def recorder(repo_id, revision=None, version=None, *args, **kwargs):
+        asked.append((repo_id, kwargs.get("revision", revision), kwargs.get("version", version)))
+        raise _Asked
+
+    real = hub_kernels.get_kernel
+    hub_kernels.get_kernel = recorder
+    try:
+        with quiet():
+            mxfp4.replace_with_mxfp4_linear(torch.nn.Module(), quantization_config=Mxfp4Config())
+    except _Asked:
+        pass
+    except Exception as exc:  # noqa: BLE001 - any other failure means the function no longer works as read here
+        raise changed(f"replace_with_mxfp4_linear did not ask for its Hub kernel ({type(exc).__name__}: "
+                      f"{' '.join(str(exc).split())[:120]})") from None
+    finally:
+        hub_kernels.get_kernel = real
+    if len(asked) != 1 or not isinstance(asked[0][0], str) or "/" not in asked[0][0]:
+        raise changed(f"replace_with_mxfp4_linear asked hub_kernels.get_kernel for {asked!r}, not one kernel repo")
+    repo_id, revision, ver = asked[0]
+    return repo_id, f"v{ver}" if ver is not None else (revision or "main")
+
+
+def mxfp4_dequantized():
+    """The `quantization_config` that loads an mxfp4 checkpoint dequantized to bf16, fetching no kernel (a
+    loading attribute transformers merges into the checkpoint's own config, 5.0 .. 5.25)."""
+    from transformers import Mxfp4Config
+
+    return Mxfp4Config(dequantize=True)
+
+
 def from_pretrained_kwargs(data: dict) -> dict:
     """A plan's from_pretrained arguments as data (`Plan.kwargs_as_data()`) in the objects transformers takes:
     torch dtypes, a `BitsAndBytesConfig`, integer GPU indices in `max_memory`."""

@@ -39,6 +39,7 @@ class KernelUse:
     device: str = "cuda"
     repos: tuple[KernelRepo, ...] = ()
     disabled: bool = False
+    mxfp4: KernelRepo | None = None  # the kernel that keeps mxfp4 (gpt-oss) experts packed, when the plan does
 
     @property
     def used(self) -> bool:
@@ -51,29 +52,68 @@ class KernelUse:
 
     def summary(self) -> str:
         """One line for the check table."""
+        if self.mxfp4 is None:
+            return self._layers()
+        k = self.mxfp4
+        return (f"{self._layers()}; mxfp4 experts: {k.repo_id} {k.ref} ({_STATE[k.cached]}), fetched whatever "
+                "use_kernels says; fitplan.load() loads mxfp4 dequantized if it cannot be had")
+
+    def _layers(self) -> str:
         if not self.applicable:
             return f"not applicable (transformers {self.transformers} loads no Hub kernels by default)"
         if self.disabled:
             return "off (USE_HUB_KERNELS turns them off): the torch path, as planned"
         if not self.repos:
             return f"none for this model on {self.device.upper()} (transformers {self.transformers}'s mapping)"
-        state = {None: "cache not seen from here", True: "cached", False: "NOT cached"}
-        names = ", ".join(f"{r.repo_id} {r.ref} ({state[r.cached]})" for r in self.repos)
+        names = ", ".join(f"{r.repo_id} {r.ref} ({_STATE[r.cached]})" for r in self.repos)
         return (f"{names}; memory planned for the torch path (the kernelized path is not measured); "
                 "fitplan.load() loads without them if one cannot be fetched")
 
     def to_dict(self) -> dict:
         return {"applicable": self.applicable, "transformers": self.transformers, "device": self.device,
-                "disabled": self.disabled, "used": self.used, "repos": [r.to_dict() for r in self.repos]}
+                "disabled": self.disabled, "used": self.used, "repos": [r.to_dict() for r in self.repos],
+                "mxfp4": None if self.mxfp4 is None else self.mxfp4.to_dict()}
+
+
+_STATE = {None: "cache not seen from here", True: "cached", False: "NOT cached"}
+
+
+def dequantizes_mxfp4(inv: Inventory, precision: str | None) -> bool:
+    """Whether a plan row loads an mxfp4 checkpoint dequantized (its bf16/fp16 row, not the stored one): `load()`
+    then passes `Mxfp4Config(dequantize=True)`, so transformers takes that path whatever it finds installed
+    (5.25 keeps mxfp4 packed on the CPU with triton 3.5 and `kernels`, and would fetch its kernel)."""
+    from .prequant import scheme
+
+    if not inv.quantization or precision is None:
+        return False
+    s = scheme(inv)
+    return s.method == "mxfp4" and precision != s.label
+
+
+def keeps_mxfp4(inv: Inventory, precision: str | None, placement) -> bool:
+    """Whether a plan row loads an mxfp4 checkpoint packed (its stored row, not dequantized) with layers on a
+    GPU: then transformers fetches its mxfp4 Hub kernel (`hf.mxfp4_kernel_repo`) inside from_pretrained."""
+    from .prequant import scheme
+
+    if not inv.quantization or precision is None or not any(s.device != "cpu" for s in placement):
+        return False
+    s = scheme(inv)
+    return s.method == "mxfp4" and precision == s.label
 
 
 def kernel_use(inv: Inventory, *, device: str, compute_capability: tuple[int, int] | None,
-               this_machine: bool) -> KernelUse:
+               this_machine: bool, mxfp4: bool = False) -> KernelUse:
     """The Hub kernels `from_pretrained` fetches for `inv` on `device` ("cuda" when the plan places layers on
-    a GPU, else "cpu"); the cache is looked at only when the target is `this_machine`."""
+    a GPU, else "cpu"); the cache is looked at only when the target is `this_machine`. `mxfp4`: the plan keeps
+    mxfp4 experts packed (`keeps_mxfp4`), so their kernel is fetched too, on every transformers version."""
     version = inv.versions.get("transformers") or hf.version()
+    packed = None
+    if mxfp4:
+        repo_id, ref = hf.mxfp4_kernel_repo()
+        packed = KernelRepo(repo_id, ref, ("Mxfp4GptOssExperts",),
+                            hf.kernel_cached(repo_id, ref) if this_machine else None)
     if inv.hub_kernels is None:
-        return KernelUse(applicable=False, transformers=version, device=device)
+        return KernelUse(applicable=False, transformers=version, device=device, mxfp4=packed)
     by_repo: dict[tuple[str, str], list[str]] = {}
     for k in inv.hub_kernels:
         if k.applies(device, compute_capability):
@@ -81,4 +121,4 @@ def kernel_use(inv: Inventory, *, device: str, compute_capability: tuple[int, in
     repos = tuple(KernelRepo(repo_id, ref, tuple(layers), hf.kernel_cached(repo_id, ref) if this_machine else None)
                   for (repo_id, ref), layers in by_repo.items())
     return KernelUse(applicable=True, transformers=version, device=device, repos=repos,
-                     disabled=hf.kernels_disabled_by_env())
+                     disabled=hf.kernels_disabled_by_env(), mxfp4=packed)

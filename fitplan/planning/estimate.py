@@ -269,6 +269,7 @@ class Sizes:
     bits: int | None = None  # its bits per packed weight, where it has one
     allocator: str = "expandable"  # the CUDA allocator setting the reserve is planned for (machine.ALLOCATORS)
     generation: Any = None  # the generation setup sized here (fitplan.planning.generation.Generation); None: plain
+    moe: bool = False  # routed experts (`Inventory.experts_per_token`): a decode setup of its own (planning/speed.py)
 
     def kv_of(self, layer: int) -> int:
         return self.layer_kv[layer] if layer < len(self.layer_kv) else 0
@@ -339,10 +340,14 @@ def sizes(inv: Inventory, precision: Precision, work: Workload, compute_dtype: s
     if generation is not None:
         act += compile_workspace_bytes(inv, work, dt, generation)
     outside, per_layer, floats, stream, fragmentation = _layers_once(inv, precision, dt, alignment)
-    total = inv.stored_bytes if inv.prequantized and inv.stored_bytes is not None else outside + sum(per_layer.values())
+    # the stored total is what the checkpoint as stored holds; a row transformers dequantizes (fp8, mxfp4 where their
+    # kernels cannot run) holds the dense weights its layers sum to, not the file's bytes
+    stored = inv.prequantized and inv.stored_bytes is not None and is_as_stored(inv, precision)
+    total = inv.stored_bytes if stored else outside + sum(per_layer.values())
     return Sizes(precision.name, dt, device, outside, tuple(sorted(per_layer.items())),
                  tuple(kv), act, total, fragmentation, tuple(sorted(floats.items())),
-                 tuple(sorted(stream.items())), precision.quantized, precision.bits, allocator, generation)
+                 tuple(sorted(stream.items())), precision.quantized, precision.bits, allocator, generation,
+                 inv.experts_per_token > 0)
 
 
 def estimate(inv: Inventory, precision: Precision, work: Workload, compute_dtype: str,

@@ -14,6 +14,11 @@ model there (docs/accuracy.md, "Speed"). Bytes read: every weight on the GPU (th
 too, a small over-count), the KV cache of its layers at the full context (the last, slowest step),
 and under 4-bit with more than one row the dequantized copy written and read
 (calibration.DEQUANT_COPIES). Stages run one after another: a split over GPUs adds, never overlaps.
+
+A setup that was never measured gets no tokens/s rather than a guess (`unmeasured`): layers offloaded to
+the CPU (the PCIe ceiling stays: it is a bound, not an estimate), a split over GPUs, an attention kernel other
+than SDPA (flash-attention 2, eager), routed experts (MoE), a GPU without a bandwidth; `Speed.no_estimate`
+says which.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ class Speed:
     memory_s: float | None  # per step, those bytes over each GPU's bandwidth
     pcie_bytes: int  # copied from CPU RAM to the GPU per step (offloaded layers), 0 without offload
     pcie_s: float  # per step
+    no_estimate: str | None = None  # why tokens_per_s is None: the setup was never measured (`unmeasured`)
 
     @property
     def pcie_ceiling(self) -> float | None:
@@ -54,13 +60,30 @@ class Speed:
                 "memory_s": None if self.memory_s is None else round(self.memory_s, 6),
                 "pcie_bytes": self.pcie_bytes, "pcie_s": round(self.pcie_s, 6),
                 "pcie_ceiling_tokens_per_s": None if self.pcie_ceiling is None else round(self.pcie_ceiling, 2),
-                "bound": self.bound}
+                "bound": self.bound, "no_estimate": self.no_estimate}
 
 
 def overhead_kind(sz: Sizes) -> str:
     """The key of calibration.DECODE_OVERHEAD_S_PER_LAYER: float dtypes share one; a kernel never
     measured (a pre-quantized checkpoint's GPTQ, AWQ, fp8, ...) has none."""
     return "float" if not sz.quantized else sz.precision
+
+
+def unmeasured(sz: Sizes, placement) -> str | None:
+    """Why decoding `sz` placed as `placement` is a setup never measured (docs/accuracy.md, "Speed"), or None:
+    the overheads were measured on dense models on one GPU, every layer on it, with SDPA attention."""
+    if any(s.device == "cpu" for s in placement):
+        return ("offloaded layers: a decode with layers on the CPU was never measured (the PCIe ceiling is a bound, "
+                "not an estimate)")
+    if len({s.device for s in placement}) > 1:
+        return "split over GPUs: a decode split over GPUs was never measured"
+    attn = sz.generation.attn_implementation if sz.generation is not None else "sdpa"
+    if attn != "sdpa":
+        return f"{attn} attention: a decode with it was never measured (the overheads are SDPA's)"
+    if sz.moe:
+        return ("routed experts: a decode of a mixture-of-experts model was never measured (the overheads are dense "
+                "models')")
+    return None
 
 
 def pcie_seconds(nbytes: int) -> float:
@@ -93,5 +116,10 @@ def decode_speed(sz: Sizes, placement, gpus, batch: int) -> Speed | None:
         bw = by_index[s.device].bandwidth_gbs if s.device in by_index else None
         memory_s = None if memory_s is None or not bw else memory_s + nbytes / (bw * 1e9)
     overhead = len(sz.layer_weights) * table[kind]
-    step = None if memory_s is None else overhead + memory_s + pcie_seconds(pcie)
-    return Speed(batch, None if step is None else batch / step, overhead, read, memory_s, pcie, pcie_seconds(pcie))
+    why = unmeasured(sz, placement)
+    if why is None and memory_s is None:
+        no_bw = next(s.device for s in on_gpus if not (s.device in by_index and by_index[s.device].bandwidth_gbs))
+        why = f"GPU {no_bw} has no memory bandwidth (catalogue `bandwidth_gbs`, or a hardware file's)"
+    step = None if why else overhead + memory_s + pcie_seconds(pcie)
+    return Speed(batch, None if step is None else batch / step, overhead, read, memory_s, pcie, pcie_seconds(pcie),
+                 why)

@@ -59,12 +59,39 @@ class Lock:
     kv_type: str = "f16"  # the llama.cpp KV cache type the plan's GGUF rows were made for
 
 
+#: The keys of a serving-engine lock's `engine:` that a later check must plan again: the deployment. The figures
+#: (KV tokens, concurrency) follow from them; a check that plans another deployment says so (`lock_notes`).
+ENGINE_LOCK_KEYS = ("name", "version", "tensor_parallel_size", "pipeline_parallel_size", "nodes", "gpus_per_node",
+                    "gpu_name", "precision", "kv_cache_dtype", "gpu_memory_utilization", "max_model_len",
+                    "quantization", "command")
+
+
+def engine_summary(plan: Plan) -> str:
+    """One line for a serving-engine plan (`fitplan lock`'s answer, the lock's header)."""
+    e = plan.engine.plan
+    if not e.fits:
+        return f"{plan.model_id} on {e.name}: " + (plan.engine.rejected[-1].reason if plan.engine.rejected else
+                                                   "does not fit")
+    nodes = f" on {e.nodes} nodes of {e.gpus_per_node} GPUs" if e.nodes > 1 else ""
+    return (f"{plan.model_id} on {e.name} {e.version}: TP {e.tensor_parallel_size} x PP {e.pipeline_parallel_size}"
+            f"{nodes}, {e.precision} weights, {e.kv_cache_tokens:,} KV tokens")
+
+
+@dataclass(frozen=True)
+class EngineLock:
+    """A serving-engine lock (`engine:` instead of `plan:`), parsed: what `fitplan check --profile` compares."""
+
+    path: str
+    profile_sha256: str
+    model: str
+    engine: dict  # ENGINE_LOCK_KEYS -> the locked value (the command as a tuple)
+
+
 def _render_engine_lock(plan: Plan, profile: Profile, settings: Settings, profile_path) -> str:
     """The lock of a serving-engine plan: the deployment (sizes, engine settings, command) it was made with."""
     e = plan.engine.plan
     if not e.fits:
-        raise DoesNotFitError(f"{e.name}: " + (plan.engine.rejected[-1].reason if plan.engine.rejected else "no fit"),
-                              model_id=plan.model_id)
+        raise DoesNotFitError(engine_summary(plan), model_id=plan.model_id)
     data = {
         "lock_version": LOCK_VERSION, "profile": Path(profile_path).name, "profile_sha256": profile.digest,
         "model": plan.model_id, "revision": plan.revision or settings.revision, "origin": plan.origin,
@@ -74,9 +101,8 @@ def _render_engine_lock(plan: Plan, profile: Profile, settings: Settings, profil
                                                                "total_bytes": g.total_bytes} for g in plan.hardware.gpus]},
         "versions": {"fitplan": fitplan_version(), **lib_versions()},
     }
-    head = (f"# fitplan lock for {Path(profile_path).name}: written by `fitplan lock`. Do not edit.\n"
-            f"# {e.name} {e.version}: TP {e.tensor_parallel_size} x PP {e.pipeline_parallel_size}, "
-            f"{e.kv_cache_tokens:,} KV tokens\n")
+    head = (f"# fitplan lock for {Path(profile_path).name}: written by `fitplan lock`, read by `fitplan check "
+            f"--profile`. Do not edit.\n# {engine_summary(plan)}\n")
     return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None)
 
 
@@ -131,8 +157,9 @@ def render_lock(plan: Plan, profile: Profile, settings: Settings, profile_path: 
     return head + body.replace("{? '' : ", "{'': ")
 
 
-def read_lock(path: str | os.PathLike) -> Lock:
-    """Parse a lock file; a damaged or foreign one is an InputError saying to re-run `fitplan lock`."""
+def read_lock(path: str | os.PathLike) -> Lock | EngineLock:
+    """Parse a lock file (a serving-engine lock is an `EngineLock`); a damaged or foreign one is an InputError
+    saying to re-run `fitplan lock`."""
     name = str(path)
     fix = "re-run `fitplan lock --force` on the profile"
     try:
@@ -143,6 +170,8 @@ def read_lock(path: str | os.PathLike) -> Lock:
                              f"version this fitplan reads", **doc.at("lock_version"))
         digest = get_str(doc, "profile_sha256", what="lock", required=True)
         model = get_str(doc, "model", what="lock", required=True)
+        if "engine" in doc:
+            return EngineLock(name, digest, model, _lock_engine(doc))
         revision = get_str(doc, "revision", what="lock")
         model_sha256 = get_str(doc, "model_sha256", what="lock")  # local folders only
         work = require_map(doc.get("workload"), where=doc.where("workload"), what="lock workload")
@@ -171,6 +200,35 @@ def read_lock(path: str | os.PathLike) -> Lock:
         raise FileError(f"{err}; this lock cannot be used: {fix}", **FileError.fields_of(err, name)) from None
     return Lock(name, digest, model, revision, context, batch, images, auto_class, precision, compute, device_map,
                 max_memory, tuple(gpus), needs, model_sha256, kv_type)
+
+
+def _lock_engine(doc: YamlMap) -> dict:
+    """A serving-engine lock's deployment (`ENGINE_LOCK_KEYS`), each key present and of a plain type."""
+    eng = require_map(doc.get("engine"), where=doc.where("engine"), what="lock engine")
+    out = {}
+    for key in ENGINE_LOCK_KEYS:
+        if key not in eng:
+            raise FileError(f"{eng.where(key)}: engine is missing the required key {key!r}", **eng.at(key))
+        value = eng[key]
+        if key == "command":
+            value = tuple(require_list(value, where=eng.where(key), what="engine.command"))
+        if not isinstance(value, (str, int, float, tuple, type(None))) or \
+                (isinstance(value, tuple) and not all(isinstance(c, str) for c in value)):
+            raise FileError(f"{eng.where(key)}: engine.{key}: unexpected {describe(value)}", **eng.at(key))
+        out[key] = value
+    return out
+
+
+def engine_lock_change(lock: EngineLock, plan: Plan) -> str | None:
+    """How a check's serving-engine deployment differs from the locked one, or None."""
+    if plan.engine is None:
+        return f"the lock pins a {lock.engine['name']} deployment, this check plans no engine"
+    now = plan.engine.plan.to_dict()
+    now["command"] = tuple(now["command"])
+    for key in ENGINE_LOCK_KEYS:
+        if now[key] != lock.engine[key]:
+            return f"engine.{key} is {now[key]!r} in this check, {lock.engine[key]!r} in the lock"
+    return None
 
 
 def _lock_device_map(plan: YamlMap):
@@ -215,9 +273,14 @@ def _lock_needs(plan: YamlMap) -> tuple[tuple[Any, int], ...]:
     return tuple(out)
 
 
-def check_lock(lock: Lock, profile: Profile, s: Settings, hw: Hardware) -> None:
+def check_lock(lock: Lock | EngineLock, profile: Profile, s: Settings, hw: Hardware) -> None:
     """Refuse to load when the profile, the model, the workload or this machine's GPUs left the lock."""
     fix = f"re-run `fitplan lock --force {profile.path}`"
+    if isinstance(lock, EngineLock):
+        name, command = lock.engine["name"], lock.engine["command"]
+        raise FileError(f"{lock.path} locks a {name} deployment, which fitplan.load() does not start: run its "
+                        f"command ({command[-1] if command else name}), or drop 'engine:' from the profile and re-run "
+                        "`fitplan lock --force` to load with transformers", path=str(lock.path), key="engine")
     if lock.profile_sha256 != profile.digest:
         raise FileError(f"{profile.path} changed since it was locked ({lock.path}); {fix} and commit the new lock",
                         path=str(profile.path))
@@ -292,9 +355,19 @@ def lock_notes(lock_file: Path, profile: Profile, plan: Plan) -> tuple[str, ...]
         lock = read_lock(lock_file)
     except InputError as err:
         return (f"lock {lock_file} cannot be read ({err})",)
+    if isinstance(lock, EngineLock):
+        if lock.profile_sha256 != profile.digest:
+            return (f"lock {lock_file} is stale: {profile.path} changed since it was locked; {fix}",)
+        change = engine_lock_change(lock, plan) if plan.model_id == lock.model else \
+            f"it pins {lock.model}, this check plans {plan.model_id}"
+        return (f"lock {lock_file} differs from this check: {change} (flags or FITPLAN_* variables?)",) if change \
+            else ()
     if lock.profile_sha256 != profile.digest:
         return (f"lock {lock_file} is stale: {profile.path} changed since it was locked, so "
                 f"fitplan.load(profile=...) will refuse it; {fix}",)
+    if plan.engine is not None:
+        return (f"lock {lock_file} pins a transformers load, this check plans a {plan.engine.plan.name} deployment "
+                f"(flags or FITPLAN_* variables?)",)
     if lock.model_sha256 and plan.model_digest and lock.model_sha256 != plan.model_digest:
         return (f"lock {lock_file} is stale: the model folder {plan.model_id} changed since it was locked (its "
                 f"config.json or safetensors headers differ), so fitplan.load(profile=...) will refuse it; {fix}",)

@@ -53,7 +53,8 @@ def _schema() -> tuple[Field, ...]:
         _option_field(f) for f in declared if f.metadata["profile"][:1] == (name,) and len(f.metadata["profile"]) == 2))
         for name, doc in SECTIONS.items()}
     hardware = Field("hardware", "hardware",
-                     "'auto' probes this machine; or 'gpus:' (and optional 'cpu_ram:') as in a --hardware file.",
+                     "'auto' probes this machine; or 'gpus:' (and optional 'cpu_ram:', 'nodes:', ...) as in a "
+                     "--hardware file.",
                      "auto")
     return (*top, sections["workload"], hardware, sections["constraints"], sections["serving"])
 
@@ -125,17 +126,28 @@ def json_schema() -> dict:
     }
 
 
+def _hardware_properties() -> dict:
+    """The schema of each of `HARDWARE_FILE_KEYS` (the keys of a hardware file and of a profile's `hardware:`),
+    in their order; a key added there without a schema here fails at import of the JSON Schema."""
+    schemas = {"gpus": {"type": "array", "maxItems": MAX_GPUS, "items": {"$ref": "#/$defs/gpu"}},
+               "cpu_ram": {"$ref": "#/$defs/size"},
+               "unified": {"type": "boolean", "description": "The CPU and GPU share cpu_ram (Apple silicon)."},
+               "software": software_schema(),
+               "nodes": {"type": "integer", "minimum": 1, "maximum": MAX_GPUS,
+                         "description": "Machines the GPUs are spread over, each with the same share of them "
+                                        "(serving-engine plans across nodes; docs/engines.md). Default: 1."}}
+    if set(schemas) != set(HARDWARE_FILE_KEYS):
+        raise AssertionError(f"profile schema: hardware keys {sorted(schemas)} are not {sorted(HARDWARE_FILE_KEYS)}")
+    return {key: schemas[key] for key in HARDWARE_FILE_KEYS}
+
+
 def _field_schema(f: Field) -> dict:
     base: dict = {"description": f.doc + (f" Default: {f.default}." if f.default else "")}
     if f.kind == "hardware":
         return {**base, "anyOf": [
             {"const": "auto"},
             {"type": "object", "additionalProperties": False, "required": ["gpus"],
-             "properties": {"gpus": {"type": "array", "maxItems": MAX_GPUS, "items": {"$ref": "#/$defs/gpu"}},
-                            "cpu_ram": {"$ref": "#/$defs/size"},
-                            "unified": {"type": "boolean", "description": "The CPU and GPU share cpu_ram "
-                                                                            "(Apple silicon)."},
-                            "software": software_schema()}}]}
+             "properties": _hardware_properties()}]}
     if f.kind == "section":
         return {**base, "type": "object", "additionalProperties": False, "minProperties": 1,
                 "properties": {g.key: _field_schema(g) for g in f.fields}}

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import FileError, FitplanError, OptionError
 from ..hardware.catalogue import read_hardware_map
+from ..hardware.nodes import nodes_note
 from ..hardware.software import Software, default_software
 from ..hardware.machine import GPU, Hardware
 from ..options import PLAN_KEYS, PlanOptions, check_keys as check_keys_given
@@ -62,6 +63,7 @@ class HardwareSpec:
     cpu_ram_bytes: int | None = None
     unified: bool = False
     software: Software | None = None
+    gpus_per_node: int | None = None  # `nodes:` (hardware/nodes.py); None: one machine
 
     def resolve(self, source_name: str) -> Hardware:
         from ..hardware.probe import cpu_ram_bytes, probe
@@ -71,7 +73,9 @@ class HardwareSpec:
         ram = cpu_ram_bytes() if self.cpu_ram_bytes is None else self.cpu_ram_bytes
         software = self.software or default_software()
         return Hardware(gpus=self.gpus, cpu_ram_bytes=ram, source="file", unified=self.unified,
-                        notes=(f"GPUs described in {source_name}, not probed", software.note()), software=software)
+                        gpus_per_node=self.gpus_per_node, software=software,
+                        notes=(f"GPUs described in {source_name}, not probed", software.note(),
+                               *nodes_note(len(self.gpus), self.gpus_per_node)))
 
 
 @dataclass(frozen=True)
@@ -210,8 +214,9 @@ def _hardware(doc: YamlMap, key: str) -> HardwareSpec:
     if value.get("gpus") is None and set(value) <= set(HARDWARE_KEYS):
         raise FileError(f"{value.where('gpus')}: hardware needs a 'gpus:' list (write 'gpus: []' for a CPU-only "
                         "machine), or write 'hardware: auto' to probe", **value.at("gpus"))
-    gpus, ram, unified, software = read_hardware_map(value, name=doc.source, what="hardware")  # the file's reader
-    return HardwareSpec(auto=False, gpus=gpus, cpu_ram_bytes=ram, unified=unified, software=software)
+    gpus, ram, unified, software, per_node = read_hardware_map(value, name=doc.source, what="hardware")  # the file's
+    return HardwareSpec(auto=False, gpus=gpus, cpu_ram_bytes=ram, unified=unified, software=software,
+                        gpus_per_node=per_node)
 
 
 # -- the environment and precedence ----------------------------------------------------------------

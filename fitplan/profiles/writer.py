@@ -118,6 +118,9 @@ def render_profile(plan: Plan, *, given: Mapping[str, Any]) -> str:
             lines.append(row(2, f"gpus: {_flow(gpus)}" if not gpus else "gpus:",
                              "CPU only" if not gpus else f"planned for: {hw.describe()}"))
             lines += [row(4, f"- {_flow(e)}", "") for e in gpus]
+            if hw.gpus_per_node:
+                lines.append(row(2, f"nodes: {len(hw.gpus) // hw.gpus_per_node}",
+                                 f"machines of {hw.gpus_per_node} GPUs each"))
             if not gpus or o.offload:
                 ram = hw.cpu_ram_bytes - hw.cpu_ram_bytes % MiB  # whole MiB: readable, never more than there is
                 lines.append(row(2, f"cpu_ram: {format_size(ram)}", "RAM the plan may use"))

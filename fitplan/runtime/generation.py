@@ -34,8 +34,11 @@ def apply(model, gen: Generation, *, context: int, batch: int) -> None:
 
 
 def _input_shape(args, kwargs) -> tuple[int, int] | None:
-    """(batch, prompt tokens) of a generate() call, from input_ids or inputs_embeds."""
-    x = kwargs.get("input_ids", args[0] if args else None)
+    """(batch, prompt tokens) of a generate() call, from its first argument (`inputs`, positional or by name),
+    input_ids or inputs_embeds."""
+    x = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids"))
+    if x is None:
+        x = kwargs.get("input_ids")
     if x is None:
         x = kwargs.get("inputs_embeds")
     shape = getattr(x, "shape", None)
@@ -54,11 +57,19 @@ def _new_tokens(model, prompt: int, kwargs) -> int | None:
     return int(length) if length is not None else None
 
 
-def guard(model, *, context: int, batch: int) -> None:
+def guard_positions(model, *, limit: int, model_id: str) -> None:
+    """Wrap `model.generate` so a call past a learned absolute position table (`Inventory.position_limit`: GPT-2,
+    OPT, ...) fails before it runs, in one line, instead of an IndexError inside the embedding lookup once the
+    sequence reaches row `limit`. Any cache: no position past the table exists."""
+    guard(model, context=limit, batch=None, positions=model_id)
+
+
+def guard(model, *, context: int, batch: int | None, positions: str | None = None) -> None:
     """Wrap `model.generate` so a call that would run past the planned context, or with more sequences
     than the planned batch, fails before anything is allocated, with one line saying what to do. The
     static cache is allocated for exactly `context` x `batch` (transformers would otherwise grow it and
-    compile again, past the plan's memory)."""
+    compile again, past the plan's memory). `positions` (the model's name): `context` is its learned
+    absolute position table's length instead, and `batch` None (any batch runs)."""
     original = model.generate
 
     @functools.wraps(original)
@@ -68,13 +79,19 @@ def guard(model, *, context: int, batch: int) -> None:
             rows, prompt = shape
             rows *= max(int(kwargs.get("num_return_sequences", 1) or 1), int(kwargs.get("num_beams", 1) or 1))
             total = _new_tokens(model, prompt, kwargs)
+            if total is not None and total > context and positions:
+                raise PlannedShapeError(
+                    f"this generate() call runs to {total} tokens ({prompt} prompt + {total - prompt} new), past the "
+                    f"{context} learned absolute positions of {positions}: no position past them exists (the "
+                    f"embedding lookup would fail with an IndexError); shorten it to {context} tokens or fewer",
+                    tokens=total, context=context, batch=rows, planned_batch=rows, option="context")
             if total is not None and total > context:
                 raise PlannedShapeError(
                     f"this generate() call runs to {total} tokens ({prompt} prompt + {total - prompt} new), past the "
                     f"{context} the model was planned and its static cache allocated for; shorten it, or load with "
                     f"{ref('context', total)} (or {ref('fast', False)} for a dynamic cache)",
                     tokens=total, context=context, batch=rows, planned_batch=batch, option="context")
-            if rows > batch:
+            if batch is not None and rows > batch:
                 raise PlannedShapeError(
                     f"this generate() call runs {rows} sequences, more than the planned {ref('batch', batch)} its "
                     f"static cache was allocated for; split the batch, or load with {ref('batch', rows)}",

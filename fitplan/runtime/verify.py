@@ -58,6 +58,7 @@ def verify(model: str, *, max_new_tokens: int = 32, **options) -> VerifyReport:
     m = load(model, tokenizer=False, warmup=True, **options)  # the first compile is not decode time
     plan = m.fitplan.plan
     context = plan.options.context  # the default may have been capped at the model's positions (planning.workload.planned)
+    batch = plan.options.batch  # the planned shape, which the static cache was allocated for
     for i in range(torch.cuda.device_count()):
         torch.cuda.reset_peak_memory_stats(i)
     ids = torch.randint(10, min(plan.inventory.vocab_size, 30000), (batch, context - max_new_tokens))
