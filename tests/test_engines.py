@@ -232,3 +232,107 @@ def test_sglang_counts_the_context_and_torch_distributed_before_the_weights():
     gap = on["h100-pcie"].available_kv_cache_bytes - on["h100"].available_kv_cache_bytes
     want = (C.SGLANG_DIST_INIT_NVLINK_BYTES - C.SGLANG_DIST_INIT_OTHER_BYTES) * 0.85
     assert abs(gap - want) < 2 << 20
+
+
+# Hybrid models: recurrent (Gated DeltaNet) state on vLLM 0.11.0. The expected figures below are vLLM's own formulas
+# (vllm/model_executor/layers/mamba/mamba_utils.py, vllm/model_executor/models/config.py, vllm/v1/core/kv_cache_utils.py)
+# worked by hand from Qwen3-Next's config.json, not fitplan's output copied back.
+QWEN3_NEXT = "Qwen/Qwen3-Next-80B-A3B-Instruct"
+
+
+def test_gated_delta_net_state_splits_its_heads_over_the_ranks():
+    from fitplan.engines.model import GatedDeltaNet
+    from fitplan.engines.vllm import state_page_bytes
+
+    gdn = GatedDeltaNet(num_k_heads=16, num_v_heads=32, head_k_dim=128, head_v_dim=128, conv_kernel=4)
+    # conv_dim = 2 x 16 x 128 + 32 x 128 = 8192 channels, kernel - 1 = 3 steps; recurrent state 32 v-heads of 128 x 128
+    assert gdn.state_shapes(1) == ((3, 8192), (32, 128, 128))
+    assert gdn.state_shapes(4) == ((3, 2048), (8, 128, 128))
+    assert gdn.state_shapes(2, num_spec=2) == ((5, 4096), (16, 128, 128))  # MTP drafts widen the conv window
+    assert state_page_bytes(gdn, 1, 2) == (3 * 8192 + 32 * 128 * 128) * 2 == 1_097_728
+    assert state_page_bytes(gdn, 4, 2) * 4 == state_page_bytes(gdn, 1, 2)
+    with pytest.raises(InputError, match="does not divide the 32 linear-attention value heads"):
+        gdn.state_shapes(64)
+
+
+def test_qwen3_next_geometry_has_full_attention_every_fourth_layer():
+    inv, cfg = _shipped(QWEN3_NEXT)
+    geo = geometry(cfg)
+    assert geo.linear_attention is not None
+    assert geo.attention_layers == tuple(range(3, 48, 4))
+    assert len(geo.state_layers) == 36 and not set(geo.state_layers) & set(geo.attention_layers)
+    # fitplan's inventory agrees that exactly those layers keep a fixed state (read off transformers' cache)
+    assert [i for i, k in enumerate(inv.kv_layers) if k.state_elements or k.state_fixed_bytes] == list(geo.state_layers)
+
+
+@pytest.mark.parametrize("tp, kv_e, block", [
+    # attention bytes per token per layer: 2 x max(1, 2 // tp) x 256 x kv_e; state page (3 x 8192/tp + 32/tp x 128 x
+    # 128) x 2 bytes; block = 16 x cdiv(state, 16 x attention)
+    (1, 2, 16 * -(-1_097_728 // (16 * 2048))),   # 544
+    (2, 2, 16 * -(-548_864 // (16 * 1024))),     # 544
+    (4, 2, 16 * -(-274_432 // (16 * 1024))),     # 272: one KV head per rank from TP 2 on
+    (4, 1, 16 * -(-274_432 // (16 * 512))),      # 544: an fp8 KV cache doubles the tokens a page needs
+])
+def test_attention_block_grows_until_a_page_holds_a_state_page(tp, kv_e, block):
+    from fitplan.engines.vllm import hybrid_pool
+
+    _, cfg = _shipped(QWEN3_NEXT)
+    pool = hybrid_pool(geometry(cfg), tp, kv_e, 2)
+    attn_token = 2 * max(1, 2 // tp) * 256 * kv_e
+    assert pool.block == block and pool.block % 16 == 0
+    assert pool.page == block * attn_token >= pool.state_page > (block - 16) * attn_token  # the smallest such block
+    # 12 attention layers and 36 state layers: groups of min(12, 36) = 12, the state layers dealt as layers[i::3]
+    assert [(k, len(g)) for k, g in pool.groups] == [("attention", 12)] + [("state", 12)] * 3
+    state = [g for k, g in pool.groups if k == "state"]
+    assert state[0][:3] == (0, 4, 8) and state[1][:3] == (1, 5, 9) and state[2][:3] == (2, 6, 10)
+
+
+def test_hybrid_tokens_and_concurrency_follow_kv_cache_utils():
+    inv, cfg = _shipped(QWEN3_NEXT)
+    geo, h100 = geometry(cfg), hardware_from_gpu_flag("h100", 0).gpus[0]
+    length = 32768
+    p = plan_vllm(inv, geo, h100, Knobs(), tp=4, pp=1, max_model_len=length)
+    page, block = 272 * 1024, 272
+    num_blocks = p.available_kv_cache_bytes // page // 12  # get_num_blocks: available // page // group size
+    assert p.block_size == block
+    assert p.kv_cache_tokens == num_blocks // 4 * block  # four groups, the smallest block size
+    # one request: cdiv(32768, 272) attention pages plus one page in each of the 3 state groups
+    assert p.max_concurrency == pytest.approx(num_blocks / (-(-length // block) + 3))
+    assert p.kv_bytes_per_token == 12 * 2 * 1 * 256 * 2  # only the 12 attention layers grow with the context
+    # the largest --max-model-len: 36 state pages and cdiv(len, 272) pages for each of the 12 attention layers fit
+    pages = p.available_kv_cache_bytes // page
+    assert p.max_model_len_fit == min(inv.max_positions, (pages - 36) // 12 * block)
+    assert any("Gated DeltaNet" in n and "272 tokens" in n for n in p.notes)
+
+
+def test_hybrid_pool_against_a_public_vllm_log():
+    """vllm-project/vllm#26646 (2025-10-11, vLLM 0.11 era, Qwen3-Next int4 AutoRound, TP 2, --dtype float16,
+    --kv-cache-dtype fp8_e5m2, --max-model-len 215040) logs "GPU KV cache size: 90,048 tokens" and "Maximum
+    concurrency for 215,040 tokens per request: 1.66x". Its checkpoint's weights are not shipped (no available-memory
+    match), but both figures come from one block count, which fitplan's pool must reproduce: 1072-token blocks
+    (16 x cdiv(548,864 state bytes, 16 x 512)), four groups and cdiv(215040, 1072) + 3 blocks a request."""
+    from fitplan.engines.vllm import hybrid_pool
+
+    _, cfg = _shipped(QWEN3_NEXT)
+    pool = hybrid_pool(geometry(cfg), 2, 1, 2)
+    counts = [n for n in range(1, 10_000) if pool.tokens(n, 215040) == 90_048
+              and round(n / pool.blocks_per_request(215040), 2) == 1.66]
+    assert pool.block == 1072 and counts, "no block count gives both logged figures"
+
+
+def test_recurrent_state_plans_on_vllm_and_is_refused_elsewhere_in_one_line():
+    from fitplan.errors import UnsupportedModelError
+
+    inv, cfg = _shipped(QWEN3_NEXT)
+    hw = hardware_from_gpu_flag("4xh100", 0)
+    choice = plan_engine(inv, cfg, hw, engine="vllm", knobs=Knobs(tensor_parallel_size=4), max_model_len=65536,
+                         concurrency=4, model_id=QWEN3_NEXT)
+    assert choice.plan.fits and choice.plan.block_size == 272
+    with pytest.raises(UnsupportedModelError, match="does not mirror sglang's state pool"):
+        plan_engine(inv, cfg, hw, engine="sglang", knobs=Knobs(), max_model_len=8192, concurrency=1,
+                    model_id=QWEN3_NEXT)
+    # another kind of recurrent state (no Gated DeltaNet geometry): refused on vLLM too, naming what is mirrored
+    other = {**cfg, "model_type": "some_ssm"}
+    with pytest.raises(UnsupportedModelError, match="of a kind fitplan does not mirror on vllm"):
+        plan_engine(inv, other, hw, engine="vllm", knobs=Knobs(), max_model_len=8192, concurrency=1,
+                    model_id="x/ssm")
