@@ -91,3 +91,28 @@ def test_profile_and_lock_carry_the_engine(tmp_path, env):
     lock = (tmp_path / "p.lock.yaml").read_text() if (tmp_path / "p.lock.yaml").exists() else \
         next(tmp_path.glob("*.lock*")).read_text()
     assert "engine:" in lock and "tensor_parallel_size: 4" in lock and "vllm serve" in lock
+
+
+HYBRID = "Qwen/Qwen3-Next-80B-A3B-Instruct"  # shipped config: Gated DeltaNet layers with full attention every 4th
+
+
+def test_hybrid_model_plans_on_vllm_with_its_state_pool(env):
+    r = run(env, "check", HYBRID, "--gpu", "4xh100", "--engine", "vllm", "--tensor-parallel-size", "4",
+            "--context", "65536", "--json")
+    assert r.returncode == 0, r.stderr
+    e = json.loads(r.stdout)["engine"]
+    # one KV head of 256 per rank, bf16: 1024 bytes a token a layer; a state page per rank is 274,432 bytes, so vLLM
+    # raises the attention block to 16 x cdiv(274432, 16 x 1024) = 272 tokens
+    assert e["block_size"] == 272 and e["kv_bytes_per_token"] == 12 * 1024
+    assert e["kv_cache_tokens"] > 0 and e["max_concurrency"] > 1
+    assert any("Gated DeltaNet" in n for n in e["notes"])
+    assert e["command"] == [f"vllm serve {HYBRID} --tensor-parallel-size 4 --pipeline-parallel-size 1 "
+                            "--max-model-len 65536 --gpu-memory-utilization 0.9"]
+
+
+def test_hybrid_model_is_refused_on_sglang_in_one_line(env):
+    r = run(env, "check", HYBRID, "--gpu", "4xh100", "--engine", "sglang")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "sglang 0.4.9" in lines[0] and "engine vllm" in lines[0], lines
+    assert "Traceback" not in r.stderr

@@ -328,7 +328,7 @@ def test_recurrent_state_plans_on_vllm_and_is_refused_elsewhere_in_one_line():
     choice = plan_engine(inv, cfg, hw, engine="vllm", knobs=Knobs(tensor_parallel_size=4), max_model_len=65536,
                          concurrency=4, model_id=QWEN3_NEXT)
     assert choice.plan.fits and choice.plan.block_size == 272
-    with pytest.raises(UnsupportedModelError, match="does not mirror sglang's state pool"):
+    with pytest.raises(UnsupportedModelError, match="sglang 0.4.9, the version fitplan mirrors, has no model for it"):
         plan_engine(inv, cfg, hw, engine="sglang", knobs=Knobs(), max_model_len=8192, concurrency=1,
                     model_id=QWEN3_NEXT)
     # another kind of recurrent state (no Gated DeltaNet geometry): refused on vLLM too, naming what is mirrored

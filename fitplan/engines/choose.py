@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import FitplanError, OptionError, UnsupportedModelError
 from ..options import ENGINE_KEYS, PlanOptions
+from ..versions import ENGINE_VERSIONS
 from ..planning.workload import Workload
 from ..hardware.machine import Hardware
 from ..model import prequant
@@ -85,9 +86,10 @@ def _check_state(inv: Inventory, geo: model.AttentionGeometry, engine: str, mode
         raise UnsupportedModelError(f"{model_id} keeps recurrent (Mamba / linear-attention) state of a kind fitplan "
                                     f"does not mirror on {engine} (vLLM's Gated DeltaNet pool only, Qwen3-Next): plan "
                                     "it with engine transformers", model_type=inv.model_type)
-    if engine != "vllm":
-        raise UnsupportedModelError(f"{model_id} keeps recurrent (linear-attention) state; fitplan does not mirror "
-                                    f"{engine}'s state pool yet: plan it with engine vllm or transformers",
+    if engine != "vllm":  # SGLang 0.4.9 (July 2025) predates Qwen3-Next; sgl-project/sglang#10233 added it, MambaPool
+        raise UnsupportedModelError(f"{model_id} keeps linear-attention state: {engine} {ENGINE_VERSIONS[engine]}, the "
+                                    "version fitplan mirrors, has no model for it, and fitplan does not mirror the "
+                                    f"later {engine} state pool: plan it with engine vllm or transformers",
                                     model_type=inv.model_type)
 
 
