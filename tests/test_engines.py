@@ -336,3 +336,34 @@ def test_recurrent_state_plans_on_vllm_and_is_refused_elsewhere_in_one_line():
     with pytest.raises(UnsupportedModelError, match="of a kind fitplan does not mirror on vllm"):
         plan_engine(inv, other, hw, engine="vllm", knobs=Knobs(), max_model_len=8192, concurrency=1,
                     model_id="x/ssm")
+
+
+def test_hybrid_plan_against_a_public_vllm_0_10_2_log_on_two_h200s():
+    """A public startup log of vLLM 0.10.2 (whose hybrid accounting is 0.11.0's: the same page unification, groups and
+    figures) serving Qwen3-Next-80B-A3B-Instruct with `--tensor-parallel-size 2` and every other flag at its default on
+    two H200s prints: "Setting attention block size to 544 tokens", "Padding mamba page size by 1.49%", "Model loading
+    took 74.2812 GiB", "Available KV cache memory: 44.59 GiB", "GPU KV cache size: 973,760 tokens", "Maximum
+    concurrency for 262,144 tokens per request: 14.77x", "num_gpu_blocks is: 7162", and in its memory summary "Desired
+    GPU memory utilization is (0.9, 125.83 GiB) ... 5.58 GiB for peak activation, 1.38 GiB for non-torch memory".
+    The file was found in a code index whose repository could not be resolved, so it is not a case of
+    tests/data/engine_logs.yaml (which needs a link); docs/engines.md gives it with these figures."""
+    from fitplan.engines.vllm import hybrid_pool
+
+    inv, cfg = _shipped(QWEN3_NEXT)
+    geo, h200 = geometry(cfg), hardware_from_gpu_flag("h200", 0).gpus[0]
+    p = plan_vllm(inv, geo, h200, Knobs(), tp=2, pp=1, max_model_len=262144)
+    assert p.block_size == 544
+    pool = hybrid_pool(geo, 2, 2, 2)
+    assert round(100 * (pool.page - pool.state_page) / pool.state_page, 2) == 1.49
+    # the pool from the log's own available memory: every figure it prints, exactly
+    blocks = pool.num_blocks(round(44.59 * 2**30), range(48))
+    assert blocks == 7162
+    assert pool.tokens(blocks, 262144) == 973_760
+    assert round(blocks / pool.blocks_per_request(262144), 2) == 14.77
+    # the budget: fitplan's weights are the log's within 0.1%, and with the log's own profile-run peak and non-torch
+    # memory in place of fitplan's, gpu_memory_utilization x total - weights - those is the logged 44.59 GiB
+    r = p.per_rank[0]
+    assert r.weights_bytes / 2**30 == pytest.approx(74.2812, rel=1e-3)
+    requested = r.available_kv_cache_bytes + r.weights_bytes + r.activation_bytes + r.non_torch_bytes
+    assert requested / 2**30 == pytest.approx(125.83, abs=0.01)
+    assert (requested - r.weights_bytes) / 2**30 - 5.58 - 1.38 == pytest.approx(44.59, rel=2e-3)
