@@ -199,7 +199,7 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
     pool = hybrid_pool(geo, tp, kv_e, e) if geo.linear_attention is not None else None
     page = BLOCK_SIZE * per_token_layer if pool is None else pool.page
     vocab = geo.vocab_size or inv.vocab_size
-    ranks, blocks, group_windows, fits = [], [], None, []
+    ranks, blocks, group_windows, fit_lens = [], [], None, []
     for s, w in enumerate(stages):
         fwd = forward_peak(inv, geo, tp, batched, e)
         if s == pp - 1:
@@ -217,7 +217,7 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
         else:
             nb = pool.num_blocks(avail, stage_layers[s])
             blocks.append((nb, len(pool.groups)))
-            fits.append(pool.largest_len(avail, stage_layers[s], inv.max_positions or max_model_len))
+            fit_lens.append(pool.largest_len(avail, stage_layers[s], inv.max_positions or max_model_len))
         for r in range(tp):
             ranks.append(RankPlan(s * tp + r, s, w.layers, w.total, act, C.VLLM_NON_TORCH_BYTES, graphs, avail))
     num_blocks = min(nb for nb, _ in blocks)
@@ -230,7 +230,7 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
     else:
         tokens = pool.tokens(num_blocks, max_model_len)
         per_req = pool.blocks_per_request(max_model_len)
-        fit = min(fits)
+        fit = min(fit_lens)
         block, kv_layers = pool.block, len(geo.attention_layers)
     max_conc = num_blocks / per_req if per_req else 0.0
     avail_min = min(r.available_kv_cache_bytes for r in ranks)
