@@ -128,3 +128,50 @@ def test_load_refuses_an_engine_lock_in_one_line(tmp_path, env):
     with pytest.raises(FileError, match="locks a vllm deployment, which fitplan.load\\(\\) does not start: run its "
                                         "command \\(vllm serve "):
         fitplan.load(profile=str(prof), offline=True)
+
+
+HYBRID = "Qwen/Qwen3-Next-80B-A3B-Instruct"  # shipped config: Gated DeltaNet layers with full attention every 4th
+
+
+def _hybrid_refused_here() -> str | None:
+    """Why the installed transformers cannot inventory HYBRID (5.0 cannot run its forward on the meta device), else
+    None: there `fitplan check` refuses it in one line before any engine is planned."""
+    from fitplan.errors import UnsupportedModelError
+    from fitplan.model.cache import get_inventory
+    from fitplan.model.sources import resolve
+
+    src = resolve(HYBRID, offline=True)
+    try:
+        get_inventory(src.config, model_id=src.model_id, stored_bytes=None, stored_parameters=None, auto_class=None)
+    except UnsupportedModelError as exc:
+        return str(exc)
+    return None
+
+
+def _one_line_exit_2(r, *words):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and all(w in lines[0] for w in words), lines
+    assert "Traceback" not in r.stderr
+
+
+def test_hybrid_model_plans_on_vllm_with_its_state_pool(env):
+    r = run(env, "check", HYBRID, "--gpu", "4xh100", "--engine", "vllm", "--tensor-parallel-size", "4",
+            "--context", "65536", "--json")
+    if (why := _hybrid_refused_here()) is not None:
+        return _one_line_exit_2(r, why)
+    assert r.returncode == 0, r.stderr
+    e = json.loads(r.stdout)["engine"]
+    # one KV head of 256 per rank, bf16: 1024 bytes a token a layer; a state page per rank is 274,432 bytes, so vLLM
+    # raises the attention block to 16 x cdiv(274432, 16 x 1024) = 272 tokens
+    assert e["block_size"] == 272 and e["kv_bytes_per_token"] == 12 * 1024
+    assert e["kv_cache_tokens"] > 0 and e["max_concurrency"] > 1
+    assert any("Gated DeltaNet" in n for n in e["notes"])
+    assert e["command"] == [f"vllm serve {HYBRID} --tensor-parallel-size 4 --pipeline-parallel-size 1 "
+                            "--max-model-len 65536 --gpu-memory-utilization 0.9"]
+
+
+def test_hybrid_model_is_refused_on_sglang_in_one_line(env):
+    r = run(env, "check", HYBRID, "--gpu", "4xh100", "--engine", "sglang")
+    why = _hybrid_refused_here()
+    _one_line_exit_2(r, *([why] if why else ["sglang 0.4.9", "engine vllm"]))

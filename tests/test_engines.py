@@ -258,3 +258,154 @@ def test_engines_hold_moe_routers_in_the_model_dtype_and_the_score_bias_in_float
     assert all(size(t) == t.numel * 2 for t in gates)
     assert all(size(t) == t.numel * 4 for t in biases)
 
+
+# Hybrid models: recurrent (Gated DeltaNet) state on vLLM 0.11.0. The expected figures below are vLLM's own formulas
+# (vllm/model_executor/layers/mamba/mamba_utils.py, vllm/model_executor/models/config.py, vllm/v1/core/kv_cache_utils.py)
+# worked by hand from Qwen3-Next's config.json, not fitplan's output copied back.
+QWEN3_NEXT = "Qwen/Qwen3-Next-80B-A3B-Instruct"
+
+
+def _qwen3_next():
+    """Its inventory and config; skipped where the installed transformers cannot size its cache (5.0 cannot run its
+    forward on the meta device: fitplan refuses the model in one line there, tests/test_engine_cli.py checks that)."""
+    from fitplan.errors import UnsupportedModelError
+    from fitplan.model import hf
+
+    try:
+        return _shipped(QWEN3_NEXT)
+    except UnsupportedModelError as exc:
+        pytest.skip(f"transformers {hf.version()} cannot size Qwen3-Next's cache: {exc}")
+
+
+def _qwen3_next_config() -> dict:
+    """The shipped config.json alone (no transformers): what the engine's pool arithmetic reads."""
+    from fitplan.model.sources import resolve
+
+    return resolve(QWEN3_NEXT, offline=True).config
+
+
+def test_gated_delta_net_state_splits_its_heads_over_the_ranks():
+    from fitplan.engines.model import GatedDeltaNet
+    from fitplan.engines.vllm import state_page_bytes
+
+    gdn = GatedDeltaNet(num_k_heads=16, num_v_heads=32, head_k_dim=128, head_v_dim=128, conv_kernel=4)
+    # conv_dim = 2 x 16 x 128 + 32 x 128 = 8192 channels, kernel - 1 = 3 steps; recurrent state 32 v-heads of 128 x 128
+    assert gdn.state_shapes(1) == ((3, 8192), (32, 128, 128))
+    assert gdn.state_shapes(4) == ((3, 2048), (8, 128, 128))
+    assert gdn.state_shapes(2, num_spec=2) == ((5, 4096), (16, 128, 128))  # MTP drafts widen the conv window
+    assert state_page_bytes(gdn, 1, 2) == (3 * 8192 + 32 * 128 * 128) * 2 == 1_097_728
+    assert state_page_bytes(gdn, 4, 2) * 4 == state_page_bytes(gdn, 1, 2)
+    with pytest.raises(InputError, match="does not divide the 32 linear-attention value heads"):
+        gdn.state_shapes(64)
+
+
+def test_qwen3_next_geometry_has_full_attention_every_fourth_layer():
+    geo = geometry(_qwen3_next_config())
+    assert geo.linear_attention is not None
+    assert geo.attention_layers == tuple(range(3, 48, 4))
+    assert len(geo.state_layers) == 36 and not set(geo.state_layers) & set(geo.attention_layers)
+    inv, _ = _qwen3_next()
+    # fitplan's inventory agrees that exactly those layers keep a fixed state (read off transformers' cache)
+    assert [i for i, k in enumerate(inv.kv_layers) if k.state_elements or k.state_fixed_bytes] == list(geo.state_layers)
+
+
+@pytest.mark.parametrize("tp, kv_e, block", [
+    # attention bytes per token per layer: 2 x max(1, 2 // tp) x 256 x kv_e; state page (3 x 8192/tp + 32/tp x 128 x
+    # 128) x 2 bytes; block = 16 x cdiv(state, 16 x attention)
+    (1, 2, 16 * -(-1_097_728 // (16 * 2048))),   # 544
+    (2, 2, 16 * -(-548_864 // (16 * 1024))),     # 544
+    (4, 2, 16 * -(-274_432 // (16 * 1024))),     # 272: one KV head per rank from TP 2 on
+    (4, 1, 16 * -(-274_432 // (16 * 512))),      # 544: an fp8 KV cache doubles the tokens a page needs
+])
+def test_attention_block_grows_until_a_page_holds_a_state_page(tp, kv_e, block):
+    from fitplan.engines.vllm import hybrid_pool
+
+    pool = hybrid_pool(geometry(_qwen3_next_config()), tp, kv_e, 2)
+    attn_token = 2 * max(1, 2 // tp) * 256 * kv_e
+    assert pool.block == block and pool.block % 16 == 0
+    assert pool.page == block * attn_token >= pool.state_page > (block - 16) * attn_token  # the smallest such block
+    # 12 attention layers and 36 state layers: groups of min(12, 36) = 12, the state layers dealt as layers[i::3]
+    assert [(k, len(g)) for k, g in pool.groups] == [("attention", 12)] + [("state", 12)] * 3
+    state = [g for k, g in pool.groups if k == "state"]
+    assert state[0][:3] == (0, 4, 8) and state[1][:3] == (1, 5, 9) and state[2][:3] == (2, 6, 10)
+
+
+def test_hybrid_tokens_and_concurrency_follow_kv_cache_utils():
+    inv, cfg = _qwen3_next()
+    geo, h100 = geometry(cfg), hardware_from_gpu_flag("h100", 0).gpus[0]
+    length = 32768
+    p = plan_vllm(inv, geo, h100, Knobs(), tp=4, pp=1, max_model_len=length)
+    page, block = 272 * 1024, 272
+    num_blocks = p.available_kv_cache_bytes // page // 12  # get_num_blocks: available // page // group size
+    assert p.block_size == block
+    assert p.kv_cache_tokens == num_blocks // 4 * block  # four groups, the smallest block size
+    # one request: cdiv(32768, 272) attention pages plus one page in each of the 3 state groups
+    assert p.max_concurrency == pytest.approx(num_blocks / (-(-length // block) + 3))
+    assert p.kv_bytes_per_token == 12 * 2 * 1 * 256 * 2  # only the 12 attention layers grow with the context
+    # the largest --max-model-len: 36 state pages and cdiv(len, 272) pages for each of the 12 attention layers fit
+    pages = p.available_kv_cache_bytes // page
+    assert p.max_model_len_fit == min(inv.max_positions, (pages - 36) // 12 * block)
+    assert any("Gated DeltaNet" in n and "272 tokens" in n for n in p.notes)
+
+
+def test_hybrid_pool_against_a_public_vllm_log():
+    """vllm-project/vllm#26646 (2025-10-11, vLLM 0.11 era, Qwen3-Next int4 AutoRound, TP 2, --dtype float16,
+    --kv-cache-dtype fp8_e5m2, --max-model-len 215040) logs "GPU KV cache size: 90,048 tokens" and "Maximum
+    concurrency for 215,040 tokens per request: 1.66x". Its checkpoint's weights are not shipped (no available-memory
+    match), but both figures come from one block count, which fitplan's pool must reproduce: 1072-token blocks
+    (16 x cdiv(548,864 state bytes, 16 x 512)), four groups and cdiv(215040, 1072) + 3 blocks a request."""
+    from fitplan.engines.vllm import hybrid_pool
+
+    pool = hybrid_pool(geometry(_qwen3_next_config()), 2, 1, 2)
+    counts = [n for n in range(1, 10_000) if pool.tokens(n, 215040) == 90_048
+              and round(n / pool.blocks_per_request(215040), 2) == 1.66]
+    assert pool.block == 1072 and counts, "no block count gives both logged figures"
+
+
+def test_recurrent_state_plans_on_vllm_and_is_refused_elsewhere_in_one_line():
+    from fitplan.errors import UnsupportedModelError
+
+    inv, cfg = _qwen3_next()
+    hw = hardware_from_gpu_flag("4xh100", 0)
+    choice = plan_engine(inv, cfg, hw, engine="vllm", knobs=Knobs(tensor_parallel_size=4), max_model_len=65536,
+                         concurrency=4, model_id=QWEN3_NEXT)
+    assert choice.plan.fits and choice.plan.block_size == 272
+    with pytest.raises(UnsupportedModelError, match="sglang 0.4.9, the version fitplan mirrors, has no model for it"):
+        plan_engine(inv, cfg, hw, engine="sglang", knobs=Knobs(), max_model_len=8192, concurrency=1,
+                    model_id=QWEN3_NEXT)
+    # another kind of recurrent state (no Gated DeltaNet geometry): refused on vLLM too, naming what is mirrored
+    other = {**cfg, "model_type": "some_ssm"}
+    with pytest.raises(UnsupportedModelError, match="of a kind fitplan does not mirror on vllm"):
+        plan_engine(inv, other, hw, engine="vllm", knobs=Knobs(), max_model_len=8192, concurrency=1,
+                    model_id="x/ssm")
+
+
+def test_hybrid_plan_against_a_public_vllm_0_10_2_log_on_two_h200s():
+    """A public startup log of vLLM 0.10.2 (whose hybrid accounting is 0.11.0's: the same page unification, groups and
+    figures) serving Qwen3-Next-80B-A3B-Instruct with `--tensor-parallel-size 2` and every other flag at its default on
+    two H200s prints: "Setting attention block size to 544 tokens", "Padding mamba page size by 1.49%", "Model loading
+    took 74.2812 GiB", "Available KV cache memory: 44.59 GiB", "GPU KV cache size: 973,760 tokens", "Maximum
+    concurrency for 262,144 tokens per request: 14.77x", "num_gpu_blocks is: 7162", and in its memory summary "Desired
+    GPU memory utilization is (0.9, 125.83 GiB) ... 5.58 GiB for peak activation, 1.38 GiB for non-torch memory".
+    The file was found in a code index whose repository could not be resolved, so it is not a case of
+    tests/data/engine_logs.yaml (which needs a link); docs/engines.md gives it with these figures."""
+    from fitplan.engines.vllm import hybrid_pool
+
+    inv, cfg = _qwen3_next()
+    geo, h200 = geometry(cfg), hardware_from_gpu_flag("h200", 0).gpus[0]
+    p = plan_vllm(inv, geo, h200, Knobs(), tp=2, pp=1, max_model_len=262144)
+    assert p.block_size == 544
+    pool = hybrid_pool(geo, 2, 2, 2)
+    assert round(100 * (pool.page - pool.state_page) / pool.state_page, 2) == 1.49
+    # the pool from the log's own available memory: every figure it prints, exactly
+    blocks = pool.num_blocks(round(44.59 * 2**30), range(48))
+    assert blocks == 7162
+    assert pool.tokens(blocks, 262144) == 973_760
+    assert round(blocks / pool.blocks_per_request(262144), 2) == 14.77
+    # the budget: fitplan's weights are the log's within 0.1%, and with the log's own profile-run peak and non-torch
+    # memory in place of fitplan's, gpu_memory_utilization x total - weights - those is the logged 44.59 GiB
+    r = p.per_rank[0]
+    assert r.weights_bytes / 2**30 == pytest.approx(74.2812, rel=1e-3)
+    requested = r.available_kv_cache_bytes + r.weights_bytes + r.activation_bytes + r.non_torch_bytes
+    assert requested / 2**30 == pytest.approx(125.83, abs=0.01)
+    assert (requested - r.weights_bytes) / 2**30 - 5.58 - 1.38 == pytest.approx(44.59, rel=2e-3)

@@ -1,5 +1,6 @@
 """What an engine needs to know about a model beyond fitplan's `Inventory`: the attention geometry the engine
-shards (KV heads, head size, MLA latents, sliding windows), read once from the checkpoint's config.
+shards (KV heads, head size, MLA latents, sliding windows, linear-attention state), read once from the checkpoint's
+config.
 
 Pure data from a config dict; no torch, no engine.
 """
@@ -9,6 +10,47 @@ from dataclasses import dataclass
 
 from ..errors import OptionError, UnsupportedModelError
 
+#: model_types whose linear-attention layers are Gated DeltaNet as vLLM's Qwen3-Next model file builds them
+#: (vllm/model_executor/models/qwen3_next.py `Qwen3NextGatedDeltaNet`); other recurrent kinds are not mirrored.
+GATED_DELTA_NET_MODELS = ("qwen3_next",)
+#: vLLM 0.11's Qwen3NextConfig (vllm/transformers_utils/configs/qwen3_next.py) makes every 4th layer full attention
+#: when config.json lists no `layer_types` (it does not read `full_attention_interval`).
+QWEN3_NEXT_FULL_EVERY = 4
+
+
+def _divide(n: int, tp: int, what: str) -> int:
+    """vllm.distributed.divide: `n` split over `tp` ranks, which must divide it."""
+    if n % tp:
+        raise OptionError(f"tensor_parallel_size {tp} does not divide the {n} {what}; use a divisor of them",
+                          option="tensor_parallel_size")
+    return n // tp
+
+
+@dataclass(frozen=True)
+class GatedDeltaNet:
+    """Gated DeltaNet linear attention (Qwen3-Next) as vLLM reads it from config.json (`linear_num_key_heads`,
+    `linear_num_value_heads`, `linear_key_head_dim`, `linear_value_head_dim`, `linear_conv_kernel_dim`)."""
+
+    num_k_heads: int
+    num_v_heads: int
+    head_k_dim: int
+    head_v_dim: int
+    conv_kernel: int
+
+    def state_shapes(self, tp: int, num_spec: int = 0) -> tuple[tuple[int, int], tuple[int, int, int]]:
+        """Per sequence on one of `tp` ranks, vLLM's `MambaStateShapeCalculator.gated_delta_net_state_shape`
+        (vllm/model_executor/layers/mamba/mamba_utils.py): the convolution state `(kernel - 1 + num_spec,
+        conv_dim / tp)` over q, k and v (`conv_dim = 2 k_heads k_dim + v_heads v_dim`) and the recurrent state
+        `(v_heads / tp, k_dim, v_dim)`: the heads split over the ranks as the model file splits them."""
+        conv_dim = self.head_k_dim * self.num_k_heads * 2 + self.head_v_dim * self.num_v_heads
+        return ((self.conv_kernel - 1 + num_spec, _divide(conv_dim, tp, "linear-attention convolution channels")),
+                (_divide(self.num_v_heads, tp, "linear-attention value heads"), self.head_k_dim, self.head_v_dim))
+
+    def state_elements(self, tp: int) -> int:
+        """Elements of state one sequence keeps in one layer on one rank (both states, one dtype in vLLM 0.11)."""
+        (a, b), (h, k, v) = self.state_shapes(tp)
+        return a * b + h * k * v
+
 
 @dataclass(frozen=True)
 class AttentionGeometry:
@@ -16,7 +58,9 @@ class AttentionGeometry:
 
     `kv_heads`: key/value heads (`num_key_value_heads`, else `num_attention_heads`); `head_dim` the K/V head size;
     `mla`: DeepSeek-style multi-head latent attention, whose cache holds `kv_lora_rank + qk_rope_head_dim` per
-    token on every rank; `layer_windows`: per decoder layer, the sliding window (None: full attention).
+    token on every rank; `layer_windows`: per decoder layer, the sliding window (None: full attention);
+    `linear_attention` (Gated DeltaNet) with `recurrent_layers`, per decoder layer whether it is a linear-attention
+    layer that keeps a fixed state per sequence instead of a KV cache.
     """
 
     num_layers: int
@@ -28,6 +72,19 @@ class AttentionGeometry:
     layer_windows: tuple[int | None, ...] = ()
     experts: int = 0
     vocab_size: int = 0
+    linear_attention: GatedDeltaNet | None = None
+    recurrent_layers: tuple[bool, ...] = ()
+
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        """Indices of the layers with a KV cache (every layer but the recurrent ones)."""
+        return tuple(i for i in range(self.num_layers)
+                     if not (i < len(self.recurrent_layers) and self.recurrent_layers[i]))
+
+    @property
+    def state_layers(self) -> tuple[int, ...]:
+        """Indices of the linear-attention layers (a fixed state per sequence)."""
+        return tuple(i for i, r in enumerate(self.recurrent_layers) if r)
 
     @property
     def sliding_layers(self) -> int:
@@ -58,8 +115,28 @@ def geometry(config: dict) -> AttentionGeometry:
     mla_elems = int(c.get("kv_lora_rank") or 0) + int(c.get("qk_rope_head_dim") or 0) if mla else 0
     windows = _windows(c, layers)
     experts = int(c.get("n_routed_experts") or c.get("num_experts") or c.get("num_local_experts") or 0)
+    linear, recurrent = _linear_attention(c, layers)
     return AttentionGeometry(layers, heads, kv, head_dim, mla, mla_elems, windows, experts,
-                             int(c.get("vocab_size") or 0))
+                             int(c.get("vocab_size") or 0), linear, recurrent)
+
+
+def _linear_attention(c: dict, layers: int) -> tuple[GatedDeltaNet | None, tuple[bool, ...]]:
+    """Qwen3-Next's Gated DeltaNet and which layers use it (`layer_types`, else every layer but each 4th); (None,
+    ()) for any other model_type."""
+    if c.get("model_type") not in GATED_DELTA_NET_MODELS:
+        return None, ()
+    try:
+        gdn = GatedDeltaNet(int(c["linear_num_key_heads"]), int(c["linear_num_value_heads"]),
+                            int(c["linear_key_head_dim"]), int(c["linear_value_head_dim"]),
+                            int(c["linear_conv_kernel_dim"]))
+    except (KeyError, TypeError, ValueError):
+        raise UnsupportedModelError(
+            f"config.json of model_type {c.get('model_type')!r:.40} lacks the linear_* keys of its Gated DeltaNet "
+            "layers; the engine plans need them", model_type=c.get("model_type")) from None
+    types = c.get("layer_types")
+    if not (isinstance(types, list) and len(types) == layers):
+        types = ["linear_attention" if (i + 1) % QWEN3_NEXT_FULL_EVERY else "full_attention" for i in range(layers)]
+    return gdn, tuple(t == "linear_attention" for t in types)
 
 
 def _windows(c: dict, layers: int) -> tuple[int | None, ...]:

@@ -13,11 +13,20 @@
   shared; `num_blocks = available // page_bytes // layers_per_group`, the smallest over ranks;
   "GPU KV cache size" = `num_blocks // groups * block_size`; "Maximum concurrency" = `num_blocks` over the
   blocks one request of `max_model_len` needs (a sliding layer needs `window - 1 + max_num_batched_tokens`).
+- recurrent state (hybrid models; Gated DeltaNet, Qwen3-Next): each linear-attention layer keeps one state page per
+  sequence (vllm/v1/kv_cache_interface.py `MambaSpec`; shapes per rank from mamba_utils.py
+  `gated_delta_net_state_shape`, in the model dtype); vllm/model_executor/models/config.py
+  `HybridAttentionMambaModelConfig` raises the attention block size to `16 x cdiv(state page, 16 x attention bytes
+  per token)` and pads the state page to that attention page; kv_cache_utils.py
+  `_get_kv_cache_groups_uniform_page_size` groups each kind into groups of `min(layers per kind)` layers, and a
+  request takes one page per state group.
 - defaults (vllm/engine/arg_utils.py `_set_default_args_v1`): on a GPU of >= 70 GiB other than an A100,
   `vllm serve` takes `max_num_batched_tokens` 8192 and `max_num_seqs` 1024, elsewhere 2048 and 256;
   `max_num_seqs` is at most `max_num_batched_tokens`; `gpu_memory_utilization` 0.9; block size 16.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from .. import calibration as C
 from ..hardware.machine import GPU
@@ -25,7 +34,7 @@ from ..model.inventory import Inventory
 from ..vocab.precision import DTYPE_BYTES
 from ..versions import ENGINE_VERSIONS
 from .common import forward_peak, kv_element_bytes, load_dtype, sizer
-from .model import AttentionGeometry
+from .model import AttentionGeometry, GatedDeltaNet
 from .plan import GiB, EnginePlan, Knobs, RankPlan
 from .shard import pp_layers, rank_weights
 
@@ -92,6 +101,84 @@ def _blocks_per_request(windows: list[int | None], max_model_len: int, batched: 
     return n
 
 
+def state_page_bytes(gdn: GatedDeltaNet, tp: int, state_e: int) -> int:
+    """One linear-attention layer's state for one sequence on one of `tp` ranks, unpadded: `MambaSpec.page_size_bytes`
+    over `gated_delta_net_state_shape` (both states in the model dtype: `mamba_cache_dtype` auto, vLLM 0.11's
+    `gated_delta_net_state_dtype`)."""
+    return gdn.state_elements(tp) * state_e
+
+
+def hybrid_block_size(attn_token_bytes: int, state_page: int, block: int = BLOCK_SIZE) -> int:
+    """`HybridAttentionMambaModelConfig.verify_and_update_config`: the attention block size becomes `16 x
+    cdiv(state page, 16 x attention bytes per token)` when the default (or asked) block is smaller, so that one
+    attention page holds one state page."""
+    need = 16 * -(-state_page // (16 * attn_token_bytes))
+    return need if block < need else block
+
+
+@dataclass(frozen=True)
+class HybridPool:
+    """vLLM's KV pool of a hybrid attention / linear-attention model on one engine: the attention `block` size, the
+    one `page` size every layer uses (the state page padded to the attention page), `state_page` unpadded, and the
+    KV cache groups as `_get_kv_cache_groups_uniform_page_size` forms them (kind, layer indices): attention groups
+    first (the runner lists attention layers before the linear-attention ones)."""
+
+    block: int
+    page: int
+    state_page: int
+    groups: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @property
+    def attention_groups(self) -> int:
+        return sum(1 for k, _ in self.groups if k == "attention")
+
+    @property
+    def state_groups(self) -> int:
+        return sum(1 for k, _ in self.groups if k == "state")
+
+    def group_size(self, layers: range) -> int:
+        """Layers per group on a worker holding `layers` (`get_kv_cache_config_from_groups`: the largest group)."""
+        return max(sum(1 for i in g if i in layers) for _, g in self.groups)
+
+    def num_blocks(self, available: int, layers: range) -> int:
+        """`get_num_blocks`: `available // page // group_size` (one tensor of num_blocks pages per group slot)."""
+        return max(available, 0) // self.page // self.group_size(layers)
+
+    def tokens(self, num_blocks: int, max_model_len: int) -> int:
+        """"GPU KV cache size": `num_blocks // groups x min block size` (a state group's block is max_model_len)."""
+        return num_blocks // len(self.groups) * min(self.block, max_model_len)
+
+    def blocks_per_request(self, max_model_len: int) -> int:
+        """`get_max_concurrency_for_kv_cache_config`: pages of `max_model_len` tokens in each attention group plus one
+        state page in each state group."""
+        return self.attention_groups * -(-max_model_len // self.block) + self.state_groups
+
+    def largest_len(self, available: int, layers: range, limit: int) -> int:
+        """`estimate_max_model_len` on one worker: the largest length whose per-layer pages (`cdiv(len, block)` per
+        attention layer, one per state layer) fit `available`, at most `limit`."""
+        n_attn = sum(1 for k, g in self.groups if k == "attention" for i in g if i in layers)
+        n_state = sum(1 for k, g in self.groups if k == "state" for i in g if i in layers)
+        pages = max(available, 0) // self.page - n_state
+        if pages < 0 or (n_attn and pages < n_attn):
+            return 0
+        return limit if not n_attn else min(limit, pages // n_attn * self.block)
+
+
+def hybrid_pool(geo: AttentionGeometry, tp: int, kv_e: int, state_e: int) -> HybridPool:
+    """The pool of a model with linear-attention layers (`geo.linear_attention`) at tensor parallel size `tp`, KV
+    elements of `kv_e` bytes and state elements of `state_e` bytes."""
+    attn_token = 2 * geo.kv_heads_per_rank(tp) * geo.head_dim * kv_e
+    state = state_page_bytes(geo.linear_attention, tp, state_e)
+    block = hybrid_block_size(attn_token, state)
+    kinds = [(k, layers) for k, layers in (("attention", geo.attention_layers), ("state", geo.state_layers)) if layers]
+    size = min(len(layers) for _, layers in kinds)
+    groups = []
+    for kind, layers in kinds:
+        n = -(-len(layers) // size)
+        groups += [(kind, layers[i::n]) for i in range(n)]  # layers[i::num_groups], as vLLM assigns them
+    return HybridPool(block, block * attn_token, state, tuple(groups))
+
+
 def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *, tp: int, pp: int,
               max_model_len: int, concurrency: int = 1, gpus_per_node: int | None = None) -> EnginePlan:
     """The vLLM deployment of `inv` with `tp` x `pp` ranks of `gpu` at `max_model_len`: per rank and the figures
@@ -109,9 +196,10 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
     requested = int(torch_total(gpu) * util)
     stage_layers = pp_layers(inv.num_layers, pp)
     per_token_layer = (geo.mla_cache_elements if geo.mla else 2 * geo.kv_heads_per_rank(tp) * geo.head_dim) * kv_e
-    page = BLOCK_SIZE * per_token_layer
+    pool = hybrid_pool(geo, tp, kv_e, e) if geo.linear_attention is not None else None
+    page = BLOCK_SIZE * per_token_layer if pool is None else pool.page
     vocab = geo.vocab_size or inv.vocab_size
-    ranks, blocks, group_windows = [], [], None
+    ranks, blocks, group_windows, fit_lens = [], [], None, []
     for s, w in enumerate(stages):
         fwd = forward_peak(inv, geo, tp, batched, e)
         if s == pp - 1:
@@ -121,21 +209,35 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
             act = fwd
         graphs = 0  # captured after the KV cache is sized: outside the budget at this version
         avail = requested - w.total - act - C.VLLM_NON_TORCH_BYTES
-        gsize, windows = _groups(geo, stage_layers[s])
-        group_windows = group_windows or windows
-        nb = max(avail, 0) // page // gsize
-        blocks.append((nb, len(windows)))
+        if pool is None:
+            gsize, windows = _groups(geo, stage_layers[s])
+            group_windows = group_windows or windows
+            nb = max(avail, 0) // page // gsize
+            blocks.append((nb, len(windows)))
+        else:
+            nb = pool.num_blocks(avail, stage_layers[s])
+            blocks.append((nb, len(pool.groups)))
+            fit_lens.append(pool.largest_len(avail, stage_layers[s], inv.max_positions or max_model_len))
         for r in range(tp):
             ranks.append(RankPlan(s * tp + r, s, w.layers, w.total, act, C.VLLM_NON_TORCH_BYTES, graphs, avail))
     num_blocks = min(nb for nb, _ in blocks)
     n_groups = max(g for _, g in blocks)
-    tokens = num_blocks // n_groups * BLOCK_SIZE
-    per_req = _blocks_per_request(group_windows, max_model_len, batched, BLOCK_SIZE)
+    if pool is None:
+        tokens = num_blocks // n_groups * BLOCK_SIZE
+        per_req = _blocks_per_request(group_windows, max_model_len, batched, BLOCK_SIZE)
+        fit = _largest_len(group_windows, num_blocks, batched, inv.max_positions or max_model_len)
+        block, kv_layers = BLOCK_SIZE, inv.num_layers
+    else:
+        tokens = pool.tokens(num_blocks, max_model_len)
+        per_req = pool.blocks_per_request(max_model_len)
+        fit = min(fit_lens)
+        block, kv_layers = pool.block, len(geo.attention_layers)
     max_conc = num_blocks / per_req if per_req else 0.0
-    fit = _largest_len(group_windows, num_blocks, batched, inv.max_positions or max_model_len)
     avail_min = min(r.available_kv_cache_bytes for r in ranks)
     notes = [CUDA_GRAPH_ACCOUNTING,
              PROFILE_TERMS_CHECKED]
+    if pool is not None:
+        notes.append(hybrid_note(geo, pool, tp, dtype))
     if gpu.free_bytes < requested:
         notes.append(f"{gpu.name} has {gpu.free_bytes / GiB:.2f} GiB free, less than gpu_memory_utilization {util:g} "
                      f"asks ({requested / GiB:.2f} GiB): vLLM refuses to start; lower it or free the GPU")
@@ -144,9 +246,24 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
                      f"of {geo.kv_heads_per_rank(tp)} head")
     return EnginePlan(
         NAME, VERSION, tp, pp, 1, gpus_per_node or tp * pp, gpu.name, dtype_label(inv, dtype, knobs),
-        kv_dtype, BLOCK_SIZE, util, seqs, batched, knobs.enforce_eager, tuple(ranks),
-        per_token_layer * inv.num_layers // pp, avail_min, tokens, max_conc, max_model_len, concurrency, fit,
+        kv_dtype, block, util, seqs, batched, knobs.enforce_eager, tuple(ranks),
+        per_token_layer * kv_layers // pp, avail_min, tokens, max_conc, max_model_len, concurrency, fit,
         knobs.quantization, (), tuple(notes))
+
+
+def hybrid_note(geo: AttentionGeometry, pool: HybridPool, tp: int, dtype: str) -> str:
+    """What a hybrid plan assumes of the state pool, in words."""
+    (ca, cb), (h, k, v) = geo.linear_attention.state_shapes(tp)
+    pad = 100 * (pool.page - pool.state_page) / pool.state_page
+    sizes = sorted({len(g) for _, g in pool.groups})
+    return (f"{len(geo.state_layers)} Gated DeltaNet layers keep a state per sequence instead of a KV cache: "
+            f"{pool.state_page:,} bytes per layer on each rank (convolution {ca}x{cb} and recurrent {h}x{k}x{v}, "
+            f"{dtype}); vLLM {VERSION} sets the attention block size to {pool.block} tokens so that one attention "
+            f"page ({pool.page:,} bytes) holds a state page, pads the state page by {pad:.2f}%, and makes "
+            f"{pool.attention_groups} attention and {pool.state_groups} state groups of "
+            f"{'/'.join(map(str, sizes))} layers: each sequence takes one page per state group whatever its length "
+            "(prefix caching off, as vLLM turns it off for these models; no MTP speculative decoding; "
+            "--mamba-cache-dtype auto)")
 
 
 def dtype_label(inv: Inventory, dtype: str, knobs: Knobs) -> str:
