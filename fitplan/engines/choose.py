@@ -10,7 +10,6 @@ from dataclasses import dataclass, replace
 
 from ..errors import FitplanError, OptionError, UnsupportedModelError
 from ..options import ENGINE_KEYS, PlanOptions
-from ..versions import ENGINE_VERSIONS
 from ..planning.workload import Workload
 from ..hardware.machine import Hardware
 from ..model import prequant
@@ -77,22 +76,6 @@ def deploy(inv: Inventory, config: dict, hw: Hardware, options: PlanOptions, wor
         raise
 
 
-def _check_state(inv: Inventory, geo: model.AttentionGeometry, engine: str, model_id: str) -> None:
-    """Recurrent state is planned where fitplan mirrors the engine's state pool: vLLM's, for Gated DeltaNet
-    (Qwen3-Next); any other engine or state kind is refused in one line."""
-    if not any(k.state_elements or k.state_fixed_bytes for k in inv.kv_layers):
-        return
-    if geo.linear_attention is None:
-        raise UnsupportedModelError(f"{model_id} keeps recurrent (Mamba / linear-attention) state of a kind fitplan "
-                                    f"does not mirror on {engine} (vLLM's Gated DeltaNet pool only, Qwen3-Next): plan "
-                                    "it with engine transformers", model_type=inv.model_type)
-    if engine != "vllm":  # SGLang 0.4.9 (July 2025) predates Qwen3-Next; sgl-project/sglang#10233 added it, MambaPool
-        raise UnsupportedModelError(f"{model_id} keeps linear-attention state: {engine} {ENGINE_VERSIONS[engine]}, the "
-                                    "version fitplan mirrors, has no model for it, and fitplan does not mirror the "
-                                    f"later {engine} state pool: plan it with engine vllm or transformers",
-                                    model_type=inv.model_type)
-
-
 def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knobs: Knobs, max_model_len: int,
                 concurrency: int, model_id: str, explore: bool = True, largest_tp: bool = False) -> EngineChoice | None:
     """The deployment of `model_id` on `engine` over `hw`'s GPUs (one kind; `gpus_per_node` from the hardware).
@@ -107,7 +90,7 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
         raise UnsupportedModelError(f"{model_id} is a bitsandbytes checkpoint; fitplan sizes bitsandbytes for "
                                     "transformers and vllm only", model_type=inv.model_type)
     geo = model.geometry(config)
-    _check_state(inv, geo, engine, model_id)
+    model.check_state(inv, geo, engine, model_id)
     n = len(hw.gpus)
     if knobs.quantization == "fp8" and gpu.compute_capability < (8, 0):
         cc = ".".join(map(str, gpu.compute_capability))
