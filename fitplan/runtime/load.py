@@ -235,11 +235,13 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
 
     w = world()  # under torchrun: each rank plans its share and loads with transformers' TP
     gen = None
-    mxfp4_note = None
+    prequant_note = None
     if w is None:
         plan = _recheck(plan, replan)
         if "quantization_config" not in user:  # the user's own (e.g. Mxfp4Config) is theirs to choose
-            plan, mxfp4_note = mxfp4_kernel_fallback(plan, replan)
+            plan, prequant_note = mxfp4_kernel_fallback(plan, replan)
+            if prequant_note is None:
+                plan, prequant_note = fp8_kernel_fallback(plan, replan)
         gen = plan.generation
         planned = plan.from_pretrained_kwargs()
         if gen is not None and gen.attn_implementation == "flash_attention_2":
@@ -252,15 +254,18 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     for c in changed:
         log.warning("fitplan: user argument overrides the plan: %s", c)
     notes = ()
-    from ..model.kernels import dequantizes_mxfp4
+    from ..model.kernels import dequantized_method
 
-    if "quantization_config" not in user and dequantizes_mxfp4(plan.inventory, plan.precision):
+    fp8_integration_refusal(plan)  # before the tokenizer and any weight
+    method = dequantized_method(plan.inventory, plan.precision) if "quantization_config" not in user else None
+    if method is not None:
         from ..model import hf
 
-        kwargs["quantization_config"] = hf.mxfp4_dequantized()  # the planned path, whatever is installed
-    if mxfp4_note:
-        notes = (mxfp4_note,)
-        log.warning("fitplan: %s", mxfp4_note)
+        # the planned path, whatever is installed
+        kwargs["quantization_config"] = hf.mxfp4_dequantized() if method == "mxfp4" else hf.fp8_dequantized()
+    if prequant_note:
+        notes = (prequant_note,)
+        log.warning("fitplan: %s", prequant_note)
     if "use_kernels" not in user:
         kernels_off = hub_kernels_fallback(plan.hub_kernels)
         if kernels_off:
@@ -345,12 +350,26 @@ def mxfp4_kernel_fallback(plan: Plan, replan) -> tuple[Plan, str | None]:
     transformers then holds) and the one note that says so; `load()` passes `Mxfp4Config(dequantize=True)`.
     When that dequantized plan does not fit, or a lock pins mxfp4, `DoesNotFitError` in one line naming the
     kernel and how to fetch it, instead of a ValueError inside from_pretrained."""
+    kernel = plan.hub_kernels.mxfp4 if plan.fits and plan.hub_kernels is not None else None  # model/kernels.py
+    return _kernel_fallback(plan, replan, kernel, "mxfp4", "Mxfp4Config(dequantize=True)")
+
+
+def fp8_kernel_fallback(plan: Plan, replan) -> tuple[Plan, str | None]:
+    """The same for an fp8 checkpoint kept as fp8 on a GPU: from transformers 5.17 its FP8Linear / FP8Experts
+    fetch a Hub kernel (`hf.fp8_kernel_repo()`) at the first forward, after the load, and offline a kernel not
+    cached is a ValueError there. Found here before any weight is read; without it the plan is made again for a
+    target without `kernels` (fp8 dequantized to bf16) and `load()` passes `FineGrainedFP8Config(dequantize=True)`;
+    a dequantized plan that does not fit, or a lock pinning fp8, is refused in one line."""
+    kernel = plan.hub_kernels.fp8 if plan.fits and plan.hub_kernels is not None else None  # model/kernels.py
+    return _kernel_fallback(plan, replan, kernel, "fp8", "FineGrainedFP8Config(dequantize=True)")
+
+
+def _kernel_fallback(plan: Plan, replan, kernel, what: str, config: str) -> tuple[Plan, str | None]:
     from ..model import hf
 
-    packed = plan.hub_kernels.mxfp4 if plan.fits and plan.hub_kernels is not None else None  # model/kernels.py
-    if packed is None:
+    if kernel is None:
         return plan, None
-    repo_id, ref = packed.repo_id, packed.ref
+    repo_id, ref = kernel.repo_id, kernel.ref
     if hf.kernel_cached(repo_id, ref):  # now, not when planned
         return plan, None
     if hf.hub_offline():
@@ -363,10 +382,10 @@ def mxfp4_kernel_fallback(plan: Plan, replan) -> tuple[Plan, str | None]:
     spec = f"version={ref[1:]}" if re.fullmatch(r"v\d+", ref) else f"revision='{ref}'"
     fetch = (f"fetch it once with the Hub reachable: python -c \"from kernels import install_kernel; "
              f"install_kernel('{repo_id}', {spec})\"")
-    head = f"{plan.model_id}: mxfp4 needs the Hub kernel {repo_id} {ref}, which is not in the local kernel cache " \
+    head = f"{plan.model_id}: {what} needs the Hub kernel {repo_id} {ref}, which is not in the local kernel cache " \
            f"and {why}"
     if plan.pin is not None:
-        raise DoesNotFitError(f"{head}; the lock {plan.pin.path} pins mxfp4; {fetch}", model_id=plan.model_id)
+        raise DoesNotFitError(f"{head}; the lock {plan.pin.path} pins {what}; {fetch}", model_id=plan.model_id)
     from ..hardware.software import Software
 
     sw = plan.hardware.software
@@ -375,8 +394,28 @@ def mxfp4_kernel_fallback(plan: Plan, replan) -> tuple[Plan, str | None]:
     if not new.fits:
         raise DoesNotFitError(f"{head}; dequantized (the path without it) it does not fit: {new.summary_line()}; "
                               f"{fetch}", model_id=plan.model_id)
-    return new, (f"loaded mxfp4 dequantized to {new.precision} (Mxfp4Config(dequantize=True)), planned at that size: "
-                 f"the Hub kernel {repo_id} {ref} is not in the local kernel cache and {why}; to keep mxfp4, {fetch}")
+    return new, (f"loaded {what} dequantized to {new.precision} ({config}), planned at that size: "
+                 f"the Hub kernel {repo_id} {ref} is not in the local kernel cache and {why}; to keep {what}, {fetch}")
+
+
+def fp8_integration_refusal(plan: Plan) -> None:
+    """transformers 5.0 imports triton at the top of its fp8 integration, for the dequantized path too: without
+    triton, from_pretrained of any fp8 checkpoint fails inside. Refused here, in one line, before any weight."""
+    from ..model import hf
+    from ..model.prequant import scheme
+
+    if not plan.inventory.quantization or scheme(plan.inventory).method != "fp8":
+        return
+    error = hf.fp8_integration_error()
+    if error is not None:
+        from ..errors import DependencyError
+
+        missing = re.search(r"No module named '([^']+)'", error)
+        raise DependencyError(f"{plan.model_id}: transformers {hf.version()} cannot load an fp8 checkpoint here, "
+                              f"dequantized or not: its fp8 integration fails to import ({error}); install "
+                              f"{missing.group(1) if missing else 'what it names'} (pip install "
+                              f"{missing.group(1) if missing else '...'}) or another transformers release",
+                              package=missing.group(1) if missing else "transformers")
 
 
 def _tokenizer(model: str, user: dict, *, processor: bool = False):
