@@ -776,8 +776,9 @@ def fp8_kernel_repo() -> tuple[str, str] | None:
     weights on a GPU (5.17 .. 5.25: `load_finegrained_fp8_kernel` -> `lazy_load_kernel("finegrained-fp8")`,
     "kernels-community/finegrained-fp8" version 4; FP8Experts go through the same loader), or None where its fp8
     layers run on their own triton kernels and fetch nothing (5.0, whose module imports triton at the top).
-    Read by running one tiny FP8Linear forward with `get_kernel` replaced by a recorder (and DeepGEMM, the
-    optional faster path tried first on Hopper, left out), so the answer is that version's own."""
+    Read by running one tiny FP8Linear forward on the CPU with `get_kernel` replaced by a recorder (and DeepGEMM,
+    the optional faster path tried first on Hopper, left out; the recorder stops it before any matmul, so no GPU
+    is touched), so the answer is that version's own."""
     import torch
 
     try:
@@ -786,6 +787,8 @@ def fp8_kernel_repo() -> tuple[str, str] | None:
         if _missing_module(exc) == "triton":  # 5.0: its own triton kernels, no Hub kernel
             return None
         raise changed(f"its fp8 integration does not import ({' '.join(str(exc).split())[:120]})") from None
+    if "lazy_load_kernel" not in fp8.__dict__ and "triton" in fp8.__dict__:
+        return None  # 5.0 with triton installed: its own triton kernels (not run here: they would touch the GPU)
     from transformers.integrations import hub_kernels
 
     asked: list[tuple] = []
@@ -816,8 +819,6 @@ def fp8_kernel_repo() -> tuple[str, str] | None:
     except _Asked:
         pass
     except Exception as exc:  # noqa: BLE001 - any other failure: the path no longer works as read here
-        if not asked and "triton" in fp8.__dict__:  # its own triton kernels (5.0 with triton installed)
-            return None
         raise changed(f"FP8Linear.forward did not ask for its Hub kernel ({type(exc).__name__}: "
                       f"{' '.join(str(exc).split())[:120]})") from None
     finally:
