@@ -198,15 +198,14 @@ def _kept_ct(s: Scheme, t: Target) -> str | None:
 def target_of(inv: Inventory, gpus, software=None) -> Target:
     """The `Target` for `gpus` (the planned hardware's): transformers decides on the current device, GPU 0.
     triton and `kernels` are the target's declared `software` (hardware/software.py) when the plan is for
-    another machine, and this environment's (`_mxfp4_kernels()`) when `software` is None (the probe)."""
+    another machine, and this environment's (`_mxfp4_kernels()`) when `software` is None (the probe). For fp8 on
+    compute capability 8.9+, also the Hub kernel the installed transformers runs it through (`_fp8_kernel()`)."""
     cc = min(gpus, key=lambda g: g.index).compute_capability if gpus else None
     method = scheme(inv).method
     if cc is None or method not in ("mxfp4", "fp8"):
         return Target(cc)
     kernels = _mxfp4_kernels() if software is None else (software.triton, software.kernels)
-    if method == "mxfp4":
-        return Target(cc, *kernels)
-    if cc < (8, 9):
+    if method == "mxfp4" or cc < (8, 9):  # below 8.9 transformers dequantizes fp8 itself, kernel or not
         return Target(cc, *kernels)
     repo = _fp8_kernel()
     if software is None:  # this machine: `USE_HUB_KERNELS` off makes lazy_load_kernel fetch nothing either
