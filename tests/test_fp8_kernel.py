@@ -132,6 +132,9 @@ def test_the_declared_software_decides_not_this_machine(fp8_8b, tmp_path):
     data = json.loads(check("false", "--json").output)
     assert data["plan"]["precision"] == ("fp8" if HUB_KERNEL is None else "bf16")
     assert data["hub_kernels"]["fp8"] is None
+    if HUB_KERNEL is not None:  # the printed call is what load() passes: copied, it runs on that target
+        assert "quantization_config=FineGrainedFP8Config(dequantize=True)," in check("false").output
+    assert "FineGrainedFP8Config" not in check("true").output
 
 
 @needs_kernel
