@@ -321,3 +321,22 @@ def test_a_dequantized_plan_loads_for_real_on_the_cpu(tmp_path, monkeypatch):
     assert model.fitplan.measured_weights == model.fitplan.predicted_weights  # the path it sized
     ids = torch.randint(5, 500, (1, 8))
     assert model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0).shape == (1, 12)
+
+
+@needs_kernel
+def test_a_target_without_kernels_is_told_that_kernels_make_fp8_fit(fp8_8b):
+    """On a described card where only the fp8 row fits, the missing `kernels` is the suggestion (re-checked)."""
+    from fitplan.hardware.software import Software
+
+    small = _probed(free_gib=12)
+    lacks = Hardware(small.gpus, small.cpu_ram_bytes, "file", software=Software(triton=True, kernels=False,
+                                                                               declared=("kernels",)))
+    plan = _plan(fp8_8b, lacks)
+    assert not plan.fits  # bf16 needs ~16 GiB
+    texts = plan.suggestions()
+    assert any(t.startswith("the kernels package on the target, declared in its hardware file (software: "
+                            "{kernels: true}, docs/hardware.md): fp8 then fits") for t in texts), texts
+    has = _plan(fp8_8b, Hardware(small.gpus, small.cpu_ram_bytes, "file", software=Software(
+        triton=True, kernels=True, declared=("kernels",))))
+    assert has.fits and has.precision == "fp8"
+
