@@ -839,14 +839,16 @@ def _missing_module(exc: BaseException) -> str | None:
     return None
 
 
-def fp8_integration_error() -> str | None:
-    """None when the installed transformers' fp8 integration imports here; else why not (5.0 imports triton at
-    the top of `integrations/finegrained_fp8.py`, so without triton no fp8 checkpoint loads, dequantized or not)."""
+def fp8_integration_error() -> tuple[str | None, str] | None:
+    """None when the installed transformers' fp8 integration imports here; else (the module it misses, or None,
+    and why in words). 5.0 imports triton at the top of `integrations/finegrained_fp8.py`, so without triton no
+    fp8 checkpoint loads there, dequantized or not."""
     try:
         from transformers.integrations import finegrained_fp8  # noqa: F401
     except ImportError as exc:
         missing = _missing_module(exc)
-        return f"No module named '{missing}'" if missing else (" ".join(str(exc).split())[:160] or type(exc).__name__)
+        return missing, (f"No module named '{missing}'" if missing else
+                         " ".join(str(exc).split())[:160] or type(exc).__name__)
     return None
 
 

@@ -106,9 +106,8 @@ def fp8_integration_refusal(plan: Plan) -> None:
         return
     error = hf.fp8_integration_error()
     if error is not None:
-        missing = re.search(r"No module named '([^']+)'", error)
+        missing, why = error
+        fix = f"install {missing} (pip install {missing})" if missing else "install what it names"
         raise DependencyError(f"{plan.model_id}: transformers {hf.version()} cannot load an fp8 checkpoint here, "
-                              f"dequantized or not: its fp8 integration fails to import ({error}); install "
-                              f"{missing.group(1) if missing else 'what it names'} (pip install "
-                              f"{missing.group(1) if missing else '...'}) or another transformers release",
-                              package=missing.group(1) if missing else "transformers")
+                              f"dequantized or not: its fp8 integration fails to import ({why}); {fix} or another "
+                              "transformers release", package=missing or "transformers")
