@@ -82,14 +82,15 @@ def make_plan(req: Request, *, use_cache: bool = True, progress: Callable[[str],
         return replace(plan, engine=deployment)
     # the Hub kernels from_pretrained fetches where the plan loads: CUDA when it places layers on a GPU (the
     # first one decides a capability-limited kernel); this machine's kernel cache only when it is the target
-    from .model.kernels import keeps_mxfp4, kernel_use
+    from .model.kernels import keeps_fp8, keeps_mxfp4, kernel_use
 
     gpus = sorted(hardware.gpus, key=lambda g: g.index)
     on_gpu = any(s.device != "cpu" for s in plan.decision.placement) if plan.decision is not None else bool(gpus)
     plan = replace(plan, tp_hint=deployment, hub_kernels=kernel_use(
         inv, device="cuda" if on_gpu else "cpu", compute_capability=gpus[0].compute_capability if on_gpu and gpus
         else None, this_machine=hardware.source == "probe",
-        mxfp4=plan.fits and keeps_mxfp4(inv, plan.precision, plan.decision.placement)))
+        mxfp4=plan.fits and keeps_mxfp4(inv, plan.precision, plan.decision.placement),
+        fp8=plan.fits and keeps_fp8(inv, plan.precision, plan.decision.placement)))
     if not hardware.gpus or not plan.fits:
         # llama.cpp (GGUF) rows for a machine without a GPU or a plan that does not fit with bitsandbytes (none for
         # architectures the GGUF what-if cannot map)

@@ -152,6 +152,12 @@ def _kwargs_code(plan) -> list[str]:
     if q:
         inner = ", ".join(f"{k}=torch.{v}" if k == "bnb_4bit_compute_dtype" else f"{k}={v!r}" for k, v in q.items())
         args.append(f"quantization_config=BitsAndBytesConfig({inner})")
+    from .model.kernels import dequantized_method
+
+    dequantized = dequantized_method(plan.inventory, plan.precision)  # what load() passes for such a row
+    if dequantized is not None:
+        config = {"mxfp4": "Mxfp4Config", "fp8": "FineGrainedFP8Config"}[dequantized]
+        args.append(f"quantization_config={config}(dequantize=True)")
     if kw.get("max_memory"):
         mm = ", ".join(f"{k if k == 'cpu' else int(k)!r}: {v}" for k, v in kw["max_memory"].items())
         args.append(f"max_memory={{{mm}}}")

@@ -61,7 +61,7 @@ def test_before_525_the_kernel_fields_say_not_applicable(llama):
         return
     assert not use.applicable and not use.used and use.repos == ()
     assert data["hub_kernels"] == {"applicable": False, "transformers": hf.version(), "device": "cuda",
-                                   "disabled": False, "used": False, "repos": [], "mxfp4": None}
+                                   "disabled": False, "used": False, "repos": [], "mxfp4": None, "fp8": None}
     assert f"kernels   not applicable (transformers {hf.version()} loads no Hub kernels by default)" in text
     assert plan.inventory.hub_kernels is None
 

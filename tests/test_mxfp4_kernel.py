@@ -144,6 +144,9 @@ def test_the_plan_names_the_mxfp4_kernel_where_it_keeps_mxfp4(tmp_path):
     assert f"mxfp4 experts: {repo_id} {ref} (cache not seen from here)" in text
     data = json.loads(CliRunner().invoke(main, ["check", GPT_OSS, "--hardware", str(lacks), "--json"]).output)
     assert data["plan"]["precision"] == "bf16" and data["hub_kernels"]["mxfp4"] is None
+    # the printed call is what load() passes for a dequantized row
+    text = CliRunner().invoke(main, ["check", GPT_OSS, "--hardware", str(lacks)]).output
+    assert "quantization_config=Mxfp4Config(dequantize=True)," in text
 
 
 def test_a_lock_that_pins_mxfp4_is_refused_in_one_line_not_loaded_otherwise(target_keeps_mxfp4, monkeypatch,

@@ -308,8 +308,13 @@ def test_bitsandbytes_serialized_loads_without_a_new_config():
 
 
 def test_fp8_stays_fp8_from_compute_capability_8_9_and_is_dequantized_below():
+    from dataclasses import replace
+
+    from fitplan.hardware.software import Software
+
     cfg = {**LLAMA, "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}
-    on_h100 = plan(cfg, hw((9, 0)))
+    # with `kernels` on the target: from 5.17 fp8 runs through a Hub kernel (tests/test_fp8_kernel.py)
+    on_h100 = plan(cfg, replace(hw((9, 0)), software=Software(triton=True, kernels=True, declared=("kernels",))))
     assert on_h100.precision == "fp8"
     assert on_h100.choice.decisions[1].rejected_because.startswith("not used: transformers keeps the fp8 weights")
     on_a100 = plan(cfg, hw((8, 0)))

@@ -57,7 +57,8 @@ class Software:
         "newer)", _default_triton))
     kernels: bool = field(metadata=_key(
         "the `kernels` package is installed in the range the planning machine's transformers accepts: mxfp4 "
-        "needs it, and from transformers 5.25 `from_pretrained` fetches Hub kernels through it",
+        "needs it, fp8 kept as fp8 needs it where transformers runs fp8 through a Hub kernel (from 5.17), and "
+        "from transformers 5.25 `from_pretrained` fetches Hub kernels through it",
         "true from transformers 5.25 (a dependency of it), false before", _default_kernels))
     declared: tuple[str, ...] = ()
 

@@ -771,6 +771,96 @@ def mxfp4_dequantized():
     return Mxfp4Config(dequantize=True)
 
 
+def fp8_kernel_repo() -> tuple[str, str] | None:
+    """(repo id, ref) of the Hub kernel that the installed transformers' `FP8Linear.forward` fetches to run fp8
+    weights on a GPU (5.17 .. 5.25: `load_finegrained_fp8_kernel` -> `lazy_load_kernel("finegrained-fp8")`,
+    "kernels-community/finegrained-fp8" version 4; FP8Experts go through the same loader), or None where its fp8
+    layers run on their own triton kernels and fetch nothing (5.0, whose module imports triton at the top).
+    Read by running one tiny FP8Linear forward on the CPU with `get_kernel` replaced by a recorder (and DeepGEMM,
+    the optional faster path tried first on Hopper, left out; the recorder stops it before any matmul, so no GPU
+    is touched), so the answer is that version's own."""
+    import torch
+
+    try:
+        from transformers.integrations import finegrained_fp8 as fp8
+    except ImportError as exc:
+        if _missing_module(exc) == "triton":  # 5.0: its own triton kernels, no Hub kernel
+            return None
+        raise changed(f"its fp8 integration does not import ({' '.join(str(exc).split())[:120]})") from None
+    if "lazy_load_kernel" not in fp8.__dict__ and "triton" in fp8.__dict__:
+        return None  # 5.0 with triton installed: its own triton kernels (not run here: they would touch the GPU)
+    from transformers.integrations import hub_kernels
+
+    asked: list[tuple] = []
+
+    class _Asked(Exception):
+        pass
+
+    def recorder(repo_id, revision=None, version=None, *args, **kwargs):
+        asked.append((repo_id, kwargs.get("revision", revision), kwargs.get("version", version)))
+        raise _Asked
+
+    enabled = hub_kernels.__dict__.get("_kernels_enabled")  # a bool to 5.24, a function from 5.25
+    patches = [(hub_kernels, "get_kernel", recorder), (hub_kernels, "is_kernels_available", lambda *a, **k: True),
+               (hub_kernels, "_kernels_enabled", (lambda: True) if callable(enabled) else True),
+               (fp8, "is_kernels_available", lambda *a, **k: True), (fp8, "is_deepgemm_loadable", lambda *a, **k: False),
+               (fp8, "_FINEGRAINED_FP8", None)]
+    lazy = fp8.__dict__.get("lazy_load_kernel")
+    if lazy is not None:  # a fresh module mapping: a kernel already loaded would answer without asking
+        patches.append((fp8, "lazy_load_kernel", lambda name, mapping=None: lazy(name, {})))
+    patches = [(mod, name, value) for mod, name, value in patches if name in mod.__dict__]
+    saved = [(mod, name, mod.__dict__[name]) for mod, name, _ in patches]
+    for mod, name, value in patches:
+        setattr(mod, name, value)
+    try:
+        layer = fp8.FP8Linear(in_features=128, out_features=128, block_size=(128, 128))
+        with quiet(), torch.no_grad():
+            layer(torch.zeros(1, 128, dtype=torch.bfloat16))
+    except _Asked:
+        pass
+    except Exception as exc:  # noqa: BLE001 - any other failure: the path no longer works as read here
+        raise changed(f"FP8Linear.forward did not ask for its Hub kernel ({type(exc).__name__}: "
+                      f"{' '.join(str(exc).split())[:120]})") from None
+    finally:
+        for mod, name, value in saved:
+            setattr(mod, name, value)
+    if len(asked) != 1 or not isinstance(asked[0][0], str) or "/" not in asked[0][0]:
+        raise changed(f"FP8Linear.forward asked hub_kernels.get_kernel for {asked!r}, not one kernel repo")
+    repo_id, revision, ver = asked[0]
+    return repo_id, f"v{ver}" if ver is not None else (revision or "main")
+
+
+def _missing_module(exc: BaseException) -> str | None:
+    """The module a failed import missed, through transformers' lazy-module wrapping (`__cause__`)."""
+    while exc is not None:
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            return exc.name
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def fp8_integration_error() -> tuple[str | None, str] | None:
+    """None when the installed transformers' fp8 integration imports here; else (the module it misses, or None,
+    and why in words). 5.0 imports triton at the top of `integrations/finegrained_fp8.py`, so without triton no
+    fp8 checkpoint loads there, dequantized or not."""
+    try:
+        from transformers.integrations import finegrained_fp8  # noqa: F401
+    except ImportError as exc:
+        missing = _missing_module(exc)
+        return missing, (f"No module named '{missing}'" if missing else
+                         " ".join(str(exc).split())[:160] or type(exc).__name__)
+    return None
+
+
+def fp8_dequantized():
+    """The `quantization_config` that loads an fp8 checkpoint dequantized to bf16, running no fp8 kernel: a loading
+    attribute transformers merges into the checkpoint's own config (`FineGrainedFP8Config.get_loading_attributes`,
+    5.0 .. 5.25)."""
+    from transformers import FineGrainedFP8Config
+
+    return FineGrainedFP8Config(dequantize=True)
+
+
 def from_pretrained_kwargs(data: dict) -> dict:
     """A plan's from_pretrained arguments as data (`Plan.kwargs_as_data()`) in the objects transformers takes:
     torch dtypes, a `BitsAndBytesConfig`, integer GPU indices in `max_memory`."""

@@ -40,6 +40,7 @@ class KernelUse:
     repos: tuple[KernelRepo, ...] = ()
     disabled: bool = False
     mxfp4: KernelRepo | None = None  # the kernel that keeps mxfp4 (gpt-oss) experts packed, when the plan does
+    fp8: KernelRepo | None = None  # the kernel fp8 layers run through, when the plan keeps fp8 on a GPU
 
     @property
     def used(self) -> bool:
@@ -52,11 +53,16 @@ class KernelUse:
 
     def summary(self) -> str:
         """One line for the check table."""
-        if self.mxfp4 is None:
-            return self._layers()
-        k = self.mxfp4
-        return (f"{self._layers()}; mxfp4 experts: {k.repo_id} {k.ref} ({_STATE[k.cached]}), fetched whatever "
-                "use_kernels says; fitplan.load() loads mxfp4 dequantized if it cannot be had")
+        line = self._layers()
+        if self.mxfp4 is not None:
+            k = self.mxfp4
+            line += (f"; mxfp4 experts: {k.repo_id} {k.ref} ({_STATE[k.cached]}), fetched whatever use_kernels says; "
+                     "fitplan.load() loads mxfp4 dequantized if it cannot be had")
+        if self.fp8 is not None:
+            k = self.fp8
+            line += (f"; fp8 layers: {k.repo_id} {k.ref} ({_STATE[k.cached]}), fetched at the first forward whatever "
+                     "use_kernels says; fitplan.load() loads fp8 dequantized if it cannot be had")
+        return line
 
     def _layers(self) -> str:
         if not self.applicable:
@@ -72,22 +78,29 @@ class KernelUse:
     def to_dict(self) -> dict:
         return {"applicable": self.applicable, "transformers": self.transformers, "device": self.device,
                 "disabled": self.disabled, "used": self.used, "repos": [r.to_dict() for r in self.repos],
-                "mxfp4": None if self.mxfp4 is None else self.mxfp4.to_dict()}
+                "mxfp4": None if self.mxfp4 is None else self.mxfp4.to_dict(),
+                "fp8": None if self.fp8 is None else self.fp8.to_dict()}
 
 
 _STATE = {None: "cache not seen from here", True: "cached", False: "NOT cached"}
 
 
-def dequantizes_mxfp4(inv: Inventory, precision: str | None) -> bool:
-    """Whether a plan row loads an mxfp4 checkpoint dequantized (its bf16/fp16 row, not the stored one): `load()`
-    then passes `Mxfp4Config(dequantize=True)`, so transformers takes that path whatever it finds installed
-    (5.25 keeps mxfp4 packed on the CPU with triton 3.5 and `kernels`, and would fetch its kernel)."""
+def dequantized_method(inv: Inventory, precision: str | None) -> str | None:
+    """"mxfp4" or "fp8" when a plan row loads such a checkpoint dequantized (its bf16/fp16 row, not the stored
+    one), else None. `load()` then passes `Mxfp4Config(dequantize=True)` / `FineGrainedFP8Config(dequantize=True)`,
+    so transformers takes that path whatever it finds installed: 5.25 keeps mxfp4 packed on the CPU with triton
+    3.5 and `kernels` and would fetch its kernel; fp8 on a GPU of compute capability 8.9+ is kept, and its
+    first forward fails, where the plan dequantized it for want of `kernels`."""
     from .prequant import scheme
 
     if not inv.quantization or precision is None:
-        return False
+        return None
     s = scheme(inv)
-    return s.method == "mxfp4" and precision != s.label
+    return s.method if s.method in ("mxfp4", "fp8") and precision != s.label else None
+
+
+def dequantizes_mxfp4(inv: Inventory, precision: str | None) -> bool:
+    return dequantized_method(inv, precision) == "mxfp4"
 
 
 def keeps_mxfp4(inv: Inventory, precision: str | None, placement) -> bool:
@@ -101,19 +114,36 @@ def keeps_mxfp4(inv: Inventory, precision: str | None, placement) -> bool:
     return s.method == "mxfp4" and precision == s.label
 
 
+def keeps_fp8(inv: Inventory, precision: str | None, placement) -> bool:
+    """Whether a plan row loads an fp8 checkpoint as stored with layers on a GPU: then the installed transformers'
+    fp8 layers fetch their Hub kernel (`hf.fp8_kernel_repo`, 5.17 .. 5.25; none on 5.0) at the first forward."""
+    from .prequant import scheme
+
+    if not inv.quantization or precision is None or not any(s.device != "cpu" for s in placement):
+        return False
+    s = scheme(inv)
+    return s.method == "fp8" and precision == s.label
+
+
 def kernel_use(inv: Inventory, *, device: str, compute_capability: tuple[int, int] | None,
-               this_machine: bool, mxfp4: bool = False) -> KernelUse:
+               this_machine: bool, mxfp4: bool = False, fp8: bool = False) -> KernelUse:
     """The Hub kernels `from_pretrained` fetches for `inv` on `device` ("cuda" when the plan places layers on
     a GPU, else "cpu"); the cache is looked at only when the target is `this_machine`. `mxfp4`: the plan keeps
-    mxfp4 experts packed (`keeps_mxfp4`), so their kernel is fetched too, on every transformers version."""
+    mxfp4 experts packed (`keeps_mxfp4`), so their kernel is fetched too, on every transformers version; `fp8`:
+    the plan keeps fp8 on a GPU (`keeps_fp8`), whose layers fetch theirs where the installed version has one."""
     version = inv.versions.get("transformers") or hf.version()
-    packed = None
+    packed = fp8_repo = None
     if mxfp4:
         repo_id, ref = hf.mxfp4_kernel_repo()
         packed = KernelRepo(repo_id, ref, ("Mxfp4GptOssExperts",),
                             hf.kernel_cached(repo_id, ref) if this_machine else None)
+    found = hf.fp8_kernel_repo() if fp8 else None
+    if found is not None:
+        repo_id, ref = found
+        fp8_repo = KernelRepo(repo_id, ref, ("FP8Linear", "FP8Experts"),
+                              hf.kernel_cached(repo_id, ref) if this_machine else None)
     if inv.hub_kernels is None:
-        return KernelUse(applicable=False, transformers=version, device=device, mxfp4=packed)
+        return KernelUse(applicable=False, transformers=version, device=device, mxfp4=packed, fp8=fp8_repo)
     by_repo: dict[tuple[str, str], list[str]] = {}
     for k in inv.hub_kernels:
         if k.applies(device, compute_capability):
@@ -121,4 +151,4 @@ def kernel_use(inv: Inventory, *, device: str, compute_capability: tuple[int, in
     repos = tuple(KernelRepo(repo_id, ref, tuple(layers), hf.kernel_cached(repo_id, ref) if this_machine else None)
                   for (repo_id, ref), layers in by_repo.items())
     return KernelUse(applicable=True, transformers=version, device=device, repos=repos,
-                     disabled=hf.kernels_disabled_by_env(), mxfp4=packed)
+                     disabled=hf.kernels_disabled_by_env(), mxfp4=packed, fp8=fp8_repo)

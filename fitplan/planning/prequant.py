@@ -8,13 +8,14 @@ marked converted:
 - what the loader holds for each converted weight: `LAYOUTS[...].layout`, the packed tensors of the
   kernel module the quantizer puts in its place;
 - whether the loader keeps them so on the hardware planned for, or dequantizes them to the load
-  dtype (fp8 below compute capability 8.9, mxfp4 without triton and `kernels`, compressed-tensors at
+  dtype (fp8 below compute capability 8.9 or, where transformers runs it through a Hub kernel, without
+  `kernels`; mxfp4 without triton and `kernels`; compressed-tensors at
   the first forward): `LAYOUTS[...].kept`.
 
 Read from transformers 5.24 (`quantizers/quantizer_*.py`, `integrations/*.py`), GPTQModel at
 f4c327a (`nn_modules/qlinear`: GPTQ and AWQ buffers) and compressed-tensors at ac8e2ba (packing,
 the decompress-on-first-forward hook, there since 0.15.0). Pure, except `target_of`, which asks the
-model stage whether mxfp4's kernel packages are installed.
+model stage whether mxfp4's and fp8's kernel packages are installed and which Hub kernel fp8 runs through.
 """
 from __future__ import annotations
 
@@ -129,12 +130,14 @@ def _ct_layout(g: Group, out: int, inp: int, gate_up: bool, load_dtype: str = "b
 
 @dataclass(frozen=True)
 class Target:
-    """What `kept` decides on: GPU 0's compute capability (None: the CPU), and for mxfp4 whether triton and
-    `kernels` are installed in versions transformers accepts (`mxfp4_kernels()`)."""
+    """What `kept` decides on: GPU 0's compute capability (None: the CPU), for mxfp4 and fp8 whether triton and
+    `kernels` are installed in versions transformers accepts (`mxfp4_kernels()`), and for fp8 the Hub kernel the
+    installed transformers runs fp8 layers through (`hf.fp8_kernel_repo()`: "repo ref", or None for none)."""
 
     compute_capability: tuple[int, int] | None
     triton: bool = False
     kernels: bool = False
+    fp8_kernel: str | None = None
 
 
 def _where(t: Target) -> str:
@@ -159,6 +162,10 @@ def _kept_fp8(s: Scheme, t: Target) -> str | None:
     if t.compute_capability is None or t.compute_capability < (8, 9):
         return (f"transformers runs fp8 only on GPUs of compute capability 8.9 or newer and dequantizes it on "
                 f"{_where(t)}")
+    if t.fp8_kernel is not None and not t.kernels:
+        return (f"transformers runs fp8 layers through the Hub kernel {t.fp8_kernel}, fetched at the first forward "
+                "with the kernels package (in the range transformers accepts, USE_HUB_KERNELS not off), missing on "
+                "the target: fitplan loads it dequantized instead (FineGrainedFP8Config(dequantize=True))")
     return None
 
 
@@ -191,20 +198,37 @@ def _kept_ct(s: Scheme, t: Target) -> str | None:
 def target_of(inv: Inventory, gpus, software=None) -> Target:
     """The `Target` for `gpus` (the planned hardware's): transformers decides on the current device, GPU 0.
     triton and `kernels` are the target's declared `software` (hardware/software.py) when the plan is for
-    another machine, and this environment's (`_mxfp4_kernels()`) when `software` is None (the probe)."""
+    another machine, and this environment's (`_mxfp4_kernels()`) when `software` is None (the probe). For fp8 on
+    compute capability 8.9+, also the Hub kernel the installed transformers runs it through (`_fp8_kernel()`)."""
     cc = min(gpus, key=lambda g: g.index).compute_capability if gpus else None
-    if cc is None or scheme(inv).method != "mxfp4":
+    method = scheme(inv).method
+    if cc is None or method not in ("mxfp4", "fp8"):
         return Target(cc)
     kernels = _mxfp4_kernels() if software is None else (software.triton, software.kernels)
-    return Target(cc, *kernels)
-
-
+    if method == "mxfp4" or cc < (8, 9):  # below 8.9 transformers dequantizes fp8 itself, kernel or not
+        return Target(cc, *kernels)
+    repo = _fp8_kernel()
+    if software is None:  # this machine: `USE_HUB_KERNELS` off makes lazy_load_kernel fetch nothing either
+        kernels = (kernels[0], kernels[1] and not _kernels_off())
+    return Target(cc, *kernels, fp8_kernel=None if repo is None else f"{repo[0]} {repo[1]}")
 
 
 def _mxfp4_kernels() -> tuple[bool, bool]:
     from ..model import hf
 
     return hf.mxfp4_kernels()
+
+
+def _fp8_kernel() -> tuple[str, str] | None:
+    from ..model import hf
+
+    return hf.fp8_kernel_repo()
+
+
+def _kernels_off() -> bool:
+    from ..model import hf
+
+    return hf.kernels_disabled_by_env()
 
 
 # -- the one table ------------------------------------------------------------------------------------------

@@ -65,6 +65,13 @@ def suggestions(inv: Inventory, hw: Hardware, opts: PlanOptions, work: Workload,
         out.append(Suggestion(f"drop {ref('precision')}: another precision fits", {"precision": None}))
     if opts.min_precision and fits(min_precision=None):
         out.append(Suggestion("lower min_precision: a smaller precision fits", {"min_precision": None}))
+    sw = hw.software  # a target described, not probed: its packages decide whether mxfp4 / fp8 stay packed
+    if hw.gpus and inv.prequantized and sw is not None and not sw.kernels:
+        declared = tuple(dict.fromkeys((*sw.declared, "kernels")))
+        packed = choice_with(replace(hw, software=replace(sw, kernels=True, declared=declared))).chosen
+        if packed is not None:
+            out.append(Suggestion(f"the kernels package on the target, declared in its hardware file (software: "
+                                  f"{{kernels: true}}, docs/hardware.md): {packed.precision} then fits"))
     allowed = [d.estimate for d in choice.decisions if d.ruled_out is None] or [d.estimate for d in choice.decisions]
     smallest = min(allowed, key=lambda e: e.total_bytes)
     if hw.gpus:

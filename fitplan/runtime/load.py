@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,6 +15,7 @@ from ..vocab.classes import AUTO_CLASSES
 from ..options import OPTION_KEYS
 from ..planning.plan import Plan
 from . import localcheck
+from .kernels import fp8_integration_refusal, fp8_kernel_fallback, hub_kernels_fallback, mxfp4_kernel_fallback
 
 log = logging.getLogger("fitplan")
 
@@ -235,11 +235,13 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
 
     w = world()  # under torchrun: each rank plans its share and loads with transformers' TP
     gen = None
-    mxfp4_note = None
+    prequant_note = None
     if w is None:
         plan = _recheck(plan, replan)
         if "quantization_config" not in user:  # the user's own (e.g. Mxfp4Config) is theirs to choose
-            plan, mxfp4_note = mxfp4_kernel_fallback(plan, replan)
+            plan, prequant_note = mxfp4_kernel_fallback(plan, replan)
+            if prequant_note is None:
+                plan, prequant_note = fp8_kernel_fallback(plan, replan)
         gen = plan.generation
         planned = plan.from_pretrained_kwargs()
         if gen is not None and gen.attn_implementation == "flash_attention_2":
@@ -252,15 +254,18 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     for c in changed:
         log.warning("fitplan: user argument overrides the plan: %s", c)
     notes = ()
-    from ..model.kernels import dequantizes_mxfp4
+    from ..model.kernels import dequantized_method
 
-    if "quantization_config" not in user and dequantizes_mxfp4(plan.inventory, plan.precision):
+    fp8_integration_refusal(plan)  # before the tokenizer and any weight
+    method = dequantized_method(plan.inventory, plan.precision) if "quantization_config" not in user else None
+    if method is not None:
         from ..model import hf
 
-        kwargs["quantization_config"] = hf.mxfp4_dequantized()  # the planned path, whatever is installed
-    if mxfp4_note:
-        notes = (mxfp4_note,)
-        log.warning("fitplan: %s", mxfp4_note)
+        # the planned path, whatever is installed
+        kwargs["quantization_config"] = hf.mxfp4_dequantized() if method == "mxfp4" else hf.fp8_dequantized()
+    if prequant_note:
+        notes = (prequant_note,)
+        log.warning("fitplan: %s", prequant_note)
     if "use_kernels" not in user:
         kernels_off = hub_kernels_fallback(plan.hub_kernels)
         if kernels_off:
@@ -311,72 +316,6 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
         took = apply_gen.warmup(loaded, batch=plan.options.batch, vocab_size=plan.inventory.vocab_size)
         loaded.fitplan = replace(report, warmup_s=took)
     return (loaded, tok) if tokenizer else loaded
-
-
-def hub_kernels_fallback(use) -> str | None:
-    """None when `from_pretrained` can load the Hub kernels the plan's target needs (or needs none); else the
-    one note saying it loads without them. A repository missing from the local kernel cache is fetched now,
-    before any weight is read, unless the Hub is offline; one that cannot be had means `use_kernels=False`
-    (the torch path, which is what fitplan planned) instead of a ValueError inside from_pretrained."""
-    if use is None or not use.used:
-        return None
-    from ..model import hf
-
-    missing = [r for r in use.repos if not hf.kernel_cached(r.repo_id, r.ref)]
-    if not missing:
-        return None
-    names = ", ".join(f"{r.repo_id} {r.ref}" for r in missing)
-    if hf.hub_offline():
-        why = "the Hub is offline (HF_HUB_OFFLINE)"
-    else:
-        errors = [e for e in (hf.fetch_kernel(r.repo_id, r.ref) for r in missing) if e]
-        if not errors:
-            return None
-        why = f"fetching failed ({errors[0]})"
-    return (f"loaded without Hub kernels (use_kernels=False): {names} not in the local kernel cache and {why}; "
-            "the torch path is what the plan sized. Load once with the Hub reachable to cache them")
-
-
-def mxfp4_kernel_fallback(plan: Plan, replan) -> tuple[Plan, str | None]:
-    """(plan, None) when the plan does not keep mxfp4 (gpt-oss) packed on a GPU, or when the Hub kernel that
-    transformers fetches for it (`hf.mxfp4_kernel_repo()`, inside `from_pretrained`, with or without
-    `use_kernels`) is in the local kernel cache or can be fetched now, before any weight is read. Otherwise the
-    kernel-less path: the plan made again for a target without the kernel (mxfp4 dequantized to bf16, the size
-    transformers then holds) and the one note that says so; `load()` passes `Mxfp4Config(dequantize=True)`.
-    When that dequantized plan does not fit, or a lock pins mxfp4, `DoesNotFitError` in one line naming the
-    kernel and how to fetch it, instead of a ValueError inside from_pretrained."""
-    from ..model import hf
-
-    packed = plan.hub_kernels.mxfp4 if plan.fits and plan.hub_kernels is not None else None  # model/kernels.py
-    if packed is None:
-        return plan, None
-    repo_id, ref = packed.repo_id, packed.ref
-    if hf.kernel_cached(repo_id, ref):  # now, not when planned
-        return plan, None
-    if hf.hub_offline():
-        why = "the Hub is offline (HF_HUB_OFFLINE)"
-    else:
-        error = hf.fetch_kernel(repo_id, ref)
-        if error is None:
-            return plan, None
-        why = f"fetching it failed ({error})"
-    spec = f"version={ref[1:]}" if re.fullmatch(r"v\d+", ref) else f"revision='{ref}'"
-    fetch = (f"fetch it once with the Hub reachable: python -c \"from kernels import install_kernel; "
-             f"install_kernel('{repo_id}', {spec})\"")
-    head = f"{plan.model_id}: mxfp4 needs the Hub kernel {repo_id} {ref}, which is not in the local kernel cache " \
-           f"and {why}"
-    if plan.pin is not None:
-        raise DoesNotFitError(f"{head}; the lock {plan.pin.path} pins mxfp4; {fetch}", model_id=plan.model_id)
-    from ..hardware.software import Software
-
-    sw = plan.hardware.software
-    triton = hf.mxfp4_kernels()[0] if sw is None else sw.triton
-    new = replan(replace(plan.hardware, software=Software(triton=triton, kernels=False, declared=("kernels",))))
-    if not new.fits:
-        raise DoesNotFitError(f"{head}; dequantized (the path without it) it does not fit: {new.summary_line()}; "
-                              f"{fetch}", model_id=plan.model_id)
-    return new, (f"loaded mxfp4 dequantized to {new.precision} (Mxfp4Config(dequantize=True)), planned at that size: "
-                 f"the Hub kernel {repo_id} {ref} is not in the local kernel cache and {why}; to keep mxfp4, {fetch}")
 
 
 def _tokenizer(model: str, user: dict, *, processor: bool = False):
