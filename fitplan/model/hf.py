@@ -45,7 +45,7 @@ by one, so a difference there shows up as a refusal from the checks, not a wrong
 | heterogeneous configs (`per_layer_config`, per-layer fields raise on the global config) | none | yes | yes |
 | sparse-attention indexer keys (`DynamicIndexedLayer.indexer_keys`) | no such models | yes | yes |
 
-Why one module (~1650 lines): this is the model stage's only contact with torch and transformers
+Why one module (~1800 lines): this is the model stage's only contact with torch and transformers
 (tests/test_layout.py holds the rest of the package to that), so a new transformers release is checked
 against this one file, and everything read off a built model happens in one place, in one pass:
 `inventory()` builds the model on the meta device and reads, one after another, its tensors, the cache
@@ -55,7 +55,8 @@ parsed in `prequant.py`, pure), its Hub kernels and its position table. Each sub
 section, keyed by version: the meta build (`build`, `tensors`, `tied_apart`: which class an Auto class
 picks, the init contexts, the dtype plan, weight tying); the cache and its storages; the prefill
 scratch of kernel-less state-space paths; the tensor-parallel plan and its sharding styles
-(`tensor_parallel_rules`); the Hub-kernel mapping of 5.25 (`hub_kernels`); config fields of a built
+(`tensor_parallel_rules`); the Hub-kernel mapping of 5.25 (`hub_kernels`) and the kernels the mxfp4 and fp8
+integrations fetch (`mxfp4_kernel_repo`, `fp8_kernel_repo`, asked of the installed code); config fields of a built
 config; image tokens; pre-quantized conversion. Split into modules, each would still reach into the
 same private names and the same built model, and the reading of one model would climb in and out of
 several files instead of running down one.
