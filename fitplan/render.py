@@ -149,15 +149,13 @@ def _kwargs_code(plan) -> list[str]:
     kw = plan.kwargs_as_data()
     args = [repr(plan.model_id), f"dtype=torch.{kw['dtype']}", f"device_map={_device_map_code(kw['device_map'])}"]
     q = kw.get("quantization_config")
-    if q:
+    if q and q.get("dequantize"):  # a pre-quantized row loaded dequantized
+        from .model.prequant import DEQUANTIZED_CONFIGS
+
+        args.append(f"quantization_config={DEQUANTIZED_CONFIGS[q['quant_method']]}(dequantize=True)")
+    elif q:
         inner = ", ".join(f"{k}=torch.{v}" if k == "bnb_4bit_compute_dtype" else f"{k}={v!r}" for k, v in q.items())
         args.append(f"quantization_config=BitsAndBytesConfig({inner})")
-    from .model.kernels import dequantized_method
-
-    dequantized = dequantized_method(plan.inventory, plan.precision)  # what load() passes for such a row
-    if dequantized is not None:
-        config = {"mxfp4": "Mxfp4Config", "fp8": "FineGrainedFP8Config"}[dequantized]
-        args.append(f"quantization_config={config}(dequantize=True)")
     if kw.get("max_memory"):
         mm = ", ".join(f"{k if k == 'cpu' else int(k)!r}: {v}" for k, v in kw["max_memory"].items())
         args.append(f"max_memory={{{mm}}}")

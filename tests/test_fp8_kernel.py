@@ -260,7 +260,7 @@ def test_the_dequantize_config_is_a_loading_attribute_transformers_merges():
     from transformers.quantizers.auto import AutoHfQuantizer
 
     merged = AutoHfQuantizer.merge_quantization_configs(
-        {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [64, 64]}, hf.fp8_dequantized())
+        {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [64, 64]}, hf.dequantized_config("fp8"))
     assert type(merged).__name__ == "FineGrainedFP8Config" and merged.dequantize is True
     assert list(merged.weight_block_size) == [64, 64]
 

@@ -111,7 +111,7 @@ def test_the_dequantize_config_is_a_loading_attribute_transformers_merges():
     """What load() passes: transformers merges `dequantize` into the checkpoint's own mxfp4 config."""
     from transformers.quantizers.auto import AutoHfQuantizer
 
-    merged = AutoHfQuantizer.merge_quantization_configs({"quant_method": "mxfp4"}, hf.mxfp4_dequantized())
+    merged = AutoHfQuantizer.merge_quantization_configs({"quant_method": "mxfp4"}, hf.dequantized_config("mxfp4"))
     assert type(merged).__name__ == "Mxfp4Config" and merged.dequantize is True
 
 

@@ -78,7 +78,7 @@ from ..versions import parse as parse_version
 from ..vocab.classes import AUTO_CLASSES
 from . import cachelayout
 from .inventory import KVLayer, TensorInfo, dtype_name
-from .prequant import Scheme, scheme_of
+from .prequant import DEQUANTIZED_CONFIGS, Scheme, scheme_of
 
 #: First release whose bitsandbytes replacement skips subclasses of nn.Linear (Falcon's FalconLinear).
 EXACT_LINEAR_SINCE = (5, 5)
@@ -764,14 +764,6 @@ def mxfp4_kernel_repo() -> tuple[str, str]:
     return repo_id, f"v{ver}" if ver is not None else (revision or "main")
 
 
-def mxfp4_dequantized():
-    """The `quantization_config` that loads an mxfp4 checkpoint dequantized to bf16, fetching no kernel (a
-    loading attribute transformers merges into the checkpoint's own config, 5.0 .. 5.25)."""
-    from transformers import Mxfp4Config
-
-    return Mxfp4Config(dequantize=True)
-
-
 def fp8_kernel_repo() -> tuple[str, str] | None:
     """(repo id, ref) of the Hub kernel that the installed transformers' `FP8Linear.forward` fetches to run fp8
     weights on a GPU (5.17 .. 5.25: `load_finegrained_fp8_kernel` -> `lazy_load_kernel("finegrained-fp8")`,
@@ -853,25 +845,28 @@ def fp8_integration_error() -> tuple[str | None, str] | None:
     return None
 
 
-def fp8_dequantized():
-    """The `quantization_config` that loads an fp8 checkpoint dequantized to bf16, running no fp8 kernel: a loading
-    attribute transformers merges into the checkpoint's own config (`FineGrainedFP8Config.get_loading_attributes`,
-    5.0 .. 5.25)."""
-    from transformers import FineGrainedFP8Config
+def dequantized_config(method: str):
+    """The `quantization_config` that loads a pre-quantized checkpoint of `method` ("mxfp4", "fp8") dequantized to
+    bf16, fetching and running no kernel: a loading attribute transformers merges into the checkpoint's own config
+    (`Mxfp4Config` / `FineGrainedFP8Config` `(dequantize=True)`, 5.0 .. 5.25)."""
+    import transformers
 
-    return FineGrainedFP8Config(dequantize=True)
+    return getattr(transformers, DEQUANTIZED_CONFIGS[method])(dequantize=True)
 
 
 def from_pretrained_kwargs(data: dict) -> dict:
     """A plan's from_pretrained arguments as data (`Plan.kwargs_as_data()`) in the objects transformers takes:
-    torch dtypes, a `BitsAndBytesConfig`, integer GPU indices in `max_memory`."""
+    torch dtypes, a `BitsAndBytesConfig` (or a pre-quantized method's config with `dequantize=True`), integer GPU
+    indices in `max_memory`."""
     import torch
     from transformers import BitsAndBytesConfig
 
     kw = dict(data)
     kw["dtype"] = getattr(torch, data["dtype"])
     q = data.get("quantization_config")
-    if q is not None:
+    if q is not None and q.get("dequantize"):
+        kw["quantization_config"] = dequantized_config(q["quant_method"])
+    elif q is not None:
         if "bnb_4bit_compute_dtype" in q:
             q = {**q, "bnb_4bit_compute_dtype": getattr(torch, q["bnb_4bit_compute_dtype"])}
         kw["quantization_config"] = BitsAndBytesConfig(**q)

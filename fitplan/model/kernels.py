@@ -87,16 +87,17 @@ _STATE = {None: "cache not seen from here", True: "cached", False: "NOT cached"}
 
 def dequantized_method(inv: Inventory, precision: str | None) -> str | None:
     """"mxfp4" or "fp8" when a plan row loads such a checkpoint dequantized (its bf16/fp16 row, not the stored
-    one), else None. `load()` then passes `Mxfp4Config(dequantize=True)` / `FineGrainedFP8Config(dequantize=True)`,
-    so transformers takes that path whatever it finds installed: 5.25 keeps mxfp4 packed on the CPU with triton
-    3.5 and `kernels` and would fetch its kernel; fp8 on a GPU of compute capability 8.9+ is kept, and its
-    first forward fails, where the plan dequantized it for want of `kernels`."""
-    from .prequant import scheme
+    one), else None. The plan's from_pretrained arguments then carry the method's config with `dequantize=True`
+    (`Plan.kwargs_as_data`, `prequant.DEQUANTIZED_CONFIGS`), so transformers takes that path whatever it finds
+    installed: 5.25 keeps mxfp4 packed on the CPU with triton 3.5 and `kernels` and would fetch its kernel; fp8 on
+    a GPU of compute capability 8.9+ is kept, and its first forward fails, where the plan dequantized it for want
+    of `kernels`."""
+    from .prequant import DEQUANTIZED_CONFIGS, scheme
 
     if not inv.quantization or precision is None:
         return None
     s = scheme(inv)
-    return s.method if s.method in ("mxfp4", "fp8") and precision != s.label else None
+    return s.method if s.method in DEQUANTIZED_CONFIGS and precision != s.label else None
 
 
 def dequantizes_mxfp4(inv: Inventory, precision: str | None) -> bool:

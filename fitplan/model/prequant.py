@@ -243,6 +243,11 @@ PARSERS: dict[str, Callable[[dict], Scheme]] = {
 }
 
 
+#: The transformers config class that loads a method's checkpoint dequantized (`dequantize=True`), for the methods
+#: a plan may load that way (mxfp4 and fp8 without the kernels that keep them packed; fitplan.model.kernels).
+DEQUANTIZED_CONFIGS = {"mxfp4": "Mxfp4Config", "fp8": "FineGrainedFP8Config"}
+
+
 def _method_name(qc: dict) -> str:
     m = qc.get("quant_method")
     if not isinstance(m, str) or not m:

@@ -211,6 +211,13 @@ class Plan:
             return None
         kw: dict = {"dtype": self.load_dtype, "device_map": self.device_map()}
         q = self.quantization_kwargs()
+        if q is None:
+            from ..model.kernels import dequantized_method
+
+            # a pre-quantized row loaded dequantized: the method's config with dequantize=True, a loading attribute
+            # transformers merges into the checkpoint's own, so it takes the planned path whatever is installed
+            method = dequantized_method(self.inventory, self.precision)
+            q = {"quant_method": method, "dequantize": True} if method else None
         if q is not None:
             kw["quantization_config"] = q
         mm = self.max_memory()

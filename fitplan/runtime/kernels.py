@@ -49,7 +49,7 @@ def mxfp4_kernel_fallback(plan: Plan, replan) -> tuple[Plan, str | None]:
     When that dequantized plan does not fit, or a lock pins mxfp4, `DoesNotFitError` in one line naming the
     kernel and how to fetch it, instead of a ValueError inside from_pretrained."""
     kernel = plan.hub_kernels.mxfp4 if plan.fits and plan.hub_kernels is not None else None  # model/kernels.py
-    return _kernel_fallback(plan, replan, kernel, "mxfp4", "Mxfp4Config(dequantize=True)")
+    return _kernel_fallback(plan, replan, kernel, "mxfp4")
 
 
 def fp8_kernel_fallback(plan: Plan, replan) -> tuple[Plan, str | None]:
@@ -59,11 +59,12 @@ def fp8_kernel_fallback(plan: Plan, replan) -> tuple[Plan, str | None]:
     target without `kernels` (fp8 dequantized to bf16) and `load()` passes `FineGrainedFP8Config(dequantize=True)`;
     a dequantized plan that does not fit, or a lock pinning fp8, is refused in one line."""
     kernel = plan.hub_kernels.fp8 if plan.fits and plan.hub_kernels is not None else None  # model/kernels.py
-    return _kernel_fallback(plan, replan, kernel, "fp8", "FineGrainedFP8Config(dequantize=True)")
+    return _kernel_fallback(plan, replan, kernel, "fp8")
 
 
-def _kernel_fallback(plan: Plan, replan, kernel, what: str, config: str) -> tuple[Plan, str | None]:
+def _kernel_fallback(plan: Plan, replan, kernel, what: str) -> tuple[Plan, str | None]:
     from ..model import hf
+    from ..model.prequant import DEQUANTIZED_CONFIGS
 
     if kernel is None:
         return plan, None
@@ -92,6 +93,7 @@ def _kernel_fallback(plan: Plan, replan, kernel, what: str, config: str) -> tupl
     if not new.fits:
         raise DoesNotFitError(f"{head}; dequantized (the path without it) it does not fit: {new.summary_line()}; "
                               f"{fetch}", model_id=plan.model_id)
+    config = f"{DEQUANTIZED_CONFIGS[what]}(dequantize=True)"  # what the new plan's from_pretrained arguments carry
     return new, (f"loaded {what} dequantized to {new.precision} ({config}), planned at that size: "
                  f"the Hub kernel {repo_id} {ref} is not in the local kernel cache and {why}; to keep {what}, {fetch}")
 

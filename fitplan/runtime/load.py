@@ -254,15 +254,7 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     for c in changed:
         log.warning("fitplan: user argument overrides the plan: %s", c)
     notes = ()
-    from ..model.kernels import dequantized_method
-
     fp8_integration_refusal(plan)  # before the tokenizer and any weight
-    method = dequantized_method(plan.inventory, plan.precision) if "quantization_config" not in user else None
-    if method is not None:
-        from ..model import hf
-
-        # the planned path, whatever is installed
-        kwargs["quantization_config"] = hf.mxfp4_dequantized() if method == "mxfp4" else hf.fp8_dequantized()
     if prequant_note:
         notes = (prequant_note,)
         log.warning("fitplan: %s", prequant_note)
