@@ -735,33 +735,13 @@ def mxfp4_kernel_repo() -> tuple[str, str]:
     `ref` is "v1" for a version (as `kernel_cached` takes it), else the revision ("main" when none)."""
     import torch
     from transformers import Mxfp4Config
-    from transformers.integrations import hub_kernels, mxfp4
+    from transformers.integrations import mxfp4
 
-    asked: list[tuple] = []
-
-    class _Asked(Exception):
-        pass
-
-    def recorder(repo_id, revision=None, version=None, *args, **kwargs):
-        asked.append((repo_id, kwargs.get("revision", revision), kwargs.get("version", version)))
-        raise _Asked
-
-    real = hub_kernels.get_kernel
-    hub_kernels.get_kernel = recorder
-    try:
+    def run():
         with quiet():
             mxfp4.replace_with_mxfp4_linear(torch.nn.Module(), quantization_config=Mxfp4Config())
-    except _Asked:
-        pass
-    except Exception as exc:  # noqa: BLE001 - any other failure means the function no longer works as read here
-        raise changed(f"replace_with_mxfp4_linear did not ask for its Hub kernel ({type(exc).__name__}: "
-                      f"{' '.join(str(exc).split())[:120]})") from None
-    finally:
-        hub_kernels.get_kernel = real
-    if len(asked) != 1 or not isinstance(asked[0][0], str) or "/" not in asked[0][0]:
-        raise changed(f"replace_with_mxfp4_linear asked hub_kernels.get_kernel for {asked!r}, not one kernel repo")
-    repo_id, revision, ver = asked[0]
-    return repo_id, f"v{ver}" if ver is not None else (revision or "main")
+
+    return _kernel_asked_by("replace_with_mxfp4_linear", run, [])
 
 
 def fp8_kernel_repo() -> tuple[str, str] | None:
@@ -784,41 +764,56 @@ def fp8_kernel_repo() -> tuple[str, str] | None:
         return None  # 5.0 with triton installed: its own triton kernels (not run here: they would touch the GPU)
     from transformers.integrations import hub_kernels
 
-    asked: list[tuple] = []
-
-    class _Asked(Exception):
-        pass
-
-    def recorder(repo_id, revision=None, version=None, *args, **kwargs):
-        asked.append((repo_id, kwargs.get("revision", revision), kwargs.get("version", version)))
-        raise _Asked
-
     enabled = hub_kernels.__dict__.get("_kernels_enabled")  # a bool to 5.24, a function from 5.25
-    patches = [(hub_kernels, "get_kernel", recorder), (hub_kernels, "is_kernels_available", lambda *a, **k: True),
+    patches = [(hub_kernels, "is_kernels_available", lambda *a, **k: True),
                (hub_kernels, "_kernels_enabled", (lambda: True) if callable(enabled) else True),
                (fp8, "is_kernels_available", lambda *a, **k: True), (fp8, "is_deepgemm_loadable", lambda *a, **k: False),
                (fp8, "_FINEGRAINED_FP8", None)]
     lazy = fp8.__dict__.get("lazy_load_kernel")
     if lazy is not None:  # a fresh module mapping: a kernel already loaded would answer without asking
         patches.append((fp8, "lazy_load_kernel", lambda name, mapping=None: lazy(name, {})))
-    patches = [(mod, name, value) for mod, name, value in patches if name in mod.__dict__]
+
+    def run():
+        layer = fp8.FP8Linear(in_features=128, out_features=128, block_size=(128, 128))
+        with quiet(), torch.no_grad():
+            layer(torch.zeros(1, 128, dtype=torch.bfloat16))
+
+    return _kernel_asked_by("FP8Linear.forward", run, [(m, n, v) for m, n, v in patches if n in m.__dict__])
+
+
+class _KernelAsked(Exception):
+    """Raised by the recorder standing in for `hub_kernels.get_kernel`: the kernel was asked for, nothing fetched."""
+
+
+def _kernel_asked_by(what: str, run, patches: list) -> tuple[str, str]:
+    """(repo id, ref) of the one Hub kernel `run()` (transformers' `what`) asks `hub_kernels.get_kernel` for, read
+    by putting a recorder in its place (and `patches`, (module, name, value) each, for the time of the call). `ref`
+    is "v1" for a version (as `kernel_cached` takes it), else the revision ("main" when none). A call that fails
+    otherwise, or asks for anything but one kernel repo, is a transformers that no longer works as read here."""
+    from transformers.integrations import hub_kernels
+
+    asked: list[tuple] = []
+
+    def recorder(repo_id, revision=None, version=None, *args, **kwargs):
+        asked.append((repo_id, kwargs.get("revision", revision), kwargs.get("version", version)))
+        raise _KernelAsked
+
+    patches = [(hub_kernels, "get_kernel", recorder), *patches]
     saved = [(mod, name, mod.__dict__[name]) for mod, name, _ in patches]
     for mod, name, value in patches:
         setattr(mod, name, value)
     try:
-        layer = fp8.FP8Linear(in_features=128, out_features=128, block_size=(128, 128))
-        with quiet(), torch.no_grad():
-            layer(torch.zeros(1, 128, dtype=torch.bfloat16))
-    except _Asked:
+        run()
+    except _KernelAsked:
         pass
-    except Exception as exc:  # noqa: BLE001 - any other failure: the path no longer works as read here
-        raise changed(f"FP8Linear.forward did not ask for its Hub kernel ({type(exc).__name__}: "
+    except Exception as exc:  # noqa: BLE001 - any other failure means the path no longer works as read here
+        raise changed(f"{what} did not ask for its Hub kernel ({type(exc).__name__}: "
                       f"{' '.join(str(exc).split())[:120]})") from None
     finally:
         for mod, name, value in saved:
             setattr(mod, name, value)
     if len(asked) != 1 or not isinstance(asked[0][0], str) or "/" not in asked[0][0]:
-        raise changed(f"FP8Linear.forward asked hub_kernels.get_kernel for {asked!r}, not one kernel repo")
+        raise changed(f"{what} asked hub_kernels.get_kernel for {asked!r}, not one kernel repo")
     repo_id, revision, ver = asked[0]
     return repo_id, f"v{ver}" if ver is not None else (revision or "main")
 
