@@ -79,18 +79,16 @@ def guard(model, *, context: int, batch: int | None, positions: str | None = Non
             rows, prompt = shape
             rows *= max(int(kwargs.get("num_return_sequences", 1) or 1), int(kwargs.get("num_beams", 1) or 1))
             total = _new_tokens(model, prompt, kwargs)
-            if total is not None and total > context and positions:
-                raise PlannedShapeError(
-                    f"this generate() call runs to {total} tokens ({prompt} prompt + {total - prompt} new), past the "
-                    f"{context} learned absolute positions of {positions}: no position past them exists (the "
-                    f"embedding lookup would fail with an IndexError); shorten it to {context} tokens or fewer",
-                    tokens=total, context=context, batch=rows, planned_batch=rows, option="context")
             if total is not None and total > context:
+                past = (f"{context} learned absolute positions of {positions}: no position past them exists (the "
+                        f"embedding lookup would fail with an IndexError); shorten it to {context} tokens or fewer"
+                        if positions else
+                        f"{context} the model was planned and its static cache allocated for; shorten it, or load "
+                        f"with {ref('context', total)} (or {ref('fast', False)} for a dynamic cache)")
                 raise PlannedShapeError(
                     f"this generate() call runs to {total} tokens ({prompt} prompt + {total - prompt} new), past the "
-                    f"{context} the model was planned and its static cache allocated for; shorten it, or load with "
-                    f"{ref('context', total)} (or {ref('fast', False)} for a dynamic cache)",
-                    tokens=total, context=context, batch=rows, planned_batch=batch, option="context")
+                    f"{past}", tokens=total, context=context, batch=rows,
+                    planned_batch=rows if batch is None else batch, option="context")
             if batch is not None and rows > batch:
                 raise PlannedShapeError(
                     f"this generate() call runs {rows} sequences, more than the planned {ref('batch', batch)} its "
