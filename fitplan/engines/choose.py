@@ -101,7 +101,8 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
         tp = model.largest_tp(geo, per_node)
         if tp is None:
             return None
-        knobs = variants[0] = replace(knobs, tensor_parallel_size=tp)
+        knobs = replace(knobs, tensor_parallel_size=tp)
+        variants = [knobs]  # the hint plans the checkpoint as it is (explore is off)
     tp0, pp0 = knobs.tensor_parallel_size or 1, knobs.pipeline_parallel_size or 1
     if knobs.tensor_parallel_size or knobs.pipeline_parallel_size:
         model.check_parallel(geo, tp0, pp0)

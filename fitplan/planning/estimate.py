@@ -214,12 +214,13 @@ def activation_bytes(inv: Inventory, work: Workload, compute_dtype: str, precisi
     return resident + max(attn, mlp, scan) + C.LOGITS_COPIES * work.batch * inv.vocab_size * 4
 
 
-def _fragmentation(inv: Inventory, precision: Precision, dt: str) -> int:
-    """Reserved-but-free memory the load leaves behind (see calibration.LOAD_FRAGMENTATION)."""
+def _fragmentation(inv: Inventory, precision: Precision, per: tuple[tuple[int, int], ...]) -> int:
+    """Reserved-but-free memory the load leaves behind (see calibration.LOAD_FRAGMENTATION), from `_per_tensor`'s
+    unaligned sizes."""
     stored = is_as_stored(inv, precision)  # loaded packed, not quantized on the GPU
     kind = "float" if stored or not precision.quantized else ("int8" if precision.bits == 8 else "4bit")
     frag = 0.0
-    for t, (b, _) in zip(inv.tensors, _per_tensor(inv, precision, dt, 1)):
+    for t, (b, _) in zip(inv.tensors, per):
         fused = len(t.shape) == 3 and not t.buffer
         rate = C.LOAD_FRAGMENTATION["fused_experts"] if fused else (
             C.LOAD_FRAGMENTATION[kind] if (t.quantizable or kind == "float") else C.LOAD_FRAGMENTATION["float"])
@@ -322,7 +323,9 @@ def _layers_once(inv: Inventory, precision: Precision, dt: str, alignment: int):
         return hit[1]
     if len(_LAYERS_SEEN) >= 64:
         _LAYERS_SEEN.clear()
-    value = (*_by_layer(inv, precision, _per_tensor(inv, precision, dt, alignment)), _fragmentation(inv, precision, dt))
+    per = _per_tensor(inv, precision, dt, alignment)
+    unaligned = per if alignment == 1 else _per_tensor(inv, precision, dt, 1)  # what the fragmentation rates apply to
+    value = (*_by_layer(inv, precision, per), _fragmentation(inv, precision, unaligned))
     _LAYERS_SEEN[key] = (inv, value)
     return value
 
