@@ -30,11 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from children import nvml_used, run_child
 
 HERE = Path(__file__).resolve().parent
 NEW_TOKENS = 16
@@ -81,14 +82,6 @@ def cmd_fetch(args) -> None:
             print(f"{repo_id} {ref} -> {install_kernel_all_variants(repo_id, **spec)}", flush=True)
 
 
-def _nvml_used() -> int:
-    import pynvml
-
-    pynvml.nvmlInit()
-    h = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0))
-    return int(pynvml.nvmlDeviceGetMemoryInfo(h).used)
-
-
 def cmd_child(args) -> None:
     import torch
     from transformers import AutoModelForCausalLM, CONFIG_MAPPING
@@ -125,7 +118,7 @@ def cmd_child(args) -> None:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         res["weights_allocated"] = torch.cuda.memory_allocated()
-        res["outside_allocator"] = _nvml_used() - torch.cuda.memory_reserved() - args.idle_used
+        res["outside_allocator"] = nvml_used() - torch.cuda.memory_reserved() - args.idle_used
         ids = torch.randint(10, min(config.get_text_config().vocab_size, 30000), (batch, context - NEW_TOKENS),
                             device="cuda")
         stage = "prefill"
@@ -167,23 +160,12 @@ def _version(dist: str) -> str | None:
 def cmd_run(args) -> None:
     if not os.environ.get("HF_HUB_OFFLINE"):
         print("note: HF_HUB_OFFLINE is not set; kernels missing from KERNELS_CACHE would be fetched", flush=True)
-    idle = _nvml_used()
+    idle = nvml_used()
     for name in _names(args.cases):
         for kernels in ("off", "on"):
-            t0 = time.perf_counter()
             env = {**os.environ, "USE_HUB_KERNELS": "YES" if kernels == "on" else "NO"}
-            try:
-                out = subprocess.run([sys.executable, __file__, "child", "--case", name, "--kernels", kernels,
-                                      "--idle-used", str(idle)], capture_output=True, text=True, timeout=args.timeout,
-                                     env=env)
-                lines = [line[7:] for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-                row = json.loads(lines[-1]) if lines else {"case": name, "kernels": kernels, "ran": False,
-                                                           "error": (out.stderr or out.stdout)[-600:]}
-            except subprocess.TimeoutExpired:
-                row = {"case": name, "kernels": kernels, "ran": False, "error": f"timeout after {args.timeout}s"}
-            row["wall_s"] = round(time.perf_counter() - t0, 1)
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row, default=str) + "\n")
+            row = run_child([__file__, "child", "--case", name, "--kernels", kernels, "--idle-used", str(idle)],
+                            {"case": name, "kernels": kernels}, timeout=args.timeout, out=args.out, env=env)
             print(summary(row), flush=True)
 
 

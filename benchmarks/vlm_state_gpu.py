@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from children import nvml_used, run_child
 
 HERE = Path(__file__).resolve().parent
 NEW_TOKENS = 16
@@ -75,14 +74,6 @@ def _config(source: str, overrides: dict):
         else:
             cfg[key] = value
     return CONFIG_MAPPING[cfg["model_type"]].from_dict(cfg)
-
-
-def _nvml_used() -> int:
-    import pynvml
-
-    pynvml.nvmlInit()
-    h = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0))
-    return int(pynvml.nvmlDeviceGetMemoryInfo(h).used)
 
 
 def _inputs(model, inv, context: int, batch: int, images: int, device: str = "cuda"):
@@ -161,7 +152,7 @@ def cmd_child(args) -> None:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         res["weights_allocated"] = torch.cuda.memory_allocated()
-        res["outside_allocator"] = _nvml_used() - torch.cuda.memory_reserved() - args.idle_used
+        res["outside_allocator"] = nvml_used() - torch.cuda.memory_reserved() - args.idle_used
         torch.cuda.reset_peak_memory_stats()
         stage = "generate"
         ids, extra = _inputs(model, inv, context, batch, images)
@@ -183,20 +174,10 @@ def cmd_child(args) -> None:
 
 def cmd_run(args) -> None:
     names = [c[0] for c in CASES] if args.cases == "all" else args.cases.split(",")
-    idle = _nvml_used()
+    idle = nvml_used()
     for name in names:
-        t0 = time.perf_counter()
-        try:
-            out = subprocess.run([sys.executable, __file__, "child", "--case", name, "--idle-used", str(idle)],
-                                 capture_output=True, text=True, timeout=args.timeout)
-            lines = [line[7:] for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-            row = json.loads(lines[-1]) if lines else {"case": name, "ran": False,
-                                                       "error": (out.stderr or out.stdout)[-600:]}
-        except subprocess.TimeoutExpired:
-            row = {"case": name, "ran": False, "error": f"timeout after {args.timeout}s"}
-        row["wall_s"] = round(time.perf_counter() - t0, 1)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row, default=str) + "\n")
+        row = run_child([__file__, "child", "--case", name, "--idle-used", str(idle)], {"case": name},
+                        timeout=args.timeout, out=args.out)
         print(summary(row), flush=True)
 
 
