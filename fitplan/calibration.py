@@ -26,6 +26,21 @@ CUDA_CONTEXT_MEASURED_BYTES = 739 << 20
 #: is about 0.1 GiB short there; 0.07 GiB on pipeline-only ranks; 2.06-2.21 GiB under TP on Hopper, where 0.19
 #: also allocates FlashInfer's all-reduce fusion workspace, which this mirror does not count (docs/engines.md).
 VLLM_NON_TORCH_BYTES = 150 << 20
+#: vLLM 0.19.0's "non-torch forward increase memory", as its debug log prints it for every rank ("Memory profiling
+#: takes ..."; tests/data/engine_logs.yaml, the llm-d-planner sweep of 59 logs on H100 80GB SXM). Not a formula of
+#: the source: what CUDA libraries and the communicators allocate inside the profiling window. The largest value
+#: logged for each layout is taken, so that a plan does not promise more KV memory than the log gives:
+#: one rank alone (TP 1, PP 1): 0.24-0.27 GiB over 39 logs (three Granite 3.x logs say 0.46 GiB; Granite is not in the
+#: catalogue, and the cause was not found);
+VLLM_019_NON_TORCH_SINGLE_BYTES = int(0.27 * GiB)
+#: ... pipeline-parallel ranks without tensor parallelism: 0.07 GiB on every stage (Llama-3.1-8B, PP 2 and PP 4);
+VLLM_019_NON_TORCH_PIPELINE_BYTES = int(0.07 * GiB)
+#: ... under tensor parallelism on an NVLink/NVSwitch board: 2.06-2.21 GiB per rank over 14 logs at TP 2 and TP 4
+#: (dense, MoE, fp8, W8A8; the same on every rank of a log). 0.19 builds the FlashInfer all-reduce + RMSNorm fusion
+#: workspace (compilation/passes/fusion/allreduce_rms_fusion.py) and NCCL's communicator buffers there; SGLang
+#: logs the same order for its distributed init on such boards (`SGLANG_DIST_INIT_NVLINK_BYTES`). On PCIe cards
+#: under TP no log splits this term; the single-rank figure is taken (the L40S case stays unmatched, 8% over).
+VLLM_019_NON_TORCH_TP_NVLINK_BYTES = int(2.21 * GiB)
 #: SGLang: what torch.distributed's initialisation takes per rank before the weights load ("Init torch distributed
 #: ends. mem usage=..." prints it without the CUDA context: model_runner.py `init_torch_distributed` reads the free
 #: memory before and after it, the context already made). On NVLink/NVSwitch boards under TP, NCCL's NVLink buffers

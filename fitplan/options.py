@@ -22,11 +22,12 @@ import functools
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import OptionError, flag_of, subject
+from .errors import OptionError, flag_of, ref, subject
 from .vocab.classes import AUTO_CLASSES, why_not_planned
 from .vocab.kvcache import KV_CACHE_TYPES
 from .vocab.kinds import BadValue, kind
 from .vocab.precision import NAMES as PRECISIONS, PREFERENCES
+from .versions import ENGINE_MIRRORS, engine_mirror
 
 MAX_CONTEXT = 1 << 24
 MAX_BATCH = 1 << 16
@@ -39,6 +40,8 @@ ENGINES = ("transformers", "vllm", "sglang")
 #: `--kv-cache-dtype` and `--quantization` values the engine plans size (fitplan.engines.common).
 KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2")
 ENGINE_QUANTIZATIONS = ("fp8",)
+#: The engine releases fitplan mirrors, as option help says them.
+_MIRRORED = "; ".join(f"{name}: {', '.join(releases)}" for name, releases in ENGINE_MIRRORS.items())
 MAX_RANKS = 1024
 
 
@@ -124,6 +127,10 @@ class PlanOptions(_Checked):
     engine: str = option("transformers", "What runs the model: transformers (fitplan.load(), one process) or a serving "
                                          "engine, vllm or sglang, planned per rank with tensor/pipeline parallelism.",
                          kind="enum", choices=ENGINES, profile=("engine",))
+    engine_version: str | None = option(None, "The release of the engine you run (e.g. 0.19.0): the plan follows the "
+                                              "newest release fitplan mirrors at or below it (" + _MIRRORED + ").",
+                                        kind="string", profile=("serving", "engine_version"),
+                                        default_text="the newest mirrored")
     concurrency: int | None = option(None, "Sequences at the full context the engine must hold at once (engine "
                                            "plans; default 1).", kind="int", profile=("workload", "concurrency"),
                                      minimum=1, maximum=MAX_BATCH)
@@ -156,8 +163,13 @@ class PlanOptions(_Checked):
         super().__post_init__()
         engine_only = [n for n in ENGINE_KEYS if getattr(self, n) not in (None, False)]
         if self.engine == "transformers" and engine_only:
-            raise OptionError(f"{engine_only[0]} is a serving-engine setting; set engine to vllm or sglang to plan "
-                              "for an engine", option=engine_only[0])
+            raise OptionError(f"{subject(engine_only[0])} is a serving-engine setting; set {ref('engine')} to vllm or "
+                              "sglang to plan for an engine", option=engine_only[0])
+        if self.engine_version is not None and self.engine != "transformers":
+            try:
+                engine_mirror(self.engine, self.engine_version)
+            except ValueError as bad:
+                raise OptionError(f"{subject('engine_version')}: {bad}", option="engine_version") from None
     fast: bool = option(True, "Generate with the fastest setup measured to work here (static cache, compiled "
                               "decode, attention kernel; see the plan's generation); false: plain transformers.",
                         kind="bool", profile=("constraints", "fast"))
@@ -183,7 +195,7 @@ def fields_by_name() -> dict:
 
 PLAN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(PlanOptions))
 #: The options only a serving-engine plan reads.
-ENGINE_KEYS: tuple[str, ...] = ("concurrency", "tensor_parallel_size", "pipeline_parallel_size",
+ENGINE_KEYS: tuple[str, ...] = ("engine_version", "concurrency", "tensor_parallel_size", "pipeline_parallel_size",
                                 "gpu_memory_utilization", "kv_cache_dtype", "quantization", "max_num_seqs",
                                 "max_num_batched_tokens", "enforce_eager")
 SOURCE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(SourceOptions))

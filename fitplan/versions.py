@@ -50,11 +50,33 @@ DECLARED_BELOW = {"transformers": "6"}
 #: (CUDA) torch into a leg; every leg shares the main venv's CPU torch.
 NO_DEPS = ("accelerate", "bitsandbytes")
 
-#: The serving engines fitplan plans for (not dependencies): the version whose source the engine formulas mirror
-#: (fitplan/engines/, docs/engines.md). The public startup logs they are checked against (tests/data/engine_logs.yaml)
-#: come from a wider range, each case naming its own: vLLM 0.9 to 0.27.1 (CUDA graphs enter vLLM's budget by default
-#: from 0.21, which these formulas do not mirror; the plans say so) and SGLang 0.4.3 to main of 2026.
-ENGINE_VERSIONS = {"vllm": "0.11.0", "sglang": "0.4.9"}
+#: The serving engines fitplan plans for (not dependencies): the releases whose source the engine formulas mirror,
+#: oldest first (fitplan/engines/, docs/engines.md). A plan follows the newest of them at or below the release the user
+#: runs (the `engine_version` option; `engine_mirror`), the newest by default. The public startup logs they are checked
+#: against (tests/data/engine_logs.yaml) come from a wider range, each case naming its own: vLLM 0.9 to 0.27.1 (CUDA
+#: graphs enter vLLM's budget by default from 0.21, which these formulas do not mirror; the plans say so) and SGLang
+#: 0.4.3 to main of 2026.
+ENGINE_MIRRORS: dict[str, tuple[str, ...]] = {"vllm": ("0.11.0", "0.19.0"), "sglang": ("0.4.9",)}
+#: The release a plan mirrors when the user names none: the newest mirrored.
+ENGINE_VERSIONS = {name: mirrored[-1] for name, mirrored in ENGINE_MIRRORS.items()}
+
+
+def engine_mirror(engine: str, runs: str | None) -> str:
+    """The mirrored release a plan for `engine` follows when the user runs release `runs` (None: the newest
+    mirrored): the newest mirrored at or below it. ValueError, worded for the user, when `runs` is no version or
+    predates every mirrored release."""
+    mirrored = ENGINE_MIRRORS[engine]
+    if runs is None:
+        return mirrored[-1]
+    text = str(runs).strip().lstrip("v")
+    if not text or not text[0].isdigit():
+        raise ValueError(f"{runs!r} is not a release number (e.g. {mirrored[-1]})")
+    key = parse(text) + (0,) * (3 - len(parse(text)))  # "0.19" is 0.19.0
+    below = [m for m in mirrored if parse(m) <= key]
+    if not below:
+        raise ValueError(f"{engine} {text} predates the oldest release fitplan mirrors ({mirrored[0]}; mirrored: "
+                         f"{', '.join(mirrored)}): plan for {mirrored[0]} or later")
+    return below[-1]
 
 
 def ci_legs() -> list[dict[str, str]]:

@@ -58,7 +58,10 @@ def test_without_engine_the_json_has_no_engine_key(env):
     (["--engine", "tgi"], "Invalid value for '--engine'"),
     (["--engine", "vllm", "--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization"),
     (["--engine", "vllm", "--concurrency", "0"], "--concurrency"),
-    (["--tensor-parallel-size", "2"], "is a serving-engine setting"),
+    (["--tensor-parallel-size", "2"], "--tensor-parallel-size is a serving-engine setting; set --engine"),
+    (["--engine-version", "0.19"], "--engine-version is a serving-engine setting"),
+    (["--engine", "vllm", "--engine-version", "0.10.2"], "predates the oldest release fitplan mirrors (0.11.0"),
+    (["--engine", "sglang", "--engine-version", "latest"], "'latest' is not a release number"),
 ])
 def test_bad_engine_input_is_one_line_exit_2(env, args, words):
     r = run(env, "check", MODEL, "--gpu", "4xh100", *args)
@@ -156,12 +159,13 @@ def _one_line_exit_2(r, *words):
 
 
 def test_hybrid_model_plans_on_vllm_with_its_state_pool(env):
-    r = run(env, "check", HYBRID, "--gpu", "4xh100", "--engine", "vllm", "--tensor-parallel-size", "4",
-            "--context", "65536", "--json")
+    args = ("check", HYBRID, "--gpu", "4xh100", "--engine", "vllm", "--tensor-parallel-size", "4", "--context", "65536")
+    r = run(env, *args, "--engine-version", "0.11.0", "--json")
     if (why := _hybrid_refused_here()) is not None:
         return _one_line_exit_2(r, why)
     assert r.returncode == 0, r.stderr
     e = json.loads(r.stdout)["engine"]
+    assert e["version"] == "0.11.0"
     # one KV head of 256 per rank, bf16: 1024 bytes a token a layer; a state page per rank is 274,432 bytes, so vLLM
     # raises the attention block to 16 x cdiv(274432, 16 x 1024) = 272 tokens
     assert e["block_size"] == 272 and e["kv_bytes_per_token"] == 12 * 1024
@@ -169,6 +173,9 @@ def test_hybrid_model_plans_on_vllm_with_its_state_pool(env):
     assert any("Gated DeltaNet" in n for n in e["notes"])
     assert e["command"] == [f"vllm serve {HYBRID} --tensor-parallel-size 4 --pipeline-parallel-size 1 "
                             "--max-model-len 65536 --gpu-memory-utilization 0.9"]
+    # at the default, the newest mirrored release (0.19.0, whose state pool fitplan does not mirror): one line
+    # naming the release that plans it
+    _one_line_exit_2(run(env, *args), "not as 0.19.0 does", "--engine-version 0.11.0", "--engine transformers")
 
 
 def test_hybrid_model_is_refused_on_sglang_in_one_line(env):

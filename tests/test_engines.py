@@ -210,7 +210,7 @@ def test_layouts_keep_tp_within_a_node_and_pp_across_nodes():
                                         ("h100-pcie", False), ("h100-nvl", False), ("a100-80gb-pcie", False),
                                         ("l4", False), ("l40s", False), ("rtx4090", False)])
 def test_nvlink_boards_are_told_from_the_nvml_name(card, board):
-    from fitplan.engines.sglang import nvlink_board
+    from fitplan.engines.common import nvlink_board
 
     assert nvlink_board(hardware_from_gpu_flag(card, 0).gpus[0]) is board
 
@@ -218,7 +218,7 @@ def test_nvlink_boards_are_told_from_the_nvml_name(card, board):
 @pytest.mark.parametrize("name,board", [("NVIDIA H800", True), ("NVIDIA H800 PCIe", False)])
 def test_h800_modules_are_nvlink_boards_and_its_pcie_card_is_not(name, board):
     """The H800 is not in the catalogue; a probed card carries its NVML name, which for the SXM module is plain."""
-    from fitplan.engines.sglang import nvlink_board
+    from fitplan.engines.common import nvlink_board
     from fitplan.hardware.machine import GPU
 
     assert nvlink_board(GPU(0, name, 81559 << 20, 81079 << 20, (9, 0))) is board
@@ -368,8 +368,13 @@ def test_recurrent_state_plans_on_vllm_and_is_refused_elsewhere_in_one_line():
     inv, cfg = _qwen3_next()
     hw = hardware_from_gpu_flag("4xh100", 0)
     choice = plan_engine(inv, cfg, hw, engine="vllm", knobs=Knobs(tensor_parallel_size=4), max_model_len=65536,
-                         concurrency=4, model_id=QWEN3_NEXT)
-    assert choice.plan.fits and choice.plan.block_size == 272
+                         concurrency=4, model_id=QWEN3_NEXT, runs="0.11.0")
+    assert choice.plan.fits and choice.plan.block_size == 272 and choice.plan.version == "0.11.0"
+    # vLLM 0.19 reworked the state pool: planned as 0.11 builds it only when asked for a release it mirrors
+    with pytest.raises(UnsupportedModelError, match=r"state pool as 0.11.0 builds it, not as 0.19.0 does: plan it "
+                                                    r"with .*engine_version=0.11.0"):
+        plan_engine(inv, cfg, hw, engine="vllm", knobs=Knobs(tensor_parallel_size=4), max_model_len=65536,
+                    concurrency=4, model_id=QWEN3_NEXT, runs="0.19.1")
     with pytest.raises(UnsupportedModelError, match="sglang 0.4.9, the version fitplan mirrors, has no model for it"):
         plan_engine(inv, cfg, hw, engine="sglang", knobs=Knobs(), max_model_len=8192, concurrency=1,
                     model_id=QWEN3_NEXT)
@@ -393,7 +398,7 @@ def test_hybrid_plan_against_a_public_vllm_0_10_2_log_on_two_h200s():
 
     inv, cfg = _qwen3_next()
     geo, h200 = geometry(cfg), hardware_from_gpu_flag("h200", 0).gpus[0]
-    p = plan_vllm(inv, geo, h200, Knobs(), tp=2, pp=1, max_model_len=262144)
+    p = plan_vllm(inv, geo, h200, Knobs(), tp=2, pp=1, max_model_len=262144, version="0.11.0")
     assert p.block_size == 544
     pool = hybrid_pool(geo, 2, 2, 2)
     assert round(100 * (pool.page - pool.state_page) / pool.state_page, 2) == 1.49
@@ -409,3 +414,39 @@ def test_hybrid_plan_against_a_public_vllm_0_10_2_log_on_two_h200s():
     requested = r.available_kv_cache_bytes + r.weights_bytes + r.activation_bytes + r.non_torch_bytes
     assert requested / 2**30 == pytest.approx(125.83, abs=0.01)
     assert (requested - r.weights_bytes) / 2**30 - 5.58 - 1.38 == pytest.approx(44.59, rel=2e-3)
+
+
+def test_each_mirrored_vllm_release_has_its_accounting():
+    from fitplan.engines.vllm import ACCOUNTING
+    from fitplan.versions import ENGINE_MIRRORS
+
+    assert tuple(ACCOUNTING) == ENGINE_MIRRORS["vllm"]
+    assert all(v == a.version for v, a in ACCOUNTING.items())
+
+
+@pytest.mark.parametrize("card, tp, pp, gib", [("h100", 1, 1, 0.27), ("h100", 1, 2, 0.07), ("h100", 2, 1, 2.21),
+                                               ("h100", 4, 2, 2.21), ("l40s", 4, 1, 0.27)])
+def test_vllm_019_counts_the_non_torch_memory_its_logs_print_per_layout(card, tp, pp, gib):
+    """vLLM 0.19's "non-torch forward increase memory" (the largest its H100 logs print per layout): one rank alone,
+    pipeline-only ranks, tensor parallelism on an NVLink board; a PCIe card under TP takes the single-rank figure.
+    The 0.11 mirror keeps its 150 MiB everywhere."""
+    from fitplan.engines.vllm import ACCOUNTING
+
+    gpu = hardware_from_gpu_flag(card, 0).gpus[0]
+    assert ACCOUNTING["0.19.0"].non_torch(gpu, tp, pp) == int(gib * 2**30)
+    assert ACCOUNTING["0.11.0"].non_torch(gpu, tp, pp) == 150 << 20
+
+
+def test_a_plan_for_another_release_says_which_mirrored_one_it_follows():
+    inv, cfg = _shipped("meta-llama/Llama-3.1-8B-Instruct")
+    hw = hardware_from_gpu_flag("2xh100", 0)
+    at = {runs: plan_engine(inv, cfg, hw, engine="vllm", knobs=Knobs(tensor_parallel_size=2), max_model_len=8192,
+                            concurrency=1, model_id="m", runs=runs).plan for runs in (None, "0.19.0", "0.21.0", "0.17")}
+    assert at[None].version == at["0.19.0"].version == at["0.21.0"].version == "0.19.0"
+    assert at["0.17"].version == "0.11.0"
+    assert not any("you run" in n for n in at[None].notes + at["0.19.0"].notes)
+    assert at["0.21.0"].notes[0] == ("you run vllm 0.21.0: this plan follows 0.19.0, the newest release fitplan "
+                                     "mirrors at or below it")
+    # the 0.19 accounting keeps 2.21 - 0.15 GiB more per rank out of the KV budget under TP on an H100
+    gap = at["0.17"].available_kv_cache_bytes - at[None].available_kv_cache_bytes
+    assert gap == int(2.21 * 2**30) - (150 << 20)

@@ -110,3 +110,19 @@ def test_versions_outside_what_ci_tests_get_a_note_and_newer_releases_in_the_ran
     assert untested_notes({"transformers": "5.99.0", "accelerate": "9.0.0", "huggingface_hub": "3.1.0"}) == []
     beyond = untested_notes({"transformers": f"{DECLARED_BELOW['transformers']}.0.0"})
     assert len(beyond) == 1 and "beyond the range fitplan declares (<6)" in beyond[0]
+
+
+@pytest.mark.parametrize("engine, runs, mirrored", [
+    ("vllm", None, "0.19.0"), ("vllm", "0.19", "0.19.0"), ("vllm", "0.19.1", "0.19.0"), ("vllm", "v0.27.1", "0.19.0"),
+    ("vllm", "0.18.1", "0.11.0"), ("vllm", "0.11", "0.11.0"), ("sglang", "0.5.2", "0.4.9"), ("sglang", None, "0.4.9"),
+])
+def test_an_engine_release_maps_to_the_newest_mirrored_at_or_below_it(engine, runs, mirrored):
+    assert versions.engine_mirror(engine, runs) == mirrored
+    assert versions.ENGINE_VERSIONS[engine] == versions.ENGINE_MIRRORS[engine][-1]
+
+
+@pytest.mark.parametrize("runs, words", [("0.10.2", "predates the oldest release fitplan mirrors (0.11.0"),
+                                         ("latest", "is not a release number"), ("", "is not a release number")])
+def test_an_engine_release_before_every_mirror_or_no_release_is_refused(runs, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        versions.engine_mirror("vllm", runs)

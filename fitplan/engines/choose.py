@@ -6,16 +6,17 @@ parallelism takes the rest (across nodes, or where TP cannot divide the heads), 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
-from ..errors import FitplanError, OptionError, UnsupportedModelError
-from ..options import ENGINE_KEYS, PlanOptions
+from ..errors import FitplanError, OptionError, UnsupportedModelError, subject
+from ..options import PlanOptions
 from ..planning.workload import Workload
 from ..hardware.machine import Hardware
 from ..model import prequant
 from ..model.inventory import Inventory
+from ..versions import engine_mirror, parse
 from .common import FP8_MIN_CC
-from . import model
+from . import model, vllm
 from .command import command
 from .plan import EnginePlan, Knobs
 from .sglang import plan_sglang
@@ -63,13 +64,13 @@ def deploy(inv: Inventory, config: dict, hw: Hardware, options: PlanOptions, wor
     as it is (`fitplan check` says it when one GPU is not enough, or the plan is a sequential split): the largest
     power-of-two TP that divides the heads; None when none above 1 does, or fitplan cannot plan it for vLLM."""
     if hint:
-        engine, knobs, concurrency = "vllm", Knobs(kv_cache_dtype="auto"), workload.batch
+        engine, knobs, concurrency, runs = "vllm", Knobs(kv_cache_dtype="auto"), workload.batch, None
     else:
-        engine, concurrency = options.engine, options.concurrency or workload.batch
-        knobs = Knobs(**{n: getattr(options, n) for n in ENGINE_KEYS if n != "concurrency"})
+        engine, concurrency, runs = options.engine, options.concurrency or workload.batch, options.engine_version
+        knobs = Knobs(**{f.name: getattr(options, f.name) for f in fields(Knobs)})
     try:
         return plan_engine(inv, config, hw, engine=engine, knobs=knobs, max_model_len=workload.context,
-                           concurrency=concurrency, model_id=model_id, explore=not hint, largest_tp=hint)
+                           concurrency=concurrency, model_id=model_id, explore=not hint, largest_tp=hint, runs=runs)
     except FitplanError:
         if hint:
             return None
@@ -77,10 +78,18 @@ def deploy(inv: Inventory, config: dict, hw: Hardware, options: PlanOptions, wor
 
 
 def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knobs: Knobs, max_model_len: int,
-                concurrency: int, model_id: str, explore: bool = True, largest_tp: bool = False) -> EngineChoice | None:
-    """The deployment of `model_id` on `engine` over `hw`'s GPUs (one kind; `gpus_per_node` from the hardware).
+                concurrency: int, model_id: str, explore: bool = True, largest_tp: bool = False,
+                runs: str | None = None) -> EngineChoice | None:
+    """The deployment of `model_id` on `engine` over `hw`'s GPUs (one kind; `gpus_per_node` from the hardware), as
+    the engine release `runs` accounts it (the newest mirrored at or below it; None: the newest mirrored).
     `explore` False plans `knobs` as they are (no fp8 variants); `largest_tp`: at the largest power-of-two TP
     that divides the heads (None when none above 1 does)."""
+    try:
+        version = engine_mirror(engine, runs)
+    except ValueError as bad:
+        raise OptionError(f"{subject('engine_version')}: {bad}", option="engine_version") from None
+    runs_note = () if runs is None or parse(runs.lstrip("v")) == parse(version) else (
+        f"you run {engine} {runs}: this plan follows {version}, the newest release fitplan mirrors at or below it",)
     if not hw.gpus:
         raise OptionError(f"{engine} plans need GPUs: give --gpu (e.g. --gpu 4xh100) or a hardware file",
                           option="engine")
@@ -90,7 +99,9 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
         raise UnsupportedModelError(f"{model_id} is a bitsandbytes checkpoint; fitplan sizes bitsandbytes for "
                                     "transformers and vllm only", model_type=inv.model_type)
     geo = model.geometry(config)
-    model.check_state(inv, geo, engine, model_id)
+    model.check_state(inv, geo, engine, model_id, version,
+                      state_pools=tuple(v for v, a in vllm.ACCOUNTING.items() if a.hybrid_state) if engine == "vllm"
+                      else ())
     n = len(hw.gpus)
     if knobs.quantization == "fp8" and gpu.compute_capability < (8, 0):
         cc = ".".join(map(str, gpu.compute_capability))
@@ -118,10 +129,11 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
     for tp, pp in layouts:
         for k in variants:
             p = (plan_vllm(inv, geo, gpu, k, tp=tp, pp=pp, max_model_len=max_model_len, concurrency=concurrency,
-                           gpus_per_node=per_node) if engine == "vllm" else
+                           gpus_per_node=per_node, version=version) if engine == "vllm" else
                  plan_sglang(inv, geo, gpu, k, tp=tp, pp=pp, max_model_len=max_model_len, concurrency=concurrency,
                              gpus_per_node=per_node))
-            p = replace(p, nodes=-(-tp * pp // per_node), command=command(p, model_id, per_node))
+            p = replace(p, nodes=-(-tp * pp // per_node), command=command(p, model_id, per_node),
+                        notes=runs_note + p.notes)
             if p.fits:
                 return EngineChoice(p, tuple(rejected))
             rejected.append(Rejected(k.label(tp, pp), p.shortfall()))

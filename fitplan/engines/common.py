@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from ..errors import OptionError
+from ..hardware.machine import GPU
 from ..model import prequant as model_prequant
 from ..model.inventory import Inventory
 from ..planning import prequant
@@ -21,6 +22,18 @@ KV_DTYPE_BYTES = {"auto": None, "bfloat16": 2, "float16": 2, "fp8": 1, "fp8_e4m3
 ONLINE_QUANT_BYTES = {"fp8": 1}
 #: fp8 W8A8 (online fp8, fp8 KV cache) needs Ada/Hopper (compute capability 8.9) for its kernels.
 FP8_MIN_CC = (8, 9)
+
+#: NVML names of cards on NVLink/NVSwitch boards (SXM modules); their NVL and PCIe variants are not. NVML names the
+#: H800 SXM module plain "NVIDIA H800" (its PCIe card "NVIDIA H800 PCIe"); a DeepSeek-R1 log on two H800 nodes
+#: (tests/data/engine_logs.yaml) matches on SGLang with the NVLink figure and not with the PCIe one.
+_NVLINK_BOARD = ("SXM", "H100 80GB HBM3", "H800", "H200", "B200", "B300", "GB200")
+
+
+def nvlink_board(gpu: GPU) -> bool:
+    """Whether `gpu` sits on an NVLink/NVSwitch board, told from its NVML name (both engines hold far more for their
+    communicators there under tensor parallelism)."""
+    name = gpu.name
+    return any(k in name for k in _NVLINK_BOARD) and "NVL" not in name and "PCIe" not in name
 
 
 def load_dtype(inv: Inventory, gpu_cc: tuple[int, int]) -> str:

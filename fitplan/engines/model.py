@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import OptionError, UnsupportedModelError
+from ..errors import OptionError, UnsupportedModelError, ref
 from ..model.inventory import Inventory
-from ..versions import ENGINE_VERSIONS
 
 #: model_types whose linear-attention layers are Gated DeltaNet as vLLM's Qwen3-Next model file builds them
 #: (vllm/model_executor/models/qwen3_next.py `Qwen3NextGatedDeltaNet`); other recurrent kinds are not mirrored.
@@ -161,9 +160,11 @@ def _windows(c: dict, layers: int) -> tuple[int | None, ...]:
     return (int(w),) * layers
 
 
-def check_state(inv: Inventory, geo: AttentionGeometry, engine: str, model_id: str) -> None:
-    """Recurrent state is planned where fitplan mirrors the engine's state pool: vLLM's, for Gated DeltaNet
-    (Qwen3-Next); any other engine or state kind is refused in one line."""
+def check_state(inv: Inventory, geo: AttentionGeometry, engine: str, model_id: str, version: str, *,
+                state_pools: tuple[str, ...]) -> None:
+    """Recurrent state is planned where fitplan mirrors the engine's state pool: at the mirrored releases in
+    `state_pools` (vLLM 0.11's, for Gated DeltaNet: Qwen3-Next); any other engine, release or state kind is refused in
+    one line."""
     if not any(k.state_elements or k.state_fixed_bytes for k in inv.kv_layers):
         return
     if geo.linear_attention is None:
@@ -171,10 +172,15 @@ def check_state(inv: Inventory, geo: AttentionGeometry, engine: str, model_id: s
                                     f"does not mirror on {engine} (vLLM's Gated DeltaNet pool only, Qwen3-Next): plan "
                                     "it with engine transformers", model_type=inv.model_type)
     if engine != "vllm":  # SGLang 0.4.9 (July 2025) predates Qwen3-Next; sgl-project/sglang#10233 added it, MambaPool
-        raise UnsupportedModelError(f"{model_id} keeps linear-attention state: {engine} {ENGINE_VERSIONS[engine]}, the "
+        raise UnsupportedModelError(f"{model_id} keeps linear-attention state: {engine} {version}, the "
                                     "version fitplan mirrors, has no model for it, and fitplan does not mirror the "
                                     f"later {engine} state pool: plan it with engine vllm or transformers",
                                     model_type=inv.model_type)
+    if version not in state_pools:  # 0.19 reworked the pool (mamba_block_size, prefix caching of state)
+        raise UnsupportedModelError(f"{model_id} keeps linear-attention state: fitplan mirrors vLLM's state pool as "
+                                    f"{', '.join(state_pools)} builds it, not as {version} does: plan it with "
+                                    f"{ref('engine_version', state_pools[-1])} (a later release may differ), or with "
+                                    f"{ref('engine', 'transformers')}", model_type=inv.model_type)
 
 
 def check_parallel(geo: AttentionGeometry, tp: int, pp: int) -> None:

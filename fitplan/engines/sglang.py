@@ -18,7 +18,7 @@ from .. import calibration as C
 from ..hardware.machine import GPU
 from ..model.inventory import Inventory
 from ..versions import ENGINE_VERSIONS
-from .common import kv_element_bytes, load_dtype, sizer
+from .common import kv_element_bytes, load_dtype, nvlink_board, sizer
 from .model import AttentionGeometry
 from .plan import EnginePlan, Knobs, RankPlan
 from .shard import pp_layers, rank_weights
@@ -26,17 +26,6 @@ from .vllm import dtype_label, torch_total
 
 NAME = "sglang"
 VERSION = ENGINE_VERSIONS[NAME]
-#: NVML names of cards on NVLink/NVSwitch boards (SXM modules); their NVL and PCIe variants are not. NVML names the
-#: H800 SXM module plain "NVIDIA H800" (its PCIe card "NVIDIA H800 PCIe"); a DeepSeek-R1 log on two H800 nodes
-#: (tests/data/engine_logs.yaml) matches with the NVLink figure and not with the PCIe one.
-_NVLINK_BOARD = ("SXM", "H100 80GB HBM3", "H800", "H200", "B200", "B300", "GB200")
-
-
-def nvlink_board(gpu: GPU) -> bool:
-    name = gpu.name
-    return any(k in name for k in _NVLINK_BOARD) and "NVL" not in name and "PCIe" not in name
-
-
 def preload_bytes(gpu: GPU, tp: int, pp: int) -> int:
     """What one rank holds before its weights load: the CUDA context, and torch.distributed's buffers when there is
     more than one rank (NVLink boards under TP hold far more of them than PCIe cards or pipeline-only ranks)."""

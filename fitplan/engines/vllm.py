@@ -1,10 +1,12 @@
-"""vLLM's memory accounting, mirrored from its source at `fitplan.versions.ENGINE_VERSIONS["vllm"]` (V1 engine).
+"""vLLM's memory accounting, mirrored from its source at the releases in `fitplan.versions.ENGINE_MIRRORS["vllm"]` (V1
+engine): the formulas below hold at each; what differs between them is `Accounting`'s.
 
 - budget (vllm/v1/worker/gpu_worker.py `determine_available_memory`): `requested = gpu_memory_utilization x
   total` (torch's total, after the driver's reserve), `available KV = requested - (weights + torch peak increase of
   the profile run + non-torch increase)`. The snapshot is taken after the CUDA context exists, so the context is
-  not counted; CUDA graphs are captured after the KV cache is allocated and live in the `1 - utilization` margin
-  (not in the budget at this version).
+  not counted; CUDA graphs live in the `1 - utilization` margin at both releases (`Accounting.graphs`). The
+  non-torch increase is 0.11's cuBLAS and attention workspaces (150 MiB); at 0.19, what its logs print per layout
+  (calibration.py `VLLM_019_*`).
 - profile run (vllm/v1/worker/gpu_model_runner.py `profile_run`): one forward over `max_num_batched_tokens`
   tokens split over `min(max_num_seqs, tokens)` requests, then the logits of the last token of each and
   `_dummy_sampler_run` over them (fp32 logits, temperature, softmax probabilities, the exponential draw).
@@ -32,34 +34,71 @@ from .. import calibration as C
 from ..hardware.machine import GPU
 from ..model.inventory import Inventory
 from ..vocab.precision import DTYPE_BYTES
-from ..versions import ENGINE_VERSIONS
-from .common import forward_peak, kv_element_bytes, load_dtype, sizer
+from ..versions import ENGINE_VERSIONS, parse
+from .common import forward_peak, kv_element_bytes, load_dtype, nvlink_board, sizer
 from .model import AttentionGeometry, GatedDeltaNet
 from .plan import GiB, EnginePlan, Knobs, RankPlan
 from .shard import pp_layers, rank_weights
 
 NAME = "vllm"
-VERSION = ENGINE_VERSIONS[NAME]
 BLOCK_SIZE = 16
 UTILIZATION = 0.9
 #: `_dummy_sampler_run` holds the fp32 logits, the softmax probabilities and the exponential draw at once.
 SAMPLER_FP32_COPIES = 3
-#: What the public startup logs say of the profile-run and non-torch terms (docs/engines.md, "Checked against public
-#: startup logs"), as every vLLM plan says it.
-PROFILE_TERMS_CHECKED = (
-    "vLLM's profile-run peak and non-torch terms are mirrored from its source and checked against public startup "
-    "logs (docs/engines.md): on an H100 they come 0.1-0.7 GiB under vLLM 0.19's own; under tensor parallelism on "
-    "Hopper, vLLM 0.19 also takes about 2 GiB per rank for an all-reduce workspace this plan does not count")
-#: How the mirrored version accounts CUDA graphs, and the versions that account them otherwise: vLLM up to 0.13
-#: captures them after sizing the KV cache, outside the budget; 0.14 (vllm-project/vllm#30515) estimates them during
-#: profiling but subtracts the estimate only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1; from 0.21 that is the
-#: default ("CUDA graph memory profiling is enabled (default since v0.21.0)", as 0.27.1 logs it), which leaves that much
-#: less KV memory than these figures (docs/engines.md).
-CUDA_GRAPH_ACCOUNTING = (
-    f"mirrors vLLM {VERSION} (V1 engine): CUDA graphs are captured after the KV cache is sized and are not in the "
-    "budget; they use the 1 - gpu_memory_utilization margin. So do vLLM 0.14-0.20 by default; vLLM 0.21 and later "
-    "subtract a CUDA-graph estimate from the budget (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1, their default): "
-    "there, expect less KV memory than this plan, or set VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0")
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """What differs between the vLLM releases fitplan mirrors (`fitplan.versions.ENGINE_MIRRORS["vllm"]`): the
+    non-torch memory the profile run adds, by layout (cuBLAS and attention workspaces; under tensor parallelism the
+    communicators' buffers, where the release builds them inside the profiling window), whether the hybrid state
+    pool is mirrored at that release, and what the plan says of the terms the logs check."""
+
+    version: str
+    non_torch_single: int
+    non_torch_pipeline: int
+    non_torch_tp_nvlink: int
+    non_torch_tp_other: int
+    hybrid_state: bool
+    checked: str
+
+    def non_torch(self, gpu: GPU, tp: int, pp: int) -> int:
+        """The non-torch increase of one rank of a `tp` x `pp` deployment on `gpu`."""
+        if tp > 1:
+            return self.non_torch_tp_nvlink if nvlink_board(gpu) else self.non_torch_tp_other
+        return self.non_torch_pipeline if pp > 1 else self.non_torch_single
+
+    def graphs(self) -> str:
+        """How this release accounts CUDA graphs, and the releases that account them otherwise: vLLM up to 0.13
+        captures them after sizing the KV cache, outside the budget; 0.14 (vllm-project/vllm#30515) estimates them
+        during profiling but subtracts the estimate only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1; from 0.21
+        that is the default ("CUDA graph memory profiling is enabled (default since v0.21.0)", as 0.27.1 logs it),
+        which leaves that much less KV memory than these figures (docs/engines.md)."""
+        how = ("CUDA graphs are captured after the KV cache is sized and are not in the budget; they use the "
+               "1 - gpu_memory_utilization margin" if parse(self.version) < (0, 14) else
+               "CUDA-graph memory is estimated during profiling (\"Estimated CUDA graph memory\") but left out of the "
+               "budget unless VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1; the graphs use the 1 - "
+               "gpu_memory_utilization margin")
+        return (f"mirrors vLLM {self.version} (V1 engine): {how}. vLLM 0.21 and later subtract the estimate from the "
+                "budget by default: there, expect less KV memory than this plan by the estimate the log prints, or "
+                "set VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0")
+
+
+ACCOUNTING = {
+    "0.11.0": Accounting(
+        "0.11.0", *(C.VLLM_NON_TORCH_BYTES,) * 4, hybrid_state=True,
+        checked="vLLM 0.11's profile-run peak and non-torch terms are mirrored from its source and checked against "
+                "public startup logs (docs/engines.md): on an H100 they come 0.1-0.7 GiB under vLLM 0.19's own; under "
+                "tensor parallelism on NVLink boards, vLLM 0.19 also takes about 2 GiB per rank for its communicators, "
+                "which 0.11's accounting does not count (plan for 0.19 with --engine-version 0.19)"),
+    "0.19.0": Accounting(
+        "0.19.0", C.VLLM_019_NON_TORCH_SINGLE_BYTES, C.VLLM_019_NON_TORCH_PIPELINE_BYTES,
+        C.VLLM_019_NON_TORCH_TP_NVLINK_BYTES, C.VLLM_019_NON_TORCH_SINGLE_BYTES, hybrid_state=False,
+        checked="the non-torch memory is what vLLM 0.19's own logs print for this layout (the largest logged on an "
+                "H100: 0.27 GiB alone, 0.07 GiB on pipeline ranks, 2.21 GiB under tensor parallelism on NVLink "
+                "boards); the profile-run peak is mirrored from the source and comes 5-10% under the logged one for "
+                "dense models, up to 29% for MoE models and first pipeline stages (docs/engines.md)"),
+}
 
 
 def batch_defaults(gpu: GPU) -> tuple[int, int]:
@@ -180,9 +219,12 @@ def hybrid_pool(geo: AttentionGeometry, tp: int, kv_e: int, state_e: int) -> Hyb
 
 
 def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *, tp: int, pp: int,
-              max_model_len: int, concurrency: int = 1, gpus_per_node: int | None = None) -> EnginePlan:
-    """The vLLM deployment of `inv` with `tp` x `pp` ranks of `gpu` at `max_model_len`: per rank and the figures
-    its startup log prints."""
+              max_model_len: int, concurrency: int = 1, gpus_per_node: int | None = None,
+              version: str = ENGINE_VERSIONS[NAME]) -> EnginePlan:
+    """The vLLM deployment of `inv` with `tp` x `pp` ranks of `gpu` at `max_model_len`, as vLLM `version` (a
+    mirrored release, `ACCOUNTING`) accounts it: per rank and the figures its startup log prints."""
+    acct = ACCOUNTING[version]
+    non_torch = acct.non_torch(gpu, tp, pp)
     dtype = load_dtype(inv, gpu.compute_capability)
     e = DTYPE_BYTES[dtype]
     kv_dtype = knobs.kv_cache_dtype or "auto"
@@ -207,8 +249,8 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
             act = max(fwd, sampler)
         else:
             act = fwd
-        graphs = 0  # captured after the KV cache is sized: outside the budget at this version
-        avail = requested - w.total - act - C.VLLM_NON_TORCH_BYTES
+        graphs = 0  # outside the budget at every mirrored release (Accounting.graphs)
+        avail = requested - w.total - act - non_torch
         if pool is None:
             gsize, windows = _groups(geo, stage_layers[s])
             group_windows = group_windows or windows
@@ -219,7 +261,7 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
             blocks.append((nb, len(pool.groups)))
             fit_lens.append(pool.largest_len(avail, stage_layers[s], inv.max_positions or max_model_len))
         for r in range(tp):
-            ranks.append(RankPlan(s * tp + r, s, w.layers, w.total, act, C.VLLM_NON_TORCH_BYTES, graphs, avail))
+            ranks.append(RankPlan(s * tp + r, s, w.layers, w.total, act, non_torch, graphs, avail))
     num_blocks = min(nb for nb, _ in blocks)
     n_groups = max(g for _, g in blocks)
     if pool is None:
@@ -234,10 +276,9 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
         block, kv_layers = pool.block, len(geo.attention_layers)
     max_conc = num_blocks / per_req if per_req else 0.0
     avail_min = min(r.available_kv_cache_bytes for r in ranks)
-    notes = [CUDA_GRAPH_ACCOUNTING,
-             PROFILE_TERMS_CHECKED]
+    notes = [acct.graphs(), acct.checked]
     if pool is not None:
-        notes.append(hybrid_note(geo, pool, tp, dtype))
+        notes.append(hybrid_note(geo, pool, tp, dtype, version))
     if gpu.free_bytes < requested:
         notes.append(f"{gpu.name} has {gpu.free_bytes / GiB:.2f} GiB free, less than gpu_memory_utilization {util:g} "
                      f"asks ({requested / GiB:.2f} GiB): vLLM refuses to start; lower it or free the GPU")
@@ -245,20 +286,20 @@ def plan_vllm(inv: Inventory, geo: AttentionGeometry, gpu: GPU, knobs: Knobs, *,
         notes.append(f"{geo.kv_heads} KV heads under tensor parallel size {tp}: each rank keeps a replicated copy "
                      f"of {geo.kv_heads_per_rank(tp)} head")
     return EnginePlan(
-        NAME, VERSION, tp, pp, 1, gpus_per_node or tp * pp, gpu.name, dtype_label(inv, dtype, knobs),
+        NAME, version, tp, pp, 1, gpus_per_node or tp * pp, gpu.name, dtype_label(inv, dtype, knobs),
         kv_dtype, block, util, seqs, batched, knobs.enforce_eager, tuple(ranks),
         per_token_layer * kv_layers // pp, avail_min, tokens, max_conc, max_model_len, concurrency, fit,
         knobs.quantization, (), tuple(notes))
 
 
-def hybrid_note(geo: AttentionGeometry, pool: HybridPool, tp: int, dtype: str) -> str:
+def hybrid_note(geo: AttentionGeometry, pool: HybridPool, tp: int, dtype: str, version: str) -> str:
     """What a hybrid plan assumes of the state pool, in words."""
     (ca, cb), (h, k, v) = geo.linear_attention.state_shapes(tp)
     pad = 100 * (pool.page - pool.state_page) / pool.state_page
     sizes = sorted({len(g) for _, g in pool.groups})
     return (f"{len(geo.state_layers)} Gated DeltaNet layers keep a state per sequence instead of a KV cache: "
             f"{pool.state_page:,} bytes per layer on each rank (convolution {ca}x{cb} and recurrent {h}x{k}x{v}, "
-            f"{dtype}); vLLM {VERSION} sets the attention block size to {pool.block} tokens so that one attention "
+            f"{dtype}); vLLM {version} sets the attention block size to {pool.block} tokens so that one attention "
             f"page ({pool.page:,} bytes) holds a state page, pads the state page by {pad:.2f}%, and makes "
             f"{pool.attention_groups} attention and {pool.state_groups} state groups of "
             f"{'/'.join(map(str, sizes))} layers: each sequence takes one page per state group whatever its length "
