@@ -124,6 +124,21 @@ def test_logged_tokens_are_logged_memory_over_fitplans_bytes_per_token(case):
     assert implied == pytest.approx(case["log"]["kv_cache_tokens"], rel=0.012)
 
 
+#: Cases whose rank 0 fitplan's 0.19 profile peak is not held to the log's: a first pipeline stage (0.18 GiB more
+#: logged, not found in the source) and Gemma 3 (the dummy images and encoder outputs its profile keeps, not mirrored).
+PEAK_UNMIRRORED = {"vllm019-llama31-8b-pp2-h100", "vllm019-llama31-8b-pp4-h100", "vllm019-gemma3-27b-h100",
+                   "vllm019-gemma3-12b-h100", "vllm019-gemma3-4b-h100"}
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "profile_log" in c and mirror_of(c) == "0.19.0"
+                                  and c["id"] not in PEAK_UNMIRRORED], ids=lambda c: c["id"])
+def test_vllm_019_profile_peak_is_the_logged_torch_peak(case):
+    """0.19's profile-run peak, read in its source (fitplan/engines/vllm.py `profile_peak_019`), against the "torch peak
+    memory increase" its logs print (two decimals): dense and MoE models, one rank, TP and PP later stages alike."""
+    act = plan_of(case).per_rank[0].activation_bytes / GiB
+    assert abs(act - case["profile_log"]["torch_peak_increase_gib"]) <= 0.02
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c["id"])
 def test_every_case_cites_a_public_log_and_a_shipped_config(case):
     assert CASE_KEYS <= case.keys(), CASE_KEYS - case.keys()
