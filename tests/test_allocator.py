@@ -55,31 +55,26 @@ def test_the_expandable_reserve_is_the_measured_one_and_smaller_than_the_default
 @pytest.mark.slow
 def test_plans_cover_every_measured_h200_peak_within_the_goals(tmp_path, monkeypatch):
     """Each H200 row ran through fitplan.load() with expandable segments at headroom 0 (free memory
-    held at the plan's own total + 1%), on transformers 5.17 and 5.25. Re-planned with today's
-    estimator, every plan must stay at or above the row's NVML peak (never under), at most +8% above
-    it, and +4% above it at the median: the goals of issue 19. A reserve or activation term that
-    drifts either way fails here. The shapes measured (Llama, Qwen2, Phi-3, OLMoE) planned the same
-    totals under 5.17 and 5.25, so any transformers in that range re-plans them."""
+    held at the plan's own total + 1%), on transformers 5.17 and 5.25; from the third run on with the
+    generation setup load() applies (a static cache and a compiled decode for bf16). Re-planned with
+    today's estimator on the transformers that measured them (a model can build otherwise on another
+    release: Gemma 2 runs eager attention on 5.25), every plan must stay at or above the row's NVML
+    peak (never under), at most +8% above it, and +4% above it at the median: the goals of issue 19.
+    A reserve or activation term that drifts either way fails here."""
     import sys
 
     from fitplan.model import hf
 
     major, minor = (int(x) for x in hf.version().split(".")[:2])
-    if not (5, 17) <= (major, minor) <= (5, 25):
+    if (major, minor) not in ((5, 17), (5, 25)):
         pytest.skip(f"the H200 rows were measured with transformers 5.17 and 5.25, not {hf.version()}")
     monkeypatch.setenv("FITPLAN_CACHE", str(tmp_path))
     sys.path.insert(0, str(RESULTS.parent))
-    from replan import replan
+    from replan import read_rows, replan
 
-    rows = [json.loads(line) for f in sorted(RESULTS.glob("tight-h200*.jsonl"))
-            for line in f.read_text().splitlines() if line.strip()]
-    by_case: dict = {}
-    for r in rows:
-        if r.get("planned", {}).get("ran"):
-            by_case.setdefault(r["case"], set()).add(r["planned"]["predicted_total_bytes"])
-    assert all(len(v) == 1 for v in by_case.values()), "5.17 and 5.25 planned a case differently"
-    out = [o for o in replan(rows, any_version=True) if o["ran_with"] == "expandable"]
-    assert len(out) >= 12, "the measured H200 rows are missing"
+    rows = read_rows(sorted(RESULTS.glob("tight-h200*.jsonl")))
+    out = [o for o in replan(rows) if o["ran_with"] == "expandable"]
+    assert len(out) >= 10, "the measured H200 rows of this transformers are missing"
     margins = [(o["plan"] - o["peak"]) / o["peak"] for o in out]
     assert min(margins) >= 0, f"a plan fell below its measured peak: {min(margins):+.1%}"
     assert max(margins) <= 0.08, f"worst margin {max(margins):+.1%} is above +8%"

@@ -16,7 +16,6 @@ from ..model.prequant import scheme
 from .prequant import held_by_tensor, is_as_stored
 from .layout import float_dtype_for, per_tensor
 from .workload import Workload
-from ..versions import parse as parse_version
 from ..vocab.precision import DTYPE_BYTES, Precision
 
 
@@ -128,10 +127,6 @@ def kv_bytes_per_layer(inv: Inventory, work: Workload, kv_dtype: str) -> list[in
             + layer.state_bytes(eb) * work.batch for layer in inv.kv_layers]
 
 
-#: From this transformers on, SDPA at a static cache's decode step runs grouped-query attention without
-#: expanding K and V to the query heads (checked on 5.24 with torch 2.13; 5.17 and 5.0 expand them).
-GQA_UNEXPANDED_TRANSFORMERS = (5, 24)
-
 
 def static_kv_bytes_per_layer(inv: Inventory, work: Workload, kv_dtype: str) -> list[int]:
     """KV cache per layer as `StaticCache` allocates it: `max_cache_len` (the context) positions for a
@@ -146,14 +141,16 @@ def static_kv_bytes_per_layer(inv: Inventory, work: Workload, kv_dtype: str) -> 
 
 def compile_workspace_bytes(inv: Inventory, work: Workload, kv_dtype: str, gen) -> int:
     """What a compiled static-cache decode holds besides the cache, in CUDA graphs' private pool: the
-    measured fixed part (calibration.COMPILE_WORKSPACE_BYTES) and, on transformers before 5.24, the
-    largest layer's K and V repeated to the query heads (SDPA gets a mask at a static cache's decode
-    step, so transformers does not use its grouped-query kernel: `repeat_kv` copies them)."""
+    measured fixed part (calibration.COMPILE_WORKSPACE_BYTES) and the largest layer's K and V repeated
+    to the query heads. SDPA gets a mask at a compiled static-cache decode step (the mask is not skipped
+    while tracing), so transformers' `use_gqa_in_sdpa` says no on CUDA and `repeat_kv` copies them, on
+    every release: on an H200 (torch 2.11), transformers 5.25 held the same allocated peak as 5.17 to the
+    byte at Llama-3.1-8B 16384 x 2 (docs/accuracy.md; a CPU run without compile had suggested 5.24 did
+    not copy them, and a 5.25 plan that left them out ran out of memory)."""
     if not (gen.static and gen.compile):
         return 0
     extra = 0
-    tf = parse_version(inv.versions.get("transformers") or "0")
-    if tf < GQA_UNEXPANDED_TRANSFORMERS and inv.num_key_value_heads and inv.num_attention_heads:
+    if inv.num_key_value_heads and inv.num_attention_heads:
         groups = inv.num_attention_heads // inv.num_key_value_heads
         if groups > 1:  # repeat_kv returns K and V as they are for one group
             extra = groups * max(static_kv_bytes_per_layer(inv, work, kv_dtype), default=0)
