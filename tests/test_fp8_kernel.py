@@ -1,7 +1,8 @@
 """fp8's Hub kernel: from transformers 5.17, an fp8 checkpoint kept as fp8 on a GPU (compute capability 8.9 or newer)
 runs its FP8Linear / FP8Experts through `kernels-community/finegrained-fp8`, fetched with the `kernels` package at
 the first forward, after the load: without `kernels` that forward raises ImportError, and offline with the kernel
-not cached a ValueError. 5.0 runs fp8 on its own triton kernels and fetches nothing.
+not cached a ValueError. 5.0 runs fp8 on its own triton kernels and fetches nothing, and its fp8 integration imports
+triton at its top: without triton no row of an fp8 checkpoint loads, which the plan and load() say with one reason.
 
 The plan keeps fp8 only where that path can run (the target's `kernels`), else it plans the dequantized row;
 `fitplan.load()` looks the kernel up before any weight is read and, without it, loads with
