@@ -1,7 +1,8 @@
 """fp8's Hub kernel: from transformers 5.17, an fp8 checkpoint kept as fp8 on a GPU (compute capability 8.9 or newer)
 runs its FP8Linear / FP8Experts through `kernels-community/finegrained-fp8`, fetched with the `kernels` package at
 the first forward, after the load: without `kernels` that forward raises ImportError, and offline with the kernel
-not cached a ValueError. 5.0 runs fp8 on its own triton kernels and fetches nothing.
+not cached a ValueError. 5.0 runs fp8 on its own triton kernels and fetches nothing, and its fp8 integration imports
+triton at its top: without triton no row of an fp8 checkpoint loads, which the plan and load() say with one reason.
 
 The plan keeps fp8 only where that path can run (the target's `kernels`), else it plans the dequantized row;
 `fitplan.load()` looks the kernel up before any weight is read and, without it, loads with
@@ -52,11 +53,13 @@ def _plan(model, hw):
 
 @pytest.fixture
 def offline_cache(monkeypatch):
-    """`kernels` present where the plan looks (this machine, the probe), the Hub offline, and a fake kernel cache
-    that holds what `cached` lists."""
+    """`kernels` and triton present where the plan looks (this machine, the probe), the Hub offline, and a fake
+    kernel cache that holds what `cached` lists."""
     from huggingface_hub import constants
 
+    needs_triton = hf.fp8_needs_triton()[0]
     monkeypatch.setattr(hf, "mxfp4_kernels", lambda: (True, True))
+    monkeypatch.setattr(hf, "fp8_needs_triton", lambda: (needs_triton, True))  # and triton imports here
     monkeypatch.delenv("USE_HUB_KERNELS", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     cached: set = set()
@@ -299,19 +302,14 @@ def test_a_dequantized_plan_loads_for_real_on_the_cpu(tmp_path, monkeypatch):
     """A real CPU load of a tiny fp8 checkpoint: the plan dequantizes it (the CPU cannot run fp8), load() passes
     FineGrainedFP8Config(dequantize=True), the weights come back dense and close to what was quantized, and the
     weights measured are those planned. Where the installed transformers' fp8 integration does not even import
-    (5.0 without triton), load() refuses in one line before from_pretrained."""
+    (5.0 without triton), the plan and load() refuse it: test_without_triton_no_row_is_planned_that_load_refuses."""
     import torch
     import transformers
 
     original = _tiny_fp8(tmp_path / "m")
     cpu = Hardware((), 64 * G, "probe")
-    if hf.fp8_integration_error() is not None:
-        monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", _never)
-        with pytest.raises(DependencyError) as err:
-            fitplan.load(str(tmp_path / "m"), tokenizer=False, context=64, hardware=cpu)
-        assert "\n" not in str(err.value) and "No module named 'triton'" in str(err.value)
-        assert err.value.package == "triton"
-        return
+    if hf.fp8_needs_triton() == (True, False):  # 5.0 without triton: test_without_triton_... below
+        pytest.skip(f"transformers {hf.version()} loads no fp8 checkpoint without triton, which is not installed")
     model = fitplan.load(str(tmp_path / "m"), tokenizer=False, context=64, hardware=cpu)
     assert model.fitplan.plan.precision == "bf16" and model.fitplan.notes == ()
     q = model.model.layers[0].self_attn.q_proj
@@ -340,3 +338,68 @@ def test_a_target_without_kernels_is_told_that_kernels_make_fp8_fit(fp8_8b):
         triton=True, kernels=True, declared=("kernels",))))
     assert has.fits and has.precision == "fp8"
 
+
+
+NEEDS_TRITON, TRITON_HERE = hf.fp8_needs_triton()  # 5.0: its fp8 integration runs `import triton` at its top
+
+
+@pytest.mark.skipif(not NEEDS_TRITON or TRITON_HERE, reason=f"transformers {hf.version()} loads fp8 here without "
+                    "triton" if not NEEDS_TRITON else "triton is installed here")
+def test_without_triton_no_row_is_planned_that_load_refuses(tmp_path, monkeypatch):
+    """5.0 without triton loads no fp8 checkpoint, dequantized or not: the plan for this machine rules out every row
+    with the reason load() gives (one rule, `prequant.refusal`), the check names what to install, and load()
+    refuses in that line, naming the package, before any weight (a real tiny fp8 checkpoint)."""
+    import transformers
+    from click.testing import CliRunner
+
+    from fitplan.cli.main import main
+
+    _tiny_fp8(tmp_path / "m")
+    model = str(tmp_path / "m")
+    cpu = Hardware((), 64 * G, "probe")
+    plan = fitplan.plan(model, hardware=cpu, offline=True, context=64)
+    reasons = {d.precision: d.rejected_because for d in plan.choice.decisions}
+    assert not plan.fits and set(reasons) == {"fp8", "bf16"}
+    why = reasons["bf16"]
+    assert reasons["fp8"] == why and "imports triton at the top of its fp8 integration" in why
+    assert "pip install triton" in why
+    assert plan.suggestions() == ["triton installed here (pip install triton): bf16 then fits"]
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", _never)
+    with pytest.raises(DependencyError) as err:
+        fitplan.load(model, tokenizer=False, context=64, hardware=cpu)
+    assert str(err.value) == f"{model}: {why}" and err.value.package == "triton"
+    res = CliRunner().invoke(main, ["check", model, "--context", "64", "--json"])
+    data = json.loads(res.output)
+    assert data["plan"] is None and {r["reason"] for r in data["rejected"]} == {why}
+    assert data["suggestions"] == ["triton installed here (pip install triton): bf16 then fits"]
+
+
+def test_a_described_target_is_planned_with_its_declared_triton(fp8_8b, tmp_path):
+    """Whether the fp8 integration needs triton is the installed transformers' (5.0 does); whether the target has
+    it is its declaration (`software: {triton: ...}`, default true for a catalogue GPU), not this machine's."""
+    from click.testing import CliRunner
+
+    from fitplan.cli.main import main
+
+    def check(*args):
+        res = CliRunner().invoke(main, ["check", fp8_8b, "--context", "1024", "--json", *args])
+        return json.loads(res.output)
+
+    for card, kept in (("h100", "fp8"), ("a100-80gb", "bf16")):
+        f = tmp_path / f"{card}.yaml"
+        f.write_text(f"gpus: [{card}]\ncpu_ram: 64GiB\nsoftware: {{triton: true, kernels: true}}\n")
+        assert check("--hardware", str(f))["plan"]["precision"] == kept
+        f.write_text(f"gpus: [{card}]\ncpu_ram: 64GiB\nsoftware: {{triton: false, kernels: true}}\n")
+        data = check("--hardware", str(f))
+        if not NEEDS_TRITON:  # 5.17+: its fp8 integration imports no triton; the plan does not depend on it
+            assert data["plan"]["precision"] == kept
+            assert not any("triton" in r["reason"] for r in data["rejected"])
+            continue
+        assert data["plan"] is None
+        assert {r["precision"] for r in data["rejected"]} == {"fp8", "bf16"}
+        assert all("triton is missing on the target" in r["reason"] for r in data["rejected"])
+        assert data["suggestions"] == [
+            f"triton on the target, declared in its hardware file (software: {{triton: true}}, docs/hardware.md): "
+            f"{kept} then fits"]
+    if NEEDS_TRITON:  # a catalogue GPU: the documented default, triton installed, whatever this machine has
+        assert check("--gpu", "h100")["plan"]["precision"] == "fp8"

@@ -236,3 +236,56 @@ def test_a_dequantized_plan_loads_dequantized_whatever_is_installed(tmp_path, mo
     assert model.fitplan.measured_weights == model.fitplan.predicted_weights  # the path it sized
     ids = torch.randint(5, 500, (1, 8))
     assert model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0).shape == (1, 12)
+
+
+#: What each release needs to keep mxfp4 packed on the CPU, from its quantizer_mxfp4.py (validate_environment and
+#: _process_model_before_weight_loading): 5.0 never (no GPU seen: dequantize); 5.17 .. 5.24 triton >= 3.5.0,
+#: `kernels` and use_kernels=True; 5.25 triton >= 3.5.0 and `kernels` (use_kernels is no longer consulted).
+CPU_NEEDS = {(5, 0): None, (5, 17): "triton>=3.5.0, the kernels package and use_kernels=True",
+             (5, 25): "triton>=3.5.0 and the kernels package,"}
+
+
+def test_the_cpu_reason_is_the_installed_transformers_own_requirement():
+    """The mxfp4 row of a CPU plan is ruled out with what the installed release needs to keep mxfp4 packed there,
+    and says that fitplan loads it dequantized, not an older release's words ("unless use_kernels=True")."""
+    plan = fitplan.plan(GPT_OSS, hardware=Hardware((), 256 * G, "probe"), offline=True)
+    why = plan.choice.decisions[0].rejected_because
+    assert plan.choice.decisions[0].precision == "mxfp4" and plan.choice.decisions[1].rejected_because != why
+    needs = CPU_NEEDS[max(v for v in CPU_NEEDS if v <= hf.version_tuple()[:2])]
+    if needs is None:
+        assert why == (f"transformers {hf.version()} keeps mxfp4 packed only on a GPU (compute capability 7.5 or "
+                       "newer) and dequantizes it on the CPU")
+        return
+    assert why.startswith(f"transformers {hf.version()} keeps mxfp4 packed on the CPU only with {needs}")
+    assert why.endswith("on the CPU fitplan loads it dequantized (Mxfp4Config(dequantize=True))")
+    assert ("use_kernels" in why) == ("use_kernels" in needs)
+
+
+def test_what_the_cpu_reason_reads_is_what_from_pretrained_does(tmp_path, monkeypatch):
+    """`hf.mxfp4_on_cpu()` against transformers itself: a tiny mxfp4 checkpoint loaded on this CPU with triton and
+    `kernels` reported present (the kernel fetch recorded and refused, as offline), and use_kernels left off
+    (the default before 5.25): it keeps mxfp4, asking for its kernel, exactly where the reading says no
+    use_kernels=True is needed; otherwise it dequantizes and asks for nothing."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import hub_kernels
+    from transformers.quantizers import quantizer_mxfp4
+
+    path = _tiny_mxfp4(tmp_path / "gpt-oss")
+    needs = hf.mxfp4_on_cpu()
+    monkeypatch.setattr(quantizer_mxfp4, "is_triton_available", lambda *a, **k: True)
+    monkeypatch.setattr(quantizer_mxfp4, "is_kernels_available", lambda *a, **k: True)
+    fetched = []
+
+    def offline(repo_id, *args, **kwargs):
+        fetched.append(repo_id)
+        raise ValueError("offline")
+
+    monkeypatch.setattr(hub_kernels, "get_kernel", offline)
+    kwargs = {} if hf.version_tuple() >= (5, 25) else {"use_kernels": False}  # 5.25 defaults to True
+    if needs is not None and not needs[2]:
+        with pytest.raises(ValueError, match="offline"):
+            AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        assert fetched
+        return
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    assert type(model.model.layers[0].mlp.experts).__name__ == "GptOssExperts" and fetched == []

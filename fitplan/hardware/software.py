@@ -52,7 +52,8 @@ class Software:
 
     triton: bool = field(metadata=_key(
         "triton >= 3.4.0 is installed: with `kernels` and compute capability 7.5, transformers keeps mxfp4 "
-        "checkpoints (gpt-oss) packed, else it dequantizes them to bf16",
+        "checkpoints (gpt-oss) packed, else it dequantizes them to bf16; transformers 5.0 loads no fp8 checkpoint "
+        "without it, dequantized or not (its fp8 integration imports triton)",
         "true: PyTorch's CUDA wheels for Linux install triton as a dependency (torch 2.11 and later bring 3.4 or "
         "newer)", _default_triton))
     kernels: bool = field(metadata=_key(

@@ -56,7 +56,9 @@ section, keyed by version: the meta build (`build`, `tensors`, `tied_apart`: whi
 picks, the init contexts, the dtype plan, weight tying); the cache and its storages; the prefill
 scratch of kernel-less state-space paths; the tensor-parallel plan and its sharding styles
 (`tensor_parallel_rules`); the Hub-kernel mapping of 5.25 (`hub_kernels`) and the kernels the mxfp4 and fp8
-integrations fetch (`mxfp4_kernel_repo`, `fp8_kernel_repo`, asked of the installed code); config fields of a built
+integrations fetch (`mxfp4_kernel_repo`, `fp8_kernel_repo`, asked of the installed code), what they need on the
+target (`fp8_needs_triton`: 5.0's fp8 module imports triton; `mxfp4_on_cpu`: what keeps mxfp4 packed on the CPU,
+run through the installed quantizer); config fields of a built
 config; image tokens; pre-quantized conversion. Split into modules, each would still reach into the
 same private names and the same built model, and the reading of one model would climb in and out of
 several files instead of running down one.
@@ -827,17 +829,96 @@ def _missing_module(exc: BaseException) -> str | None:
     return None
 
 
-def fp8_integration_error() -> tuple[str | None, str] | None:
-    """None when the installed transformers' fp8 integration imports here; else (the module it misses, or None,
-    and why in words). 5.0 imports triton at the top of `integrations/finegrained_fp8.py`, so without triton no
-    fp8 checkpoint loads there, dequantized or not."""
+def fp8_needs_triton() -> tuple[bool, bool]:
+    """(whether the installed transformers' fp8 integration imports triton at its top, so that no fp8 checkpoint
+    loads without triton, dequantized or not; whether triton is installed here). 5.0's
+    `integrations/finegrained_fp8.py` runs `import triton` as it is imported (its own triton kernels); from 5.17 it
+    imports no triton (it fetches a Hub kernel instead). Read off that module's source, its module-level imports
+    (not inside functions), without importing it or torch; triton here as transformers' own `is_triton_available`
+    finds it (`find_spec`). A module that cannot be found is a transformers that no longer works as read here."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers.integrations.finegrained_fp8")
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        raise changed("its fp8 integration (transformers.integrations.finegrained_fp8) has no source to read")
+    with open(spec.origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    top: list = []
+    todo = list(tree.body)
+    while todo:  # module level, through `if is_torch_available():` and try blocks, not into defs or classes
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            top.append(node)
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            todo += [n for part in ("body", "orelse", "finalbody", "handlers") for n in getattr(node, part, [])]
+        elif isinstance(node, ast.ExceptHandler):
+            todo += node.body
+    names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module for n in top if isinstance(n, ast.ImportFrom) and n.module and not n.level]
+    needs = any(name.split(".")[0] == "triton" for name in names)
+    return needs, importlib.util.find_spec("triton") is not None
+
+
+class _Reached(Exception):
+    """Raised where a transformers method reaches the point past which it has decided what is read here."""
+
+
+def mxfp4_on_cpu() -> tuple[str, bool, bool] | None:
+    """What the installed transformers needs to keep a pre-quantized mxfp4 checkpoint (gpt-oss) packed on a machine
+    without a GPU: None where it never does (5.0: no GPU seen, it dequantizes); else (the triton release it asks
+    for, whether it asks for the `kernels` package, whether it also needs `use_kernels=True`): 5.17 .. 5.24
+    ("3.5.0", True, True), 5.25 ("3.5.0", True, False). Read by running its `Mxfp4HfQuantizer` as on a machine
+    without CUDA or XPU, with triton and `kernels` reported present (what it asks for recorded), up to where it
+    has decided whether to dequantize (`use_kernels=False`, the default before 5.25, then nothing is swapped),
+    so the answer is that version's own."""
+    import torch
+    from transformers import Mxfp4Config
+    from transformers.quantizers import quantizer_mxfp4 as qm
+
+    asked: dict = {}
+
+    def triton(min_version="0.0.0"):
+        asked["triton"] = str(min_version)
+        return True
+
+    def kernels(*args, **kwargs):
+        asked["kernels"] = True
+        return True
+
+    def reached(*args, **kwargs):
+        raise _Reached
+
+    patches = [(qm, "is_triton_available", triton), (qm, "is_kernels_available", kernels),
+               (qm, "get_current_accelerator", lambda *a, **k: None),
+               (torch.cuda, "is_available", lambda: False), (torch.xpu, "is_available", lambda: False),
+               (torch.accelerator, "current_accelerator", lambda *a, **k: None)]
+    patches = [(m, n, v) for m, n, v in patches if hasattr(m, n)]
+    saved = [(m, n, getattr(m, n)) for m, n, _ in patches]
+    quantizer = qm.Mxfp4HfQuantizer(Mxfp4Config(), pre_quantized=True)
+    quantizer.get_modules_to_not_convert = reached  # called once the dequantize decision is made, before any swap
+    for m, n, v in patches:
+        setattr(m, n, v)
     try:
-        from transformers.integrations import finegrained_fp8  # noqa: F401
-    except ImportError as exc:
-        missing = _missing_module(exc)
-        return missing, (f"No module named '{missing}'" if missing else
-                         " ".join(str(exc).split())[:160] or type(exc).__name__)
-    return None
+        with quiet():
+            quantizer.validate_environment(device_map="cpu")
+            if quantizer.quantization_config.dequantize:
+                return None
+            model = torch.nn.Module()
+            model._keep_in_fp32_modules = None  # what a PreTrainedModel without fp32 modules holds
+            try:
+                quantizer._process_model_before_weight_loading(model, use_kernels=False)
+            except _Reached:
+                pass
+    except Exception as exc:  # noqa: BLE001 - any failure means the quantizer no longer works as read here
+        raise changed(f"Mxfp4HfQuantizer did not run as on a CPU machine ({type(exc).__name__}: "
+                      f"{' '.join(str(exc).split())[:120]})") from None
+    finally:
+        for m, n, v in saved:
+            setattr(m, n, v)
+    if "triton" not in asked:
+        raise changed("Mxfp4HfQuantizer keeps mxfp4 packed on the CPU without asking for triton")
+    return asked["triton"], bool(asked.get("kernels")), bool(quantizer.quantization_config.dequantize)
 
 
 def dequantized_config(method: str):

@@ -15,7 +15,8 @@ marked converted:
 Read from transformers 5.24 (`quantizers/quantizer_*.py`, `integrations/*.py`), GPTQModel at
 f4c327a (`nn_modules/qlinear`: GPTQ and AWQ buffers) and compressed-tensors at ac8e2ba (packing,
 the decompress-on-first-forward hook, there since 0.15.0). Pure, except `target_of`, which asks the
-model stage whether mxfp4's and fp8's kernel packages are installed and which Hub kernel fp8 runs through.
+model stage whether mxfp4's and fp8's kernel packages are installed, which Hub kernel fp8 runs through, whether
+fp8's integration imports triton (5.0) and what mxfp4 needs to stay packed on the CPU.
 """
 from __future__ import annotations
 
@@ -130,14 +131,20 @@ def _ct_layout(g: Group, out: int, inp: int, gate_up: bool, load_dtype: str = "b
 
 @dataclass(frozen=True)
 class Target:
-    """What `kept` decides on: GPU 0's compute capability (None: the CPU), for mxfp4 and fp8 whether triton and
-    `kernels` are installed in versions transformers accepts (`mxfp4_kernels()`), and for fp8 the Hub kernel the
-    installed transformers runs fp8 layers through (`hf.fp8_kernel_repo()`: "repo ref", or None for none)."""
+    """What `kept` and `loads` decide on: GPU 0's compute capability (None: the CPU), for mxfp4 and fp8 whether
+    triton and `kernels` are installed in versions transformers accepts (`mxfp4_kernels()`), for fp8 the Hub kernel
+    the installed transformers runs fp8 layers through (`hf.fp8_kernel_repo()`: "repo ref", or None for none) and
+    the package its fp8 integration imports at its top that the target lacks (`lacks`: "triton" on 5.0 without
+    it, `hf.fp8_needs_triton()`), and for mxfp4 on the CPU what the installed transformers needs to keep it packed
+    there (`hf.mxfp4_on_cpu()`: None, never)."""
 
     compute_capability: tuple[int, int] | None
     triton: bool = False
     kernels: bool = False
     fp8_kernel: str | None = None
+    transformers: str = "this transformers release"
+    lacks: str | None = None
+    mxfp4_cpu: tuple[str, bool, bool] | None = None
 
 
 def _where(t: Target) -> str:
@@ -154,6 +161,14 @@ def _kept_bnb(s: Scheme, t: Target) -> str | None:
     if t.compute_capability is not None and t.compute_capability < BNB_MIN_CC:
         return f"bitsandbytes needs compute capability {P.cc_text(BNB_MIN_CC)} or newer"
     return None
+
+
+def _loads_fp8(s: Scheme, t: Target) -> str | None:
+    if t.lacks is None:
+        return None
+    return (f"transformers {t.transformers} imports {t.lacks} at the top of its fp8 integration, so it loads no fp8 "
+            f"checkpoint without {t.lacks}, dequantized or not; {t.lacks} is missing on the target: install it there "
+            f"(pip install {t.lacks}), or use transformers 5.17 or newer, whose fp8 integration does not import it")
 
 
 def _kept_fp8(s: Scheme, t: Target) -> str | None:
@@ -179,7 +194,7 @@ def _kept_mxfp4(s: Scheme, t: Target) -> str | None:
     if s.dequantize:
         return "its quantization_config sets dequantize: transformers dequantizes it at load"
     if t.compute_capability is None:
-        return "transformers dequantizes mxfp4 on the CPU unless use_kernels=True"
+        return _mxfp4_on_the_cpu(t)
     missing = ([f"compute capability 7.5 (GPU 0 has {t.compute_capability[0]}.{t.compute_capability[1]})"]
                if t.compute_capability < (7, 5) else [])
     missing += [] if t.triton else ["triton>=3.4.0"]
@@ -190,6 +205,22 @@ def _kept_mxfp4(s: Scheme, t: Target) -> str | None:
     return None
 
 
+def _mxfp4_on_the_cpu(t: Target) -> str:
+    if t.mxfp4_cpu is None:
+        return (f"transformers {t.transformers} keeps mxfp4 packed only on a GPU (compute capability 7.5 or newer) "
+                "and dequantizes it on the CPU")
+    triton, kernels, use_kernels = t.mxfp4_cpu
+    needs = [f"triton>={triton}"] + (["the kernels package"] if kernels else []) + (
+        ["use_kernels=True"] if use_kernels else [])
+    return (f"transformers {t.transformers} keeps mxfp4 packed on the CPU only with {_and(needs)}, running the "
+            "experts through its Hub kernel, a path whose CPU memory fitplan has not measured: on the CPU fitplan "
+            "loads it dequantized (Mxfp4Config(dequantize=True))")
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def _kept_ct(s: Scheme, t: Target) -> str | None:
     return ("compressed-tensors decompresses every quantized layer to the load dtype on the model's first forward "
             "(its decompress hook), so generation holds dense weights")
@@ -198,19 +229,37 @@ def _kept_ct(s: Scheme, t: Target) -> str | None:
 def target_of(inv: Inventory, gpus, software=None) -> Target:
     """The `Target` for `gpus` (the planned hardware's): transformers decides on the current device, GPU 0.
     triton and `kernels` are the target's declared `software` (hardware/software.py) when the plan is for
-    another machine, and this environment's (`_mxfp4_kernels()`) when `software` is None (the probe). For fp8 on
-    compute capability 8.9+, also the Hub kernel the installed transformers runs it through (`_fp8_kernel()`)."""
+    another machine, and this environment's (`_mxfp4_kernels()`, `hf.fp8_needs_triton()`) when `software` is None
+    (the probe, and `fitplan.load()`, which loads here). For fp8, whether the target lacks the triton its
+    integration imports; on compute capability 8.9+, also the Hub kernel the installed transformers runs it
+    through (`_fp8_kernel()`). For mxfp4 on the CPU, what the installed transformers needs to keep it packed."""
     cc = min(gpus, key=lambda g: g.index).compute_capability if gpus else None
     method = scheme(inv).method
-    if cc is None or method not in ("mxfp4", "fp8"):
+    if method not in ("mxfp4", "fp8"):
         return Target(cc)
+    release = inv.versions.get("transformers") or Target.transformers
+    if method == "mxfp4" and cc is None:
+        return Target(cc, transformers=release, mxfp4_cpu=_hf().mxfp4_on_cpu())
+    lacks = None
+    if method == "fp8":
+        needs, here = _hf().fp8_needs_triton()
+        lacks = "triton" if needs and not (here if software is None else software.triton) else None
+    if cc is None:
+        return Target(cc, transformers=release, lacks=lacks)
     kernels = _mxfp4_kernels() if software is None else (software.triton, software.kernels)
     if method == "mxfp4" or cc < (8, 9):  # below 8.9 transformers dequantizes fp8 itself, kernel or not
-        return Target(cc, *kernels)
+        return Target(cc, *kernels, transformers=release, lacks=lacks)
     repo = _fp8_kernel()
     if software is None:  # this machine: `USE_HUB_KERNELS` off makes lazy_load_kernel fetch nothing either
         kernels = (kernels[0], kernels[1] and not _kernels_off())
-    return Target(cc, *kernels, fp8_kernel=None if repo is None else f"{repo[0]} {repo[1]}")
+    return Target(cc, *kernels, fp8_kernel=None if repo is None else f"{repo[0]} {repo[1]}", transformers=release,
+                  lacks=lacks)
+
+
+def _hf():
+    from ..model import hf
+
+    return hf
 
 
 def _mxfp4_kernels() -> tuple[bool, bool]:
@@ -240,19 +289,21 @@ class Layout:
     `layout(group, out, in, gate_up)` the allocations a converted weight becomes; `bias` the dtype the
     kernel module keeps a converted layer's bias in (None: the load dtype); `kept(scheme, target)` None when
     the loader keeps the stored form there, else why not; `dequantizes`: when not kept, transformers
-    dequantizes to the load dtype (else it refuses to load).
+    dequantizes to the load dtype (else it refuses to load); `loads(scheme, target)` None when transformers
+    on the target loads the checkpoint at all, else why no row of it loads there (`refusal`).
     """
 
     layout: Callable[..., tuple[Held, ...]] | None
     kept: Callable[[Scheme, Target], str | None]
     bias: str | None = None
     dequantizes: bool = False
+    loads: Callable[[Scheme, Target], str | None] = _kept_always
 
 
 LAYOUTS: dict[str, Layout] = {
     "gptq": Layout(_gptq_layout, _kept_always, bias="float16"),
     "awq": Layout(_awq_layout, _kept_always, bias="float16"),
-    "fp8": Layout(_fp8_layout, _kept_fp8, dequantizes=True),
+    "fp8": Layout(_fp8_layout, _kept_fp8, dequantizes=True, loads=_loads_fp8),
     "fbgemm_fp8": Layout(_fbgemm_layout, _kept_fbgemm, bias="float32"),
     "compressed-tensors": Layout(_ct_layout, _kept_ct, dequantizes=True),
     "bitsandbytes": Layout(None, _kept_bnb),
@@ -320,18 +371,29 @@ def accelerate_fraction(inv: Inventory, precision: Precision, load_dtype: str) -
     return packed / dense if dense else 1.0
 
 
+def refusal(inv: Inventory, target: Target) -> str | None:
+    """Why transformers on `target` loads no row of this pre-quantized checkpoint, dequantized or not (5.0's fp8
+    without triton), or None. The one statement both the plan (`rows`: every row ruled out with it) and
+    `fitplan.load()` (runtime/kernels.py, before any weight, for this machine) read."""
+    s = scheme(inv)
+    method = LAYOUTS.get(s.method)
+    return None if method is None else method.loads(s, target)
+
+
 def rows(inv: Inventory, target: Target, dequantized_to: Precision) -> list[tuple[Precision, str | None]]:
     """The rows of a pre-quantized model, best first, each with a reason it is ruled out (or None): the
     checkpoint as stored, and, for methods transformers dequantizes where it cannot keep them, the model in
-    `dequantized_to` (the load dtype), ruled out where the stored form is kept."""
+    `dequantized_to` (the load dtype), ruled out where the stored form is kept. Where transformers on the target
+    loads no row of it (`refusal`), every row is ruled out with that reason."""
     s = scheme(inv)
     stored = as_stored(inv)
     method = LAYOUTS.get(s.method)
     if method is None:
         return [(stored, None)]
-    why_not = method.kept(s, target)
+    never = refusal(inv, target)
+    why_not = never or method.kept(s, target)
     out = [(stored, why_not)]
     if method.dequantizes:
-        out.append((dequantized_to, None if why_not else f"not used: transformers keeps the {s.label} weights on "
-                                                         f"{_where(target)}"))
+        out.append((dequantized_to, never or (None if why_not else f"not used: transformers keeps the {s.label} "
+                                                                   f"weights on {_where(target)}")))
     return out

@@ -36,6 +36,9 @@ def suggestions(inv: Inventory, hw: Hardware, opts: PlanOptions, work: Workload,
     def fits(**changes) -> bool:
         return choice_with(**changes).chosen is not None
 
+    missing = _missing_package(inv, hw, choice_with)
+    if missing is not None:  # no row loads on this target without it: nothing else would make it fit
+        return [missing]
     out = []
     # Longest context that fits at this batch (binary search over powers of two, then refine).
     lo, hi = 0, opts.context
@@ -84,6 +87,28 @@ def suggestions(inv: Inventory, hw: Hardware, opts: PlanOptions, work: Workload,
             out.append(Suggestion(f"a GPU with at least {fmt_bytes(need)} of memory (the largest of these "
                                   f"{len(hw.gpus)}: {fmt_bytes(g.total_bytes)}), or more GPUs than these"))
     return out
+
+
+def _missing_package(inv: Inventory, hw: Hardware, choice_with) -> Suggestion | None:
+    """The package that the target lacks and without which transformers loads no row of this pre-quantized
+    checkpoint (`prequant.refusal`: 5.0's fp8 without triton), as the one suggestion, re-checked with it there."""
+    from ..hardware.software import default_software
+    from . import prequant
+
+    if not inv.prequantized:
+        return None
+    target = prequant.target_of(inv, hw.gpus, hw.software)
+    if target.lacks is None or prequant.refusal(inv, target) is None:
+        return None
+    pkg = target.lacks
+    sw = hw.software or default_software()
+    declared = tuple(dict.fromkeys((*sw.declared, pkg)))
+    chosen = choice_with(replace(hw, software=replace(sw, **{pkg: True}, declared=declared))).chosen
+    where = (f"{pkg} on the target, declared in its hardware file (software: {{{pkg}: true}}, docs/hardware.md)"
+             if hw.software is not None else f"{pkg} installed here (pip install {pkg})")
+    return Suggestion(f"{where}: {chosen.precision} then fits" if chosen is not None else
+                      f"{where}: without it no row of this checkpoint loads; with it, nothing fits either "
+                      "(plan again once it is there for what would)")
 
 
 def _with_headroom(nbytes: int, headroom: float | int) -> int:

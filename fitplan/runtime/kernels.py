@@ -5,7 +5,8 @@ in the local kernel cache and cannot be fetched (docs/compatibility.md, "Hub ker
 - the kernel that keeps gpt-oss's mxfp4 packed (every version) and the one fp8 layers run through (from 5.17):
   plan again for a target without `kernels` (the dequantized row) and load that, or refuse in one line when it
   does not fit or a lock pins the stored row (`mxfp4_kernel_fallback`, `fp8_kernel_fallback`);
-- a transformers whose fp8 integration does not import here (5.0 without triton): refuse in one line.
+- a checkpoint no row of which the transformers here loads (5.0's fp8 without triton): refuse in one line, by the
+  plan's own rule (`prequant.refusal`).
 """
 from __future__ import annotations
 
@@ -98,18 +99,17 @@ def _kernel_fallback(plan: Plan, replan, kernel, what: str) -> tuple[Plan, str |
                  f"the Hub kernel {repo_id} {ref} is not in the local kernel cache and {why}; to keep {what}, {fetch}")
 
 
-def fp8_integration_refusal(plan: Plan) -> None:
-    """transformers 5.0 imports triton at the top of its fp8 integration, for the dequantized path too: without
-    triton, from_pretrained of any fp8 checkpoint fails inside. Refused here, in one line, before any weight."""
-    from ..model import hf
-    from ..model.prequant import scheme
+def prequant_refusal(plan: Plan) -> None:
+    """A pre-quantized checkpoint that transformers here loads in no row, dequantized or not (5.0 imports triton
+    at the top of its fp8 integration): refused in one line naming the package, before any weight. The rule is
+    the plan's own (`prequant.refusal`), read for this machine, where the load runs, whatever target the plan
+    described."""
+    from ..planning import prequant
 
-    if not plan.inventory.quantization or scheme(plan.inventory).method != "fp8":
+    inv = plan.inventory
+    if not inv.prequantized:
         return
-    error = hf.fp8_integration_error()
-    if error is not None:
-        missing, why = error
-        fix = f"install {missing} (pip install {missing})" if missing else "install what it names"
-        raise DependencyError(f"{plan.model_id}: transformers {hf.version()} cannot load an fp8 checkpoint here, "
-                              f"dequantized or not: its fp8 integration fails to import ({why}); {fix} or another "
-                              "transformers release", package=missing or "transformers")
+    target = prequant.target_of(inv, plan.hardware.gpus)  # software None: this environment's packages
+    why = prequant.refusal(inv, target)
+    if why is not None:
+        raise DependencyError(f"{plan.model_id}: {why}", package=target.lacks or "transformers")

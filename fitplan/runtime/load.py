@@ -15,7 +15,7 @@ from ..vocab.classes import AUTO_CLASSES
 from ..options import OPTION_KEYS
 from ..planning.plan import Plan
 from . import localcheck
-from .kernels import fp8_integration_refusal, fp8_kernel_fallback, hub_kernels_fallback, mxfp4_kernel_fallback
+from .kernels import fp8_kernel_fallback, hub_kernels_fallback, mxfp4_kernel_fallback, prequant_refusal
 
 log = logging.getLogger("fitplan")
 
@@ -228,6 +228,7 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     model = plan.model_id
     if plan.revision and "revision" not in user:
         user["revision"] = plan.revision
+    prequant_refusal(plan)  # a package missing here that no row loads without: named, before the tokenizer and any weight
     if not plan.fits:
         hint = plan.suggestions()
         raise DoesNotFitError(plan.summary_line() + (f"; try: {hint[0]}" if hint else ""), model_id=plan.model_id)
@@ -254,7 +255,6 @@ def load(model: str | None = None, *, profile: str | None = None, tokenizer: boo
     for c in changed:
         log.warning("fitplan: user argument overrides the plan: %s", c)
     notes = ()
-    fp8_integration_refusal(plan)  # before the tokenizer and any weight
     if prequant_note:
         notes = (prequant_note,)
         log.warning("fitplan: %s", prequant_note)
