@@ -35,7 +35,7 @@ VLLM_NON_TORCH_BYTES = 150 << 20
 VLLM_019_NON_TORCH_SINGLE_BYTES = int(0.27 * GiB)
 #: ... pipeline-parallel ranks without tensor parallelism: 0.07 GiB on every stage (Llama-3.1-8B, PP 2 and PP 4);
 VLLM_019_NON_TORCH_PIPELINE_BYTES = int(0.07 * GiB)
-#: ... under tensor parallelism on an NVLink/NVSwitch board: 2.06-2.21 GiB per rank over 14 logs at TP 2 and TP 4
+#: ... under tensor parallelism on an NVLink/NVSwitch board: 2.06-2.21 GiB per rank over 15 logs at TP 2 and TP 4
 #: (dense, MoE, fp8, W8A8; the same on every rank of a log). 0.19 builds the FlashInfer all-reduce + RMSNorm fusion
 #: workspace (compilation/passes/fusion/allreduce_rms_fusion.py) and NCCL's communicator buffers there; SGLang
 #: logs the same order for its distributed init on such boards (`SGLANG_DIST_INIT_NVLINK_BYTES`). On PCIe cards
