@@ -151,3 +151,38 @@ def test_a_prequantized_config_counts_lm_head_apart_only_where_its_count_tells(m
     apart = build_inventory(cfg, model_id="t", stored_parameters=untied.parameters + scales)
     assert apart.parameters == (untied.parameters if counted else tied.parameters)
     assert build_inventory(cfg, model_id="t", stored_parameters=tied.parameters + scales).parameters == tied.parameters
+
+
+@pytest.mark.parametrize("stored_apart", [True, False])
+def test_a_prequantized_bnb_int8_checkpoint_counts_what_from_pretrained_holds(tmp_path, monkeypatch, stored_apart):
+    """bitsandbytes int8 serialized (int8 weight, `SCB` a row): a real CPU quantize, save and load, its config tying
+    lm_head over a checkpoint that stores it apart, or once."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    import fitplan
+    from fitplan.hardware.machine import Hardware
+
+    monkeypatch.setenv("FITPLAN_CACHE", str(tmp_path / "cache"))
+    save_tiny("llama-gqa", tmp_path / "f")  # stores lm_head apart
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(tmp_path / "f", dtype=torch.bfloat16, device_map="cpu",
+                                                         quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+        quantized.save_pretrained(tmp_path / "m")
+    except Exception as exc:  # bitsandbytes without its CPU backend (before 0.48), or a transformers that refuses it
+        pytest.skip(f"bitsandbytes int8 does not quantize on this CPU here: {type(exc).__name__}: {str(exc)[:120]}")
+    path = tmp_path / "m"
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["tie_word_embeddings"] = True
+    (path / "config.json").write_text(json.dumps(cfg))
+    if not stored_apart:
+        weights = load_file(path / "model.safetensors")
+        del weights["lm_head.weight"]
+        save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+
+    inv = fitplan.plan(str(path), hardware=Hardware((), 64 * 2**30, "probe"), offline=True, context=64).inventory
+    model = AutoModelForCausalLM.from_pretrained(path, device_map="cpu")
+    assert (model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()) is not stored_apart
+    assert inv.prequantized and inv.parameters == model.num_parameters()
+    assert any("counted twice" in n for n in inv.notes) is stored_apart
