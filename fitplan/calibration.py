@@ -35,7 +35,7 @@ VLLM_NON_TORCH_BYTES = 150 << 20
 VLLM_019_NON_TORCH_SINGLE_BYTES = int(0.27 * GiB)
 #: ... pipeline-parallel ranks without tensor parallelism: 0.07 GiB on every stage (Llama-3.1-8B, PP 2 and PP 4);
 VLLM_019_NON_TORCH_PIPELINE_BYTES = int(0.07 * GiB)
-#: ... under tensor parallelism on an NVLink/NVSwitch board: 2.06-2.21 GiB per rank over 14 logs at TP 2 and TP 4
+#: ... under tensor parallelism on an NVLink/NVSwitch board: 2.06-2.21 GiB per rank over 15 logs at TP 2 and TP 4
 #: (dense, MoE, fp8, W8A8; the same on every rank of a log). 0.19 builds the FlashInfer all-reduce + RMSNorm fusion
 #: workspace (compilation/passes/fusion/allreduce_rms_fusion.py) and NCCL's communicator buffers there; SGLang
 #: logs the same order for its distributed init on such boards (`SGLANG_DIST_INIT_NVLINK_BYTES`). On PCIe cards
@@ -162,11 +162,11 @@ GATED_DELTA_COPIES = 20
 #: compiles the decode step (fitplan.planning.generation: torch.compile reduce-overhead, CUDA
 #: graphs), in seconds per decoder layer, by kind of weights. Only kinds measured faster than plain
 #: generate() have one: bitsandbytes' quantizers cannot be compiled, and a static cache without
-#: compile decoded slower (shared/FINDINGS.md), so no quantized kind is here. Fitted on
-#: benchmarks/results/generation-h200-tf5.17.jsonl (Qwen3-8B shape, H200, transformers 5.17, torch
-#: 2.11: 86.7 tokens/s at batch 1, 751.4 at batch 8) so that the errors at batch 1 and 8 balance;
-#: checked against FINDINGS' H200 rows (docs/accuracy.md, "Generation setup").
-COMPILED_DECODE_OVERHEAD_S_PER_LAYER = {"float": 0.21e-3}
+#: compile decoded slower (shared/FINDINGS.md), so no quantized kind is here. Fitted on every compiled
+#: row measured on the H200 (benchmarks/results/generation-h200-*.jsonl and FINDINGS: Qwen3-8B, Llama-3.2-1B
+#: and Gemma-3-1B shapes, transformers 5.17 and 5.25, torch 2.11, batch 1 and 8) as the value with the
+#: smallest largest error: all 11 rows within -23% to +21% (docs/accuracy.md, "Generation setup").
+COMPILED_DECODE_OVERHEAD_S_PER_LAYER = {"float": 0.17e-3}
 
 #: Memory a compiled static-cache decode holds besides the cache and the plain activation peak (CUDA
 #: graphs' private pool, inductor's buffers): the reserved peak of the static setup less plain

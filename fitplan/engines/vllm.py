@@ -166,7 +166,7 @@ ACCOUNTING = {
         checked="the non-torch memory is what vLLM 0.19's own logs print for this layout (the largest logged on an "
                 "H100: 0.27 GiB alone, 0.07 GiB on pipeline ranks, 2.21 GiB under tensor parallelism on NVLink "
                 "boards); the profile-run peak is mirrored from 0.19's source and agrees with its logs within 0.01 GiB, "
-                "except on a first pipeline stage (0.18 GiB under) and for vision-language models (up to 0.23 GiB "
+                "except on a first pipeline stage (0.18 GiB under) and for vision-language models (up to 0.25 GiB "
                 "under: the dummy images and encoder outputs are not counted) (docs/engines.md)"),
 }
 
