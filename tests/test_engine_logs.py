@@ -60,8 +60,10 @@ def plan_of(case: dict):
         config["quantization_config"] = case["quantization_config"]["value"]
     qc = case.get("quantization_config")
     model_id = case["model"] + (f"-{qc['value']['quant_method']}" if qc else "")
+    # A pre-quantized case is planned from a shipped float config: the float checkpoint's count is not the served one's,
+    # so it counts only where the case records the served checkpoint's (with its source).
     inv = get_inventory(config, model_id=model_id, stored_bytes=None,
-                        stored_parameters=None if qc else src.stored_parameters, auto_class=None)
+                        stored_parameters=qc.get("stored_parameters") if qc else src.stored_parameters, auto_class=None)
     flags = dict(case["flags"])
     tp, pp = flags.pop("tensor_parallel_size", 1), flags.pop("pipeline_parallel_size", 1)
     # fitplan plans `--dtype auto` (fitplan.engines.common.load_dtype): a `--dtype` the log was given is recorded and
@@ -160,6 +162,9 @@ def test_every_case_cites_a_public_log_and_a_shipped_config(case):
     assert set(case["covers"]) <= COVERS, set(case["covers"]) - COVERS
     assert set(case.get("profile_log", {})) <= PROFILE_KEYS
     assert case["status"] in ("matched", "unmatched")
+    qc = case.get("quantization_config") or {}
+    assert not qc or qc.get("source"), "a quantization_config says where it comes from"
+    assert "stored_parameters" not in qc or qc.get("stored_parameters_source"), "a stored count says where it comes from"
     resolve(case["model"], offline=True)  # shipped in fitplan/data/models
 
 

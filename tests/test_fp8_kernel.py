@@ -22,6 +22,7 @@ from fitplan.hardware.catalogue import find_gpu
 from fitplan.hardware.machine import GPU, Hardware
 from fitplan.model import hf
 from fitplan.runtime.load import fp8_kernel_fallback
+from tiny_models import save_tiny_fp8
 
 G = 1 << 30
 HUB_KERNEL = hf.fp8_kernel_repo()  # None where the installed transformers runs fp8 without one (5.0)
@@ -268,36 +269,6 @@ def test_the_dequantize_config_is_a_loading_attribute_transformers_merges():
     assert list(merged.weight_block_size) == [64, 64]
 
 
-def _tiny_fp8(path: Path, block: int = 128):
-    """A random-weight Llama whose decoder linears are stored in fp8 with one fp32 scale per 128x128 block
-    (`weight_scale_inv`, what transformers multiplies back), as DeepSeek-V3 / Qwen3-FP8 ship. Returns the bf16
-    weights it was made from."""
-    import torch
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=64, vocab_size=512, max_position_embeddings=256,
-                      tie_word_embeddings=False)
-    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(path)
-    tensors = load_file(path / "model.safetensors")
-    original = {}
-    for name in [n for n in tensors if ".layers." in n and n.endswith("_proj.weight")]:
-        w = original[name] = tensors[name].float()
-        o, i = w.shape
-        blocks = w.unflatten(0, (o // block, block)).unflatten(-1, (i // block, block))
-        scale = blocks.abs().amax(dim=(1, 3)).clamp(min=1e-12) / 448.0
-        tensors[name] = (blocks / scale[:, None, :, None]).flatten(2, 3).flatten(0, 1).to(torch.float8_e4m3fn)
-        tensors[name[:-len("weight")] + "weight_scale_inv"] = scale.contiguous()
-    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
-    config = json.loads((path / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic",
-                                     "weight_block_size": [block, block], "modules_to_not_convert": ["lm_head"]}
-    (path / "config.json").write_text(json.dumps(config))
-    return original
-
-
 def test_a_dequantized_plan_loads_for_real_on_the_cpu(tmp_path, monkeypatch):
     """A real CPU load of a tiny fp8 checkpoint: the plan dequantizes it (the CPU cannot run fp8), load() passes
     FineGrainedFP8Config(dequantize=True), the weights come back dense and close to what was quantized, and the
@@ -306,7 +277,7 @@ def test_a_dequantized_plan_loads_for_real_on_the_cpu(tmp_path, monkeypatch):
     import torch
     import transformers
 
-    original = _tiny_fp8(tmp_path / "m")
+    original = save_tiny_fp8(tmp_path / "m")
     cpu = Hardware((), 64 * G, "probe")
     if hf.fp8_needs_triton() == (True, False):  # 5.0 without triton: test_without_triton_... below
         pytest.skip(f"transformers {hf.version()} loads no fp8 checkpoint without triton, which is not installed")
@@ -354,7 +325,7 @@ def test_without_triton_no_row_is_planned_that_load_refuses(tmp_path, monkeypatc
 
     from fitplan.cli.main import main
 
-    _tiny_fp8(tmp_path / "m")
+    save_tiny_fp8(tmp_path / "m")
     model = str(tmp_path / "m")
     cpu = Hardware((), 64 * G, "probe")
     plan = fitplan.plan(model, hardware=cpu, offline=True, context=64)

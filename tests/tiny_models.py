@@ -5,6 +5,8 @@ is a real transformers config class, so building, saving and loading go through 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 FAMILIES = {
     "llama-gqa": ("llama", dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
@@ -53,6 +55,39 @@ def save_tiny(family: str, path, dtype="bfloat16", seed: int = 0):
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     model.save_pretrained(path)
     return path
+
+
+def save_tiny_fp8(path, block: int = 128):
+    """A random-weight Llama whose decoder linears are stored in fp8 with one fp32 scale per 128x128 block
+    (`weight_scale_inv`, what transformers multiplies back), as DeepSeek-V3 / Qwen3-FP8 ship. Returns the bf16
+    weights it was made from."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    path = Path(path)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=64, vocab_size=512, max_position_embeddings=256,
+                      tie_word_embeddings=False)
+    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(path)
+    tensors = load_file(path / "model.safetensors")
+    original = {}
+    for name in [n for n in tensors if ".layers." in n and n.endswith("_proj.weight")]:
+        w = original[name] = tensors[name].float()
+        o, i = w.shape
+        blocks = w.unflatten(0, (o // block, block)).unflatten(-1, (i // block, block))
+        scale = blocks.abs().amax(dim=(1, 3)).clamp(min=1e-12) / 448.0
+        tensors[name] = (blocks / scale[:, None, :, None]).flatten(2, 3).flatten(0, 1).to(torch.float8_e4m3fn)
+        tensors[name[:-len("weight")] + "weight_scale_inv"] = scale.contiguous()
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic",
+                                     "weight_block_size": [block, block], "modules_to_not_convert": ["lm_head"]}
+    (path / "config.json").write_text(json.dumps(config))
+    return original
 
 
 def forbid_from_pretrained(monkeypatch, cls, why: str) -> None:

@@ -80,7 +80,7 @@ from ..versions import parse as parse_version
 from ..vocab.classes import AUTO_CLASSES
 from . import cachelayout
 from .inventory import KVLayer, TensorInfo, dtype_name
-from .prequant import DEQUANTIZED_CONFIGS, Scheme, scheme_of
+from .prequant import DEQUANTIZED_CONFIGS, Scheme, scheme_of, stores_each_weight
 
 #: First release whose bitsandbytes replacement skips subclasses of nn.Linear (Falcon's FalconLinear).
 EXACT_LINEAR_SINCE = (5, 5)
@@ -116,7 +116,8 @@ def model_class(config, mapping):
 
 
 def build_meta_model(cls, config, dtype):
-    """`cls(config)` under the init contexts `from_pretrained` uses (meta device, `dtype`)."""
+    """`cls(config)` under the init contexts `from_pretrained` uses (meta device, `dtype`). No quantizer runs
+    (`is_quantized` False): a pre-quantized config builds the float model, which `mark_converted` marks."""
     from transformers.utils.generic import ContextManagers
 
     params = _inspect.signature(cls.get_init_context).parameters
@@ -1066,7 +1067,12 @@ def tied_apart(model, stored_parameters: int | None) -> list[str]:
     `PreTrainedModel.tie_weights(missing_keys=...)`) does not tie a pair whose both halves the
     checkpoint holds (Magistral-Small-2509: Mistral3Config ties by default, the checkpoint has its own
     lm_head, 1.3 GB in bf16). Decided by the count the checkpoint stores: closer to the model with
-    the tied weights counted twice than once means stored apart. [] when the count is unknown."""
+    the tied weights counted twice than once means stored apart. [] when the count is unknown.
+
+    `model` is the float model (`build_meta_model` runs no quantizer), so for a pre-quantized checkpoint the
+    stored count compares with it only where the method stores each weight as one element
+    (`fitplan.model.prequant.stores_each_weight`: fp8, int8; RedHatAI's Mistral-Small-3.1 W8A8 keeps its own
+    bf16 lm_head); `inventory` asks nothing of this for packed ones."""
     tied = tied_weight_names(model)
     if not tied or stored_parameters is None:
         return []
@@ -1784,7 +1790,10 @@ def inventory(cfg: dict, *, model_id: str, auto_class: str | None, trust_remote_
     text = model.config.get_text_config(decoder=True)
     scratch, scan = prefill_scratch(model)
     method = quant_method(model)
-    apart = tied_apart(model, stored_parameters) if built.whole and not method else []
+    # A pre-quantized checkpoint's stored count tells the same where it stores each converted weight as one element
+    # (fp8, int8): the meta build is the float model either way (`build_meta_model`). Packed ones: `stores_each_weight`.
+    counted = not method or stores_each_weight(scheme_of(cfg["quantization_config"]))
+    apart = tied_apart(model, stored_parameters) if built.whole and counted else []
     held = tensors(model, build_dtype, apart)
     packed, subclassed = ({}, []) if method else bnb_replaced_modules(model)
     refuse_unsized(model)

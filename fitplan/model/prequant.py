@@ -218,6 +218,34 @@ def _compressed_tensors(qc: dict) -> Scheme:
                   dequantize=bool(qc.get("dequantize") or qc.get("run_compressed") is False))
 
 
+#: compressed-tensors formats that store each weight as one element: fp8 or int8 (`float-`, `int-quantized`, and
+#: `naive-quantized`, one int8 a weight whatever its bits), or the weight unpacked (`dense`).
+CT_UNPACKED = ("float-quantized", "naive-quantized", "int-quantized", "dense")
+
+
+def stores_each_weight(s: Scheme) -> bool:
+    """Whether the checkpoint stores every weight the method converts as one element, with at most one scale per
+    output row, per block or per tensor: fp8 and fbgemm fp8, bitsandbytes int8 (`SCB`, one a row), and
+    compressed-tensors in an unpacked format with channel, block or tensor scales. Its stored element count is
+    then the float model's plus those scales (1/hidden of the converted weights or less; fp8's 128x128 blocks
+    1/16384), so it tells whether the checkpoint stores tied weights apart as a float checkpoint's does
+    (`fitplan.model.hf.tied_apart`; the meta build is the float model, its weights unconverted).
+
+    Not for the packed methods, whose count is a fraction of the float model's and so closer to it without the
+    tied weights even where the checkpoint stores them: GPTQ and AWQ (int32 words of 32/bits codes), mxfp4 and
+    bitsandbytes 4-bit (two codes a byte), compressed-tensors' pack-quantized and nvfp4; nor for group-wise
+    scales (one per 32 .. 128 weights, zero points as many again), which can outnumber half a tied embedding
+    matrix (24B parameters at one scale per 32 weights: 0.7 billion, against half of a 131,072 x 5,120 lm_head:
+    0.34 billion). A method fitplan does not know is not counted either."""
+    if s.method in ("fp8", "fbgemm_fp8"):
+        return True
+    if s.method == "bitsandbytes":
+        return s.label == "bnb-int8"
+    if s.method == "compressed-tensors":
+        return all(g.fmt in CT_UNPACKED and not g.group_size for g in s.groups)  # 0: per tensor, None: per row/block
+    return False
+
+
 # -- which modules a method converts (on the meta model) ------------------------------------------------
 
 def ct_group_of(scheme: Scheme, name: str) -> Group:
