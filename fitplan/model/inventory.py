@@ -17,10 +17,11 @@ def dtype_name(dtype) -> str:
 
 
 #: Bump when the meaning of a field changes, so stale on-disk caches are rebuilt, not misread.
-SCHEMA_VERSION = 15  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`;
+SCHEMA_VERSION = 16  # 9: transformers 5.0-5.3 read KV from the meta forward; 10: pre-quantized `quantization`;
 # 11: per-sequence state, the Auto class and image tokens; 12: prefill scratch of kernel-less SSM paths;
 # 13: `position_limit` (learned absolute position tables); 14: how it can generate (compile_fullgraph,
-# flash_attn, num_key_value_heads); 15: the Hub kernels transformers 5.25+ fetches (`hub_kernels`)
+# flash_attn, num_key_value_heads); 15: the Hub kernels transformers 5.25+ fetches (`hub_kernels`);
+# 16: a pre-quantized checkpoint storing a tied lm_head apart keeps it (entries cached before lack it)
 
 
 #: A decoder layer index inside a tensor name.
