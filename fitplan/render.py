@@ -90,8 +90,10 @@ def render_text(plan) -> str:
         lines.append(f"NO FIT    {plan.summary_line()}")
         for x in plan.choice.decisions:
             lines.append(f"  {x.precision:8} {x.rejected_because}")
-        lines.append("what would make it fit:")
-        lines += [f"  - {s}" for s in plan.suggestions("cli")]
+        suggestions = plan.suggestions("cli")
+        if suggestions:  # none where nothing fitplan can change would fit (a CPU machine without the RAM)
+            lines.append("what would make it fit:")
+            lines += [f"  - {s}" for s in suggestions]
     if plan.engine is not None:
         lines = lines[:4] + engine_lines(plan.engine)
     if plan.tp_hint is not None:

@@ -296,3 +296,20 @@ def test_a_lock_of_a_capped_default_context_is_followed(env, tmp_path):
     assert r.returncode == 0, r.stderr
     plan = plan_for_load(profile=str(prof), hardware=hardware_from_gpu_flag("rtx4090", 64 << 30))
     assert plan.pin is not None and plan.options.context == 1024
+
+
+# -- a no-fit without suggestions -----------------------------------------------------------------
+
+@pytest.mark.parametrize("ram, header", [("12GiB", False), ("24GiB", True)])
+def test_what_would_make_it_fit_is_printed_only_with_something_under_it(env, tmp_path, ram, header):
+    """A CPU machine whose RAM is below the 16-bit weights alone (bitsandbytes rows are not offered on a CPU unless
+    asked for) has nothing fitplan can change to suggest: no header with nothing under it. With the weights in RAM,
+    a shorter context is suggested under the header."""
+    hw = tmp_path / "cpu.yaml"
+    hw.write_text(f"gpus: []\ncpu_ram: {ram}\n")
+    r = run(env, "check", "meta-llama/Llama-3.1-8B", "--hardware", str(hw), "--context", "131072")
+    assert r.returncode == 1 and "NO FIT" in r.stdout
+    lines = r.stdout.splitlines()
+    assert ("what would make it fit:" in lines) is header
+    if header:
+        assert lines[lines.index("what would make it fit:") + 1].startswith("  - ")
