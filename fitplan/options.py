@@ -166,10 +166,7 @@ class PlanOptions(_Checked):
             raise OptionError(f"{subject(engine_only[0])} is a serving-engine setting; set {ref('engine')} to vllm or "
                               "sglang to plan for an engine", option=engine_only[0])
         if self.engine_version is not None and self.engine != "transformers":
-            try:
-                engine_mirror(self.engine, self.engine_version)
-            except ValueError as bad:
-                raise OptionError(f"{subject('engine_version')}: {bad}", option="engine_version") from None
+            engine_release(self.engine, self.engine_version)
     fast: bool = option(True, "Generate with the fastest setup measured to work here (static cache, compiled "
                               "decode, attention kernel; see the plan's generation); false: plain transformers.",
                         kind="bool", profile=("constraints", "fast"))
@@ -201,6 +198,15 @@ ENGINE_KEYS: tuple[str, ...] = ("engine_version", "concurrency", "tensor_paralle
 SOURCE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(SourceOptions))
 #: Every keyword `fitplan.plan()`, `fitplan.load()` and the CLI take for planning.
 OPTION_KEYS: tuple[str, ...] = PLAN_KEYS + SOURCE_KEYS
+
+
+def engine_release(engine: str, runs: str | None) -> str:
+    """The mirrored release a plan for `engine` follows when the user runs `runs` (`fitplan.versions.engine_mirror`),
+    or an `OptionError` naming `engine_version`."""
+    try:
+        return engine_mirror(engine, runs)
+    except ValueError as bad:
+        raise OptionError(f"{subject('engine_version')}: {bad}", option="engine_version") from None
 
 
 def env_var(name: str) -> str | None:

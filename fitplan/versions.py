@@ -61,6 +61,12 @@ ENGINE_MIRRORS: dict[str, tuple[str, ...]] = {"vllm": ("0.11.0", "0.19.0"), "sgl
 ENGINE_VERSIONS = {name: mirrored[-1] for name, mirrored in ENGINE_MIRRORS.items()}
 
 
+def release_key(release: str) -> tuple[int, ...]:
+    """An engine release as fitplan compares them: `0.19`, `v0.19.0` and `0.19.0` are (0, 19, 0)."""
+    key = parse(str(release).strip().lstrip("v"))
+    return key + (0,) * (3 - len(key))
+
+
 def engine_mirror(engine: str, runs: str | None) -> str:
     """The mirrored release a plan for `engine` follows when the user runs release `runs` (None: the newest
     mirrored): the newest mirrored at or below it. ValueError, worded for the user, when `runs` is no version or
@@ -71,8 +77,7 @@ def engine_mirror(engine: str, runs: str | None) -> str:
     text = str(runs).strip().lstrip("v")
     if not text or not text[0].isdigit():
         raise ValueError(f"{runs!r} is not a release number (e.g. {mirrored[-1]})")
-    key = parse(text) + (0,) * (3 - len(parse(text)))  # "0.19" is 0.19.0
-    below = [m for m in mirrored if parse(m) <= key]
+    below = [m for m in mirrored if release_key(m) <= release_key(text)]
     if not below:
         raise ValueError(f"{engine} {text} predates the oldest release fitplan mirrors ({mirrored[0]}; mirrored: "
                          f"{', '.join(mirrored)}): plan for {mirrored[0]} or later")

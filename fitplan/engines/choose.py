@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from ..errors import FitplanError, OptionError, UnsupportedModelError, subject
-from ..options import PlanOptions
+from ..errors import FitplanError, OptionError, UnsupportedModelError
+from ..options import PlanOptions, engine_release
 from ..planning.workload import Workload
 from ..hardware.machine import Hardware
 from ..model import prequant
 from ..model.inventory import Inventory
-from ..versions import engine_mirror, parse
+from ..versions import release_key
 from .common import FP8_MIN_CC
 from . import model, vllm
 from .command import command
@@ -84,11 +84,8 @@ def plan_engine(inv: Inventory, config: dict, hw: Hardware, *, engine: str, knob
     the engine release `runs` accounts it (the newest mirrored at or below it; None: the newest mirrored).
     `explore` False plans `knobs` as they are (no fp8 variants); `largest_tp`: at the largest power-of-two TP
     that divides the heads (None when none above 1 does)."""
-    try:
-        version = engine_mirror(engine, runs)
-    except ValueError as bad:
-        raise OptionError(f"{subject('engine_version')}: {bad}", option="engine_version") from None
-    runs_note = () if runs is None or parse(runs.lstrip("v")) == parse(version) else (
+    version = engine_release(engine, runs)
+    runs_note = () if runs is None or release_key(runs) == release_key(version) else (
         f"you run {engine} {runs}: this plan follows {version}, the newest release fitplan mirrors at or below it",)
     if not hw.gpus:
         raise OptionError(f"{engine} plans need GPUs: give --gpu (e.g. --gpu 4xh100) or a hardware file",

@@ -49,13 +49,19 @@ UTILIZATION = 0.9
 SAMPLER_FP32_COPIES = 3
 
 
+def _sampler_logits(seqs: int, vocab: int, e: int) -> int:
+    """`_dummy_sampler_run`'s logits over `seqs` rows: the model dtype's and `SAMPLER_FP32_COPIES` fp32 copies (the
+    logits, the probabilities, the exponential draw), at both mirrored releases."""
+    return seqs * vocab * (e + 4 * SAMPLER_FP32_COPIES)
+
+
 def profile_peak_011(inv: Inventory, geo: AttentionGeometry, tp: int, last: bool, first: bool, batched: int,
                      seqs: int, vocab: int, e: int) -> int:
     """The torch peak increase of 0.11's profile run on one rank: the forward's largest transient (`forward_peak`)
     or, on the last stage, `_dummy_sampler_run`'s model-dtype logits and three fp32 copies (the logits, the
     probabilities, the exponential draw) with the forward's hidden states still live."""
     fwd = forward_peak(inv, geo, tp, batched, e)
-    return max(fwd, seqs * vocab * (e + 4 * SAMPLER_FP32_COPIES) + batched * inv.hidden_size * e) if last else fwd
+    return max(fwd, _sampler_logits(seqs, vocab, e) + batched * inv.hidden_size * e) if last else fwd
 
 
 #: cuBLAS's workspace on Hopper (32 MiB), first allocated by a product inside the profile run.
@@ -108,7 +114,7 @@ def profile_peak_019(inv: Inventory, geo: AttentionGeometry, tp: int, last: bool
     fwd = 3 * tokens * h * e + mlp + CUBLAS_WORKSPACE_BYTES + INDUCTOR_FLUSH_BYTES
     peak = fwd
     if last:
-        sampler = (seqs * vocab * (e + 4 * SAMPLER_FP32_COPIES) + SAMPLER_SCRATCH_SMS * vocab * 4 + tokens * h * e
+        sampler = (_sampler_logits(seqs, vocab, e) + SAMPLER_SCRATCH_SMS * vocab * 4 + tokens * h * e
                    + 2 * seqs * h * e + CUBLAS_WORKSPACE_BYTES)
         peak = max(fwd, sampler)
     return peak + ws + (0 if first else 2 * tokens * h * e)
@@ -152,14 +158,14 @@ class Accounting:
                 "set VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0")
 
 
-ACCOUNTING = {
-    "0.11.0": Accounting(
+ACCOUNTING = {a.version: a for a in (
+    Accounting(
         "0.11.0", *(C.VLLM_NON_TORCH_BYTES,) * 4, hybrid_state=True, profile_peak=profile_peak_011,
         checked="vLLM 0.11's profile-run peak and non-torch terms are mirrored from its source and checked against "
                 "public startup logs (docs/engines.md): on an H100 they come 0.1-0.7 GiB under vLLM 0.19's own; under "
                 "tensor parallelism on NVLink boards, vLLM 0.19 also takes about 2 GiB per rank for its communicators, "
                 "which 0.11's accounting does not count (plan for 0.19 with --engine-version 0.19)"),
-    "0.19.0": Accounting(
+    Accounting(
         "0.19.0", C.VLLM_019_NON_TORCH_SINGLE_BYTES, C.VLLM_019_NON_TORCH_PIPELINE_BYTES,
         C.VLLM_019_NON_TORCH_TP_NVLINK_BYTES, C.VLLM_019_NON_TORCH_SINGLE_BYTES, hybrid_state=False,
         profile_peak=profile_peak_019,
@@ -168,7 +174,7 @@ ACCOUNTING = {
                 "boards); the profile-run peak is mirrored from 0.19's source and agrees with its logs within 0.01 GiB, "
                 "except on a first pipeline stage (0.18 GiB under) and for vision-language models (up to 0.25 GiB "
                 "under: the dummy images and encoder outputs are not counted) (docs/engines.md)"),
-}
+)}
 
 
 def batch_defaults(gpu: GPU) -> tuple[int, int]:
